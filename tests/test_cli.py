@@ -1,0 +1,35 @@
+"""The command line a person without Ray uses."""
+
+import subprocess
+import sys
+
+from PIL import Image
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "stable_diffusion_xl", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_generate_writes_jpegs_and_reports_seeds_sizes_and_timings(weights_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("generate", "a cat napping", "--n", "2", "--seed", "7", "--aspect-ratio", "16:9",
+                     "--steps", "5", "-o", str(out), "--demo", "--weights", str(weights_dir))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["sdxl-7.jpg", "sdxl-8.jpg"]
+    with Image.open(out / "sdxl-7.jpg") as image:
+        assert image.format == "JPEG" and image.size == (336, 192)
+    assert "seed 7  336x192" in result.stdout and "seed 8  336x192" in result.stdout
+    assert "text_encoders" in result.stdout and "refiner" in result.stdout
+    assert "noise" in result.stdout
+    assert "base: 100%" in result.stderr and "refiner: 100%" in result.stderr  # a progress bar per stage
+
+
+def test_generate_rejects_bad_arguments_by_name(weights_dir):
+    result = run_cli("generate", "a cat", "--steps", "0", "--demo", "--weights", str(weights_dir))
+    assert result.returncode == 2 and "steps: must be from 1 to 100, got 0" in result.stderr
+
+
+def test_generate_without_weights_says_how_to_fetch_them(tmp_path):
+    result = run_cli("generate", "a cat", "--weights", str(tmp_path))
+    assert result.returncode == 2 and "fetch-weights" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,112 @@
+"""The engine on demo weights: loading from disk, the ensemble of experts, seeds, sizes, batching."""
+
+import pytest
+
+from conftest import max_pixel_difference, pixels
+from stable_diffusion_xl.request import TextToImageRequest
+from stable_diffusion_xl.sizes import NATIVE_SIZES
+
+FAST = {"steps": 5}  # 4 base + 1 refiner step: enough to exercise both experts quickly
+ROUNDING = 2  # pixel levels that batched float kernels may move an image by
+
+
+def request(prompt="a cat napping", **fields):
+    return TextToImageRequest(prompt=prompt, **{**FAST, **fields})
+
+
+def count_unet_calls(engine, run):
+    calls = {"base": 0, "refiner": 0}
+    hooks = [
+        engine.base.unet.register_forward_hook(lambda *_: calls.__setitem__("base", calls["base"] + 1)),
+        engine.refiner.unet.register_forward_hook(lambda *_: calls.__setitem__("refiner", calls["refiner"] + 1)),
+    ]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def test_pipelines_load_from_disk_and_share_text_encoder_2_and_vae(engine):
+    assert engine.refiner.text_encoder_2 is engine.base.text_encoder_2
+    assert engine.refiner.tokenizer_2 is engine.base.tokenizer_2
+    assert engine.refiner.vae is engine.base.vae is engine.vae
+    assert engine.refiner.text_encoder is None
+    assert engine.device == "cpu" and engine.base.unet.dtype == engine.refiner.unet.dtype
+    assert engine.resolution == 256  # the demo UNet's native size: a quarter of SDXL's 1024
+
+
+def test_ensemble_splits_40_steps_into_32_base_and_8_refiner_unet_calls(engine):
+    calls = count_unet_calls(engine, lambda: engine.generate([TextToImageRequest(prompt="a cat napping")]))
+    assert calls == {"base": 32, "refiner": 8}
+
+
+def test_base_only_runs_all_40_steps_on_the_base(engine):
+    run = lambda: engine.generate([TextToImageRequest(prompt="a cat napping", refiner=False)])  # noqa: E731
+    assert count_unet_calls(engine, run) == {"base": 40, "refiner": 0}
+
+
+def test_same_seed_gives_identical_bytes_and_other_seeds_differ(engine):
+    first, again, other = (engine.generate([request(seed=seed)])[0] for seed in (7, 7, 8))
+    assert first.images[0].tobytes() == again.images[0].tobytes()
+    assert first.images[0].tobytes() != other.images[0].tobytes()
+    assert (first.seeds, other.seeds) == ([7], [8])
+
+
+def test_image_i_of_n_is_the_single_image_of_seed_plus_i(engine):
+    three = engine.generate([request(seed=100, n=3)])[0]
+    assert three.seeds == [100, 101, 102]
+    for i, image in enumerate(three.images):
+        alone = engine.generate([request(seed=100 + i)])[0].images[0]
+        assert max_pixel_difference(image, alone) <= ROUNDING
+    assert three.images[0].tobytes() != three.images[1].tobytes()
+
+
+def test_seed_zero_picks_a_fresh_seed_and_reports_it(engine):
+    first, second = (engine.generate([request(seed=0)])[0] for _ in range(2))
+    assert first.seeds[0] != 0 and second.seeds[0] != 0 and first.seeds != second.seeds
+    replay = engine.generate([request(seed=first.seeds[0])])[0]
+    assert replay.images[0].tobytes() == first.images[0].tobytes()
+
+
+def test_every_aspect_ratio_gets_its_native_shape(engine):
+    ratios = list(NATIVE_SIZES)
+    generations = engine.generate([request(aspect_ratio=ratio, seed=1, refiner=False, steps=1) for ratio in ratios])
+    for ratio, generation in zip(ratios, generations):
+        width, height = NATIVE_SIZES[ratio]
+        assert generation.images[0].size == (generation.width, generation.height) == (width // 4, height // 4)
+        assert generation.width * height == generation.height * width
+
+
+def test_negative_prompt_changes_the_image(engine):
+    plain = engine.generate([request(seed=3)])[0].images[0]
+    negative = engine.generate([request(seed=3, negative_prompt="blurry, low quality")])[0].images[0]
+    assert pixels(plain).tolist() != pixels(negative).tolist()
+
+
+def test_a_batch_of_prompts_matches_the_prompts_one_by_one(engine):
+    batch = [request("a cat napping", seed=5), request("a red fox", seed=5, n=2), request("a lighthouse", seed=9)]
+    together = engine.generate(batch)
+    assert [len(g.images) for g in together] == [1, 2, 1]
+    for req, generation in zip(batch, together):
+        alone = engine.generate([req])[0]
+        assert alone.seeds == generation.seeds
+        for image, single in zip(generation.images, alone.images):
+            assert max_pixel_difference(image, single) <= ROUNDING
+    assert together[0].images[0].tobytes() != together[1].images[0].tobytes()  # the prompt matters
+
+
+def test_batches_are_chunked_at_the_maximum_batch_size(engine):
+    engine.max_batch_size = 2
+    try:
+        calls = count_unet_calls(engine, lambda: engine.generate([request(n=3, refiner=False, steps=1)]))
+    finally:
+        engine.max_batch_size = 4
+    assert calls["base"] == 2  # one step each for a batch of 2 and a batch of 1
+
+
+def test_timings_cover_every_stage(engine):
+    generation = engine.generate([request(seed=1)])[0]
+    assert set(generation.timings) == {"text_encoders", "base", "refiner", "vae_decode"}
+    assert all(seconds > 0 for seconds in generation.timings.values())
