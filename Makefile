@@ -16,7 +16,7 @@ weights/demo/README.md: | install
 	$(PYTHON) -m stable_diffusion_xl demo-weights
 
 demo: install weights/demo/README.md
-	$(PYTHON) -m stable_diffusion_xl generate "cat napping" --demo -o out/
+	$(PYTHON) -m stable_diffusion_xl try -i '{"prompt": "cat napping"}' --demo -o out/
 
 test: install
 	$(PYTHON) -m pytest -q

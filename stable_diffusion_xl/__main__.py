@@ -1,6 +1,8 @@
-"""Command line: generate images, fetch the real weights, build the demo weights.
+"""Command line: generate images, serve the Instill model locally, fetch or build weights.
 
     python -m stable_diffusion_xl generate "a cat napping" --n 2 --seed 7 --aspect-ratio 16:9 -o out/
+    python -m stable_diffusion_xl try -i '{"prompt": "cat napping"}' -o out/   # through Ray Serve, like `instill run`
+    python -m stable_diffusion_xl serve                                       # Ray Serve on loopback until Ctrl-C
     python -m stable_diffusion_xl fetch-weights
     python -m stable_diffusion_xl demo-weights
 """
@@ -13,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .request import PARAMETERS, InvalidRequest, TextToImageRequest
-from .weights import DEFAULT_WEIGHTS_DIR, WeightsMissing
+from .weights import DEFAULT_WEIGHTS_DIR, WeightPaths, WeightsMissing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
     generate.add_argument("--max-batch-size", type=int, default=4, help="images per UNet batch")
 
+    serve = commands.add_parser("serve", help="serve the Instill model on a local Ray Serve (HTTP and gRPC) until Ctrl-C")
+    try_ = commands.add_parser("try", help="serve the Instill model, POST one input as `instill run -i` does, save the images")
+    try_.add_argument("-i", "--input", default='{"prompt": "cat napping"}', help="the input JSON, flat or enveloped")
+    try_.add_argument("-o", "--output", type=Path, default=Path("out"), help="folder for the JPEGs (default: out)")
+    for command in (serve, try_):
+        command.add_argument("--demo", action="store_true", help="use the tiny random demo weights: their images are noise")
+        command.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
+
     fetch = commands.add_parser("fetch-weights", help="download the real fp16 weights (about 12 GB)")
     fetch.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
     demo = commands.add_parser("demo-weights", help="build tiny random-weight pipelines in weights/demo")
@@ -36,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"generate": _generate, "fetch-weights": _fetch, "demo-weights": _demo}[args.command](args)
+        handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo}
+        return handlers[args.command](args)
     except (InvalidRequest, WeightsMissing) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -65,6 +76,53 @@ def _generate(args) -> int:
         path.write_bytes(to_jpeg(image))
         print(f"{path}  seed {seed}  {generation.width}x{generation.height}")
     print("seconds: " + ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in generation.timings.items()))
+    if args.demo:
+        print("(demo weights: these images are noise; fetch the real weights with `python -m stable_diffusion_xl fetch-weights`)")
+    return 0
+
+
+def _model_env(args) -> dict[str, str]:
+    WeightPaths.locate(args.weights, demo=args.demo)  # fail here, with the fix, rather than in a Ray replica
+    return {"SDXL_WEIGHTS_DIR": str(args.weights.resolve()), "SDXL_DEMO_WEIGHTS": "1" if args.demo else ""}
+
+
+def _serve(args) -> int:
+    from .local_serve import Application, Ports, run
+
+    ports = Ports()
+    print(f"serving on http://127.0.0.1:{ports.http}/ and gRPC 127.0.0.1:{ports.grpc} (application 'default')")
+    run([Application("default", _model_env(args))], ports)
+    return 0
+
+
+def _try(args) -> int:
+    """What `instill run -i` does inside the image: POST the raw input JSON to the route, show the reply."""
+    import base64
+    import json
+    import urllib.request
+
+    from .local_serve import Application, serving
+
+    body = args.input.encode()
+    print("starting Ray Serve with the model ...", file=sys.stderr)
+    with serving([Application("default", _model_env(args))]) as ports:
+        request = urllib.request.Request(f"http://127.0.0.1:{ports.http}/", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=3600) as response:
+                outputs = json.load(response)
+        except urllib.error.HTTPError as error:
+            print(f"error {error.code}: {error.read().decode()}", file=sys.stderr)
+            return 1
+    args.output.mkdir(parents=True, exist_ok=True)
+    for index, output in enumerate(outputs):
+        usage = output["metadata"]["usage"]
+        for choice, seed in zip(output["data"]["choices"], usage["seeds"]):
+            path = args.output / f"sdxl-{seed}.jpg"
+            path.write_bytes(base64.b64decode(choice["image"].partition(",")[2]))
+            print(f"{path}  seed {seed}  {usage['width']}x{usage['height']}  {choice['finish-reason']}")
+        print(f"task input {index}: seconds " + ", ".join(f"{k} {v}" for k, v in usage["seconds"].items()))
+    print(f"images written to {args.output.resolve()}")
     if args.demo:
         print("(demo weights: these images are noise; fetch the real weights with `python -m stable_diffusion_xl fetch-weights`)")
     return 0

@@ -8,6 +8,7 @@ metadata is also what README's parameter table is written from.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,7 @@ def _check_field(spec: dataclasses.Field, value: Any) -> None:
 
 # Field annotations are strings under `from __future__ import annotations`.
 _KINDS = {"str": str, "int": int, "float": (int, float), "bool": bool}
+_JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
 _KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
 
 
@@ -159,3 +161,40 @@ def parse_json(body: Any) -> list[TextToImageRequest]:
                 raise
             raise error.within(f"[{index}].") from None
     return requests
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one deployment accepts per call; Instill's schema sets no maximum for n."""
+
+    max_n: int = 4
+    max_images_per_call: int = 8
+
+    def check(self, requests: list[TextToImageRequest]) -> None:
+        for index, request in enumerate(requests):
+            if request.n > self.max_n:
+                where = f"[{index}].n" if len(requests) > 1 else "n"
+                raise InvalidRequest(where, f"must be from 1 to {self.max_n} on this deployment, got {request.n}")
+        total = sum(request.n for request in requests)
+        if total > self.max_images_per_call:
+            raise InvalidRequest(
+                "n", f"{total} images in one call; this deployment makes at most {self.max_images_per_call} per call"
+            )
+
+
+def parameter_table() -> str:
+    """README's table of request fields, written from the dataclass so the two cannot drift."""
+    rows = ["| field | type | default | allowed | meaning |", "|---|---|---|---|---|",
+            "| `data.prompt` | string | required | 1 to 4000 characters | What the image should show. |"]
+    for name, spec in PARAMETERS.items():
+        meta = spec.metadata
+        if meta["choices"]:
+            allowed = ", ".join(meta["choices"])
+        elif meta["minimum"] is not None:
+            allowed = f"{meta['minimum']} to {meta['maximum']}" if meta["maximum"] is not None else \
+                f"{meta['minimum']} to the deployment's SDXL_MAX_N"
+        else:
+            allowed = "true, false" if spec.type == "bool" else "any"
+        default = json.dumps(spec.default)
+        rows.append(f"| `parameter.{name}` | {_JSON_TYPES[spec.type]} | `{default}` | {allowed} | {meta['description']} |")
+    return "\n".join(rows)

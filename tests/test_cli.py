@@ -33,3 +33,21 @@ def test_generate_rejects_bad_arguments_by_name(weights_dir):
 def test_generate_without_weights_says_how_to_fetch_them(tmp_path):
     result = run_cli("generate", "a cat", "--weights", str(tmp_path))
     assert result.returncode == 2 and "fetch-weights" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_try_serves_the_model_on_ray_and_writes_the_reply_images(weights_dir, tmp_path):
+    """The README's first command: the Instill model on a local Ray Serve, one request as `instill run -i`."""
+    out = tmp_path / "out"
+    result = run_cli("try", "-i", '{"prompt": "cat napping", "n": 2, "seed": 11, "steps": 5}', "--demo",
+                     "--weights", str(weights_dir), "-o", str(out), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["sdxl-11.jpg", "sdxl-12.jpg"]
+    assert f"images written to {out}" in result.stdout
+
+
+def test_readme_documents_every_request_field():
+    from pathlib import Path
+
+    from stable_diffusion_xl.request import parameter_table
+
+    assert parameter_table() in (Path(__file__).parent.parent / "README.md").read_text()

@@ -1,0 +1,160 @@
+"""Run the Instill model on a local Ray Serve the way Instill Core's Ray runs it, on loopback.
+
+The model is deployed from a folder holding `_model.py` (model.py renamed, as `instill build`
+does) through Ray's dashboard REST API, with the gRPC proxy serving Instill's
+`UserDefinedService`; readiness is read from `/api/serve/applications/`, as Core reads it.
+
+    python -m stable_diffusion_xl serve --demo              # serve until Ctrl-C
+    python -m stable_diffusion_xl try "cat napping" --demo  # serve, send one request, write the images
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import instill
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODEL_FILE = PACKAGE_DIR.parent / "model.py"
+# The SDK's generated gRPC module imports `model.ray.v1alpha...`: the protogen folder must be on the path
+# and no other `model` module may be (the reason `instill build` renames model.py).
+PROTOGEN_DIR = Path(instill.__file__).parent / "protogen"
+SERVICER = "model.ray.v1alpha.user_defined_pb2_grpc.add_UserDefinedServiceServicer_to_server"
+READY = "ready:"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Application:
+    """One deployed model version; Core names it <owner_type>_<owner_uid>_<model_id>_<version>."""
+
+    name: str = "default"
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def route_prefix(self) -> str:
+        return "/" if self.name == "default" else f"/{self.name}"
+
+
+@dataclass
+class Ports:
+    http: int = field(default_factory=free_port)
+    grpc: int = field(default_factory=free_port)
+    dashboard: int = field(default_factory=free_port)
+
+
+def serve_config(applications: list[Application], ports: Ports) -> dict:
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": ports.http},
+        "grpc_options": {"port": ports.grpc, "grpc_servicer_functions": [SERVICER]},
+        "applications": [
+            {"name": app.name, "route_prefix": app.route_prefix, "import_path": "_model:entrypoint",
+             "runtime_env": {"env_vars": app.env}}
+            for app in applications
+        ],
+    }
+
+
+def deploy_dir(root: Path) -> Path:
+    """What the image holds: _model.py beside the package (and no model.py)."""
+    shutil.copyfile(MODEL_FILE, root / "_model.py")
+    shutil.copytree(PACKAGE_DIR, root / PACKAGE_DIR.name, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def run(applications: list[Application], ports: Ports, timeout: float = 300) -> None:
+    """Start Ray and Serve in this process, deploy, say READY on stdout, and serve until SIGINT/SIGTERM."""
+    import ray
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    with tempfile.TemporaryDirectory(prefix="sdxl-serve-") as tmp:
+        root = deploy_dir(Path(tmp))
+        # Ray's workers inherit this environment: they import _model from the deploy folder.
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(root), str(PROTOGEN_DIR)])
+        os.chdir(root)
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=ports.dashboard, num_cpus=os.cpu_count(), log_to_driver=True)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+        try:
+            dashboard = f"http://127.0.0.1:{ports.dashboard}"
+            ServeSubmissionClient(dashboard).deploy_applications(serve_config(applications, ports))
+            wait_until_running(dashboard, [app.name for app in applications], timeout)
+            print(f"{READY} http 127.0.0.1:{ports.http} grpc 127.0.0.1:{ports.grpc} dashboard {dashboard}", flush=True)
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+
+
+def application_statuses(dashboard: str) -> dict[str, str]:
+    with urllib.request.urlopen(f"{dashboard}/api/serve/applications/", timeout=10) as response:
+        details = json.load(response)
+    return {name: app["status"] for name, app in (details.get("applications") or {}).items()}
+
+
+def wait_until_running(dashboard: str, names: list[str], timeout: float) -> None:
+    deadline, statuses = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        statuses = application_statuses(dashboard)
+        if any(status == "DEPLOY_FAILED" for status in statuses.values()):
+            raise RuntimeError(f"deployment failed: {statuses}")
+        if all(statuses.get(name) == "RUNNING" for name in names):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"applications not RUNNING after {timeout:.0f} s: {statuses}")
+
+
+@contextmanager
+def serving(applications: list[Application], timeout: float = 300, log_path: Path | None = None):
+    """`run` in a child process; yields its Ports once every application is RUNNING, and stops it after."""
+    ports = Ports()
+    args = json.dumps({"applications": [vars(app) for app in applications], "ports": vars(ports)})
+    log = open(log_path or os.devnull, "w")
+    child = subprocess.Popen([sys.executable, "-m", "stable_diffusion_xl.local_serve", args],
+                             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        for line in child.stdout:
+            if line.startswith(READY):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("Ray Serve did not become ready")
+        else:
+            raise RuntimeError(f"Ray Serve exited with {child.wait()} before it was ready (log: {log_path})")
+        yield ports
+    finally:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        log.close()
+
+
+if __name__ == "__main__":
+    spec = json.loads(sys.argv[1])
+    run([Application(**app) for app in spec["applications"]], Ports(**spec["ports"]))
