@@ -8,11 +8,13 @@ finished image. Usable without Ray: `Engine.load(...).generate([TextToImageReque
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import secrets
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -20,7 +22,7 @@ import torch
 from PIL import Image
 
 from .request import TextToImageRequest
-from .sizes import image_size
+from .sizes import ASPECT_RATIOS, image_size
 from .weights import DEFAULT_WEIGHTS_DIR, WeightPaths
 
 log = logging.getLogger(__name__)
@@ -29,13 +31,23 @@ STAGES = ("text_encoders", "base", "refiner", "vae_decode")
 
 @dataclass
 class Generation:
-    """The images of one request, the seed each was made with, and where the time went (seconds)."""
+    """The images of one request, the seed each was made with, where the time went (seconds), and
+    what had to be recovered on the way (NaN re-decodes, out-of-memory batch splits)."""
 
     images: list[Image.Image]
     seeds: list[int]
     width: int
     height: int
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    events: Counter = field(default_factory=Counter)
+
+
+class OutOfMemory(RuntimeError):
+    """Even one image does not fit. Instill Core reports "failed to allocate memory" as out of memory."""
+
+
+class NaNImage(RuntimeError):
+    """An image decoded to NaN even in fp32: its latents are broken, and a black image is no answer."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class Engine:
         # The native square size the UNet was trained at: 1024 for SDXL, 256 for the demo weights.
         self.resolution = base.unet.config.sample_size * base.vae_scale_factor
         self._lock = threading.Lock()  # one generation at a time: the pipelines keep scheduler state
+        self.healthy = True  # False after a device error that leaves the GPU unusable
         self.set_progress_bars(False)
 
     @classmethod
@@ -99,6 +112,11 @@ class Engine:
         self.base.set_progress_bar_config(disable=not enabled, desc="base")
         self.refiner.set_progress_bar_config(disable=not enabled, desc="refiner")
 
+    def warm_up(self) -> None:
+        """One tiny generation per aspect ratio, so no user waits for first-call kernel selection."""
+        self.generate([TextToImageRequest(prompt="warm-up", aspect_ratio=ratio, steps=2, high_noise_frac=0.5, seed=1)
+                       for ratio in ASPECT_RATIOS])
+
     def size_of(self, request: TextToImageRequest) -> tuple[int, int]:
         return image_size(request.aspect_ratio, self.resolution)
 
@@ -112,19 +130,47 @@ class Engine:
                 _Job(index, request.prompt, request.negative_prompt, seed + i) for i in range(request.n)
             ]
         with self._lock, torch.inference_mode():
-            for jobs in groups.values():
-                for start in range(0, len(jobs), self.max_batch_size):
-                    chunk = jobs[start : start + self.max_batch_size]
-                    images, timings = self._run(requests[chunk[0].request], chunk)
-                    for job, image in zip(chunk, images):
-                        results[job.request].images.append(image)
-                        results[job.request].seeds.append(job.seed)
-                    for index in {job.request for job in chunk}:
-                        for stage, seconds in timings.items():
-                            results[index].timings[stage] += seconds
+            try:
+                for jobs in groups.values():
+                    for start in range(0, len(jobs), self.max_batch_size):
+                        self._run_or_split(requests, jobs[start : start + self.max_batch_size], results)
+            except Exception as error:
+                if _is_device_failure(error):
+                    self.healthy = False
+                raise
         return results
 
-    def _run(self, settings: TextToImageRequest, jobs: list[_Job]) -> tuple[list[Image.Image], dict[str, float]]:
+    def _run_or_split(self, requests, chunk: list[_Job], results: list[Generation]) -> None:
+        """Run one batch; when it does not fit in memory, run each half instead, down to one image."""
+        try:
+            images, timings, redecoded = self._run(requests[chunk[0].request], chunk)
+        except torch.cuda.OutOfMemoryError:
+            self._free_memory()
+            if len(chunk) == 1:
+                width, height = self.size_of(requests[chunk[0].request])
+                raise OutOfMemory(
+                    f"failed to allocate memory for one {width}x{height} image on {self.device}"
+                ) from None
+            log.warning("out of memory on a batch of %d images: splitting it", len(chunk))
+            for index in {job.request for job in chunk}:
+                results[index].events["oom_splits"] += 1
+            half = len(chunk) // 2
+            self._run_or_split(requests, chunk[:half], results)
+            self._run_or_split(requests, chunk[half:], results)
+            return
+        for position, (job, image) in enumerate(zip(chunk, images)):
+            results[job.request].images.append(image)
+            results[job.request].seeds.append(job.seed)
+            results[job.request].events["nan_redecodes"] += position in redecoded
+        for index in {job.request for job in chunk}:
+            for stage, seconds in timings.items():
+                results[index].timings[stage] += seconds
+
+    def _free_memory(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    def _run(self, settings: TextToImageRequest, jobs: list[_Job]) -> tuple[list[Image.Image], dict, set[int]]:
         """One UNet batch: every job shares `settings`' size, steps, guidance and hand-off."""
         width, height = self.size_of(settings)
         # A CPU generator per image makes image i depend on its own seed only, on any device and batch.
@@ -148,9 +194,9 @@ class Engine:
                 denoising_start=settings.high_noise_frac, generator=generators, output_type="latent",
             ).images
         clock.lap("refiner")
-        images = self.decode(latents)
+        images, redecoded = self.decode(latents)
         clock.lap("vae_decode")
-        return images, clock.laps
+        return images, clock.laps, redecoded
 
     @staticmethod
     def _encode(pipeline, jobs: list[_Job], guidance: float) -> dict[str, torch.Tensor]:
@@ -163,11 +209,33 @@ class Engine:
         names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
         return dict(zip(names, embeds))
 
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        """Latents to PIL images with the shared VAE, in its own dtype."""
-        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        pixels = self.vae.decode(latents).sample
-        return self.base.image_processor.postprocess(pixels, output_type="pil")
+    def decode(self, latents: torch.Tensor) -> tuple[list[Image.Image], set[int]]:
+        """Latents to PIL images, and which of them had NaNs and were decoded again in fp32.
+
+        A fp16 VAE can overflow to NaN, which postprocessing turns into a black image.
+        """
+        pixels = _decode_with(self.vae, latents)
+        broken = torch.isnan(pixels).flatten(1).any(dim=1)
+        if broken.any():
+            log.warning("%d image(s) decoded to NaN: decoding them again in fp32", int(broken.sum()))
+            pixels[broken] = _decode_with(self._fp32_vae, latents[broken]).to(pixels.dtype)
+            if torch.isnan(pixels[broken]).any():
+                raise NaNImage("the latents of an image are NaN; it cannot be decoded (try another seed)")
+        redecoded = {int(i) for i in broken.nonzero().flatten()}
+        return self.base.image_processor.postprocess(pixels, output_type="pil"), redecoded
+
+    @functools.cached_property
+    def _fp32_vae(self):
+        return self.vae if self.vae.dtype == torch.float32 else copy.deepcopy(self.vae).to(torch.float32)
+
+
+def _decode_with(vae, latents: torch.Tensor) -> torch.Tensor:
+    return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+
+
+def _is_device_failure(error: Exception) -> bool:
+    """CUDA errors other than out-of-memory leave the context unusable: the replica must be replaced."""
+    return isinstance(error, getattr(torch, "AcceleratorError", ())) or "CUDA error" in str(error)
 
 
 class _Clock:

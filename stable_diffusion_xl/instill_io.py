@@ -7,6 +7,7 @@ to the route (what `instill run` and people send: the raw input JSON, flat or en
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from google.protobuf import json_format
@@ -54,7 +55,11 @@ def usage(request: TextToImageRequest, generation: Generation) -> dict:
 
 def build_output(call: Any, requests: list[TextToImageRequest], generations: list[Generation], jpeg_quality: int):
     """A CallResponse for gRPC, a list of task outputs for HTTP; one output per task input, n choices each."""
-    images = [[to_base64_jpeg(image, jpeg_quality) for image in g.images] for g in generations]
+    images = []
+    for generation in generations:
+        started = time.perf_counter()
+        images.append([to_base64_jpeg(image, jpeg_quality) for image in generation.images])
+        generation.timings["jpeg"] = time.perf_counter() - started
     finish_reasons = [["success"] * len(g.images) for g in generations]
     response = construct_task_text_to_image_output(request=call, finish_reasons=finish_reasons, images=images)
     outputs = response.task_outputs if hasattr(response, "task_outputs") else response

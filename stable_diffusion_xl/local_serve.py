@@ -58,6 +58,7 @@ class Ports:
     http: int = field(default_factory=free_port)
     grpc: int = field(default_factory=free_port)
     dashboard: int = field(default_factory=free_port)
+    metrics: int = field(default_factory=free_port)
 
 
 def serve_config(applications: list[Application], ports: Ports) -> dict:
@@ -80,7 +81,7 @@ def deploy_dir(root: Path) -> Path:
     return root
 
 
-def run(applications: list[Application], ports: Ports, timeout: float = 300) -> None:
+def run(applications: list[Application], ports: Ports, timeout: float = 300, ray_dir: str | None = None) -> None:
     """Start Ray and Serve in this process, deploy, say READY on stdout, and serve until SIGINT/SIGTERM."""
     import ray
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
@@ -91,13 +92,16 @@ def run(applications: list[Application], ports: Ports, timeout: float = 300) -> 
         os.environ["PYTHONPATH"] = os.pathsep.join([str(root), str(PROTOGEN_DIR)])
         os.chdir(root)
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=ports.dashboard, num_cpus=os.cpu_count(), log_to_driver=True)
+                 dashboard_port=ports.dashboard, num_cpus=os.cpu_count(), log_to_driver=True,
+                 _temp_dir=ray_dir, _metrics_export_port=ports.metrics,
+                 _system_config={"metrics_report_interval_ms": 1000})
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
         try:
             dashboard = f"http://127.0.0.1:{ports.dashboard}"
             ServeSubmissionClient(dashboard).deploy_applications(serve_config(applications, ports))
             wait_until_running(dashboard, [app.name for app in applications], timeout)
-            print(f"{READY} http 127.0.0.1:{ports.http} grpc 127.0.0.1:{ports.grpc} dashboard {dashboard}", flush=True)
+            print(f"{READY} http 127.0.0.1:{ports.http} grpc 127.0.0.1:{ports.grpc} dashboard {dashboard} "
+                  f"metrics http://127.0.0.1:{ports.metrics}/metrics", flush=True)
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
@@ -128,10 +132,15 @@ def wait_until_running(dashboard: str, names: list[str], timeout: float) -> None
 
 
 @contextmanager
-def serving(applications: list[Application], timeout: float = 300, log_path: Path | None = None):
-    """`run` in a child process; yields its Ports once every application is RUNNING, and stops it after."""
+def serving(applications: list[Application], timeout: float = 300, log_path: Path | None = None,
+            ray_dir: Path | None = None):
+    """`run` in a child process; yields its Ports once every application is RUNNING, and stops it after.
+
+    Ray's logs go under `ray_dir` (default: Ray's own /tmp/ray), Serve's in its session_latest/logs/serve.
+    """
     ports = Ports()
-    args = json.dumps({"applications": [vars(app) for app in applications], "ports": vars(ports)})
+    args = json.dumps({"applications": [vars(app) for app in applications], "ports": vars(ports),
+                       "ray_dir": str(ray_dir) if ray_dir else None})
     log = open(log_path or os.devnull, "w")
     child = subprocess.Popen([sys.executable, "-m", "stable_diffusion_xl.local_serve", args],
                              stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
@@ -157,4 +166,4 @@ def serving(applications: list[Application], timeout: float = 300, log_path: Pat
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
-    run([Application(**app) for app in spec["applications"]], Ports(**spec["ports"]))
+    run([Application(**app) for app in spec["applications"]], Ports(**spec["ports"]), ray_dir=spec["ray_dir"])

@@ -110,11 +110,15 @@ def _from_json(spec: dataclasses.Field, value: Any) -> Any:
     return value
 
 
+def _key(name: str) -> str:
+    return name or '""'  # an empty JSON key still needs a visible name in the error
+
+
 def from_fields(prompt: Any, parameters: dict, where: str = "") -> TextToImageRequest:
     """Build a request from a prompt and wire-named parameters, rejecting unknown keys."""
     unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
-        raise InvalidRequest(f"{where}{unknown[0]}", f"unknown parameter; known: {', '.join(PARAMETERS)}")
+        raise InvalidRequest(f"{where}{_key(unknown[0])}", f"unknown parameter; known: {', '.join(PARAMETERS)}")
     if prompt is None:
         raise InvalidRequest(f"{where}prompt", "is required")
     values = {PARAMETERS[key].name: _from_json(PARAMETERS[key], value) for key, value in parameters.items()}
@@ -130,7 +134,7 @@ def parse_task_input(task_input: Any) -> TextToImageRequest:
         raise InvalidRequest("task input", f"must be an object, got {type(task_input).__name__}")
     unknown = sorted(set(task_input) - {"data", "parameter"})
     if unknown:
-        raise InvalidRequest(unknown[0], "unknown key; a task input has data and parameter")
+        raise InvalidRequest(_key(unknown[0]), "unknown key; a task input has data and parameter")
     data, parameter = task_input.get("data"), task_input.get("parameter", {})
     if not isinstance(data, dict):
         raise InvalidRequest("data", "must be an object with a prompt")
@@ -138,7 +142,7 @@ def parse_task_input(task_input: Any) -> TextToImageRequest:
         raise InvalidRequest("parameter", "must be an object")
     extra = sorted(set(data) - {"prompt", "model"})
     if extra:
-        raise InvalidRequest(f"data.{extra[0]}", "unknown key; data has prompt and model")
+        raise InvalidRequest(f"data.{_key(extra[0])}", "unknown key; data has prompt and model")
     request = from_fields(data.get("prompt"), {}, "data.")
     return from_fields(request.prompt, parameter, "parameter.")
 

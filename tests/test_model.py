@@ -1,8 +1,15 @@
 """model.py on a real Ray Serve: gRPC CallRequests routed by application name, HTTP, errors."""
 
 import json
+import re
+import shutil
+import tempfile
+import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -16,12 +23,23 @@ FAST = {"steps": 5}
 
 
 @pytest.fixture(scope="module")
-def served(weights_dir, tmp_path_factory):
+def cluster(weights_dir, tmp_path_factory):
+    """Two applications named as Instill Core names them; Ray's files in a short path of our own."""
     env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir)}
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with serving([Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1"})], log_path=log) as ports:
-        with grpc.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
-            yield ports, channel
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay short
+    apps = [Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1"})]
+    try:
+        with serving(apps, log_path=log, ray_dir=ray_dir) as ports:
+            with grpc.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+                yield SimpleNamespace(ports=ports, channel=channel, ray_dir=ray_dir)
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def served(cluster):
+    return cluster.ports, cluster.channel
 
 
 def http(ports, path, body=None, timeout=300):
@@ -44,7 +62,7 @@ def test_grpc_call_with_n_seed_negative_prompt_and_aspect_ratio(served):
     assert len(images) == 2 and all(image.size == (336, 192) for image in images)  # 1344x768 at demo scale
     usage = outputs[0]["metadata"]["usage"]
     assert usage["seeds"] == [42, 43] and (usage["width"], usage["height"]) == (336, 192)
-    assert set(usage["seconds"]) == {"text_encoders", "base", "refiner", "vae_decode"}
+    assert set(usage["seconds"]) == {"text_encoders", "base", "refiner", "vae_decode", "jpeg"}
     again = grpc_call(channel, MODEL, call)[0]
     assert again["data"] == outputs[0]["data"]  # same seed, same bytes
 
@@ -130,3 +148,52 @@ def test_http_body_that_is_not_json_is_400(served):
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=60)
     assert caught.value.code == 400 and "body: must be JSON" in json.load(caught.value)["error"]
+
+
+def test_eight_concurrent_calls_each_get_what_they_would_get_alone(cluster):
+    calls = [task_input(f"prompt {i}", seed=100 + i, n=1 + i % 3, **{"aspect-ratio": ratio}, **FAST)
+             for i, ratio in enumerate(["1:1", "16:9", "9:16", "21:9", "1:1", "4:5", "3:2", "16:9"])]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(lambda call: grpc_call(cluster.channel, MODEL, call)[0], calls))
+    for call, output in zip(calls, together):
+        assert len(check_output(output)) == call["parameter"]["n"]
+        alone = grpc_call(cluster.channel, MODEL, call)[0]
+        assert alone["data"] == output["data"]
+
+
+def scrape(cluster) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.ports.metrics}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def metric_total(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_custom_metrics_count_images_stages_and_rejections(cluster):
+    before = scrape(cluster)
+    grpc_call(cluster.channel, MODEL, task_input(n=2, seed=1, **FAST))
+    with pytest.raises(grpc.RpcError):
+        grpc_call(cluster.channel, MODEL, task_input(n=0))
+    deadline, text = time.monotonic() + 60, before
+    while time.monotonic() < deadline:
+        text = scrape(cluster)
+        if metric_total(text, "ray_sdxl_images_generated") >= metric_total(before, "ray_sdxl_images_generated") + 2 \
+                and metric_total(text, "ray_sdxl_rejected_inputs") >= 1:
+            break
+        time.sleep(1)
+    assert metric_total(text, "ray_sdxl_images_generated") >= metric_total(before, "ray_sdxl_images_generated") + 2
+    assert 'field="n"' in next(line for line in text.splitlines() if line.startswith("ray_sdxl_rejected_inputs"))
+    stages = {line.split('stage="')[1].split('"')[0] for line in text.splitlines()
+              if line.startswith("ray_sdxl_stage_seconds_count")}
+    assert stages >= {"text_encoders", "base", "refiner", "vae_decode", "jpeg"}
+
+
+def test_logs_carry_request_ids_and_timings_but_no_prompts(cluster):
+    secret = "a-prompt-that-must-not-be-logged"
+    grpc_call(cluster.channel, MODEL, task_input(secret, seed=3, **{"negative-prompt": secret + "-negative"}, **FAST))
+    logs = "".join(path.read_text(errors="replace") for path in cluster.ray_dir.rglob("logs/**/*")
+                   if path.is_file() and path.suffix in (".log", ".err", ".out"))
+    assert secret not in logs
+    # Ray Serve's replica format: ... <replica id> <request id> -- message
+    assert re.search(r" [0-9a-f-]{36} -- 1 task inputs, 1 images, seconds \[\{'text_encoders'", logs)

@@ -1,0 +1,66 @@
+"""model.py's deployment: Serve options from the environment, warm-up and health, loaded as the image loads it."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+MODEL_FILE = Path(__file__).parent.parent / "model.py"
+
+
+@pytest.fixture
+def load_model(monkeypatch, weights_dir):
+    """Import model.py as `_model` (its name in the image) with the given environment."""
+
+    def load(**env):
+        for name, value in {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), **env}.items():
+            monkeypatch.setenv(name, value)
+        spec = importlib.util.spec_from_file_location("_model", MODEL_FILE)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "_model", module)  # so Ray pickles the class by reference
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+def options(module):
+    deployment = module.deployable(module.Settings.from_env())._deployment
+    return deployment.max_ongoing_requests, deployment.max_queued_requests, deployment._deployment_config
+
+
+def test_one_request_running_and_one_ready_per_replica_by_default(load_model):
+    ongoing, queued, config = options(load_model())
+    assert (ongoing, queued) == (2, 100)
+    assert config.autoscaling_config.target_ongoing_requests == 1
+    assert config.autoscaling_config.upscale_delay_s == 30
+
+
+def test_serve_options_follow_our_variables_and_instills(load_model):
+    module = load_model(SDXL_MAX_ONGOING_REQUESTS="3", SDXL_MAX_QUEUED_REQUESTS="7", SDXL_TARGET_ONGOING_REQUESTS="2",
+                        RAY_NUM_OF_MIN_REPLICAS="1", RAY_NUM_OF_MAX_REPLICAS="5")
+    ongoing, queued, config = options(module)
+    assert (ongoing, queued) == (3, 7)
+    autoscaling = config.autoscaling_config
+    assert (autoscaling.target_ongoing_requests, autoscaling.min_replicas, autoscaling.max_replicas) == (2, 1, 5)
+
+
+def test_replica_warms_up_every_aspect_ratio_and_reports_a_broken_engine(load_model, monkeypatch):
+    module = load_model(SDXL_WARM_UP="1")
+    replica_class = module.StableDiffusionXL.func_or_class
+    base_calls = []
+    original_load = module.Engine.load
+
+    def load_and_count(*args, **kwargs):
+        engine = original_load(*args, **kwargs)
+        engine.base.unet.register_forward_hook(lambda *_: base_calls.append(1))
+        return engine
+
+    monkeypatch.setattr(module.Engine, "load", load_and_count)
+    replica = replica_class()
+    assert len(base_calls) == 9  # one step of the base per aspect ratio (the other goes to the refiner)
+    replica.check_health()
+    replica.engine.healthy = False
+    with pytest.raises(RuntimeError, match="must be replaced"):
+        replica.check_health()

@@ -1,0 +1,39 @@
+"""Arbitrary JSON into the request parser: accepted, or rejected with InvalidRequest, never anything else."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stable_diffusion_xl.request import PARAMETERS, InvalidRequest, TextToImageRequest, parse_json, parse_task_input
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+# Bodies shaped like real ones, so that parsing gets past the envelope and into the fields.
+keys = st.sampled_from([*PARAMETERS, "prompt", "model", "data", "parameter", "stepz"])
+near_valid = st.dictionaries(keys, json_values | st.sampled_from(["1:1", "a cat", 2, 2.0, 0.8, True]), max_size=6)
+envelopes = st.fixed_dictionaries({"data": st.dictionaries(st.sampled_from(["prompt", "model"]), json_values),
+                                   "parameter": st.dictionaries(keys, json_values | st.integers(0, 50))})
+
+
+def accepted_or_rejected(parse, body):
+    try:
+        result = parse(body)
+    except InvalidRequest as error:
+        assert error.field and error.reason
+        return
+    requests = result if isinstance(result, list) else [result]
+    assert requests and all(isinstance(request, TextToImageRequest) for request in requests)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values | near_valid | envelopes | st.lists(near_valid | envelopes, max_size=3))
+def test_http_bodies(body):
+    accepted_or_rejected(parse_json, body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values | envelopes)
+def test_task_inputs(body):
+    accepted_or_rejected(parse_task_input, body)
