@@ -44,10 +44,3 @@ def test_try_serves_the_model_on_ray_and_writes_the_reply_images(weights_dir, tm
     assert sorted(p.name for p in out.iterdir()) == ["sdxl-11.jpg", "sdxl-12.jpg"]
     assert f"images written to {out}" in result.stdout
 
-
-def test_readme_documents_every_request_field():
-    from pathlib import Path
-
-    from stable_diffusion_xl.request import parameter_table
-
-    assert parameter_table() in (Path(__file__).parent.parent / "README.md").read_text()
