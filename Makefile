@@ -20,3 +20,6 @@ demo: install weights/demo/README.md
 
 test: install
 	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) bench/run.py
