@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: demo test bench install
+.PHONY: demo test bench image install
 
 install: $(VENV)/.installed
 
@@ -23,3 +23,24 @@ test: install
 
 bench: install
 	$(PYTHON) bench/run.py
+
+# `make image IMAGE=<namespace>/<model-id>:<version>` runs `instill build` in a clean folder, out/image.
+# `instill build` copies its whole working folder into a temporary build context (following symlinks)
+# before docker applies .dockerignore: run in the project folder, it would copy .venv (twice, through
+# lib64) and weights/demo. out/image holds only the project's files (git ls-files: tracked, plus new files
+# git does not ignore) and links to the fetched weights that weights/manifest.json lists; the SDK's copy
+# then reads each weight file once (about 12 GB written to $TMPDIR, which needs the space).
+IMAGE ?= admin/stable-diffusion-xl:v0.2.0
+IMAGE_DIR := out/image
+
+image: install
+	rm -rf $(IMAGE_DIR) && mkdir -p $(IMAGE_DIR)
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(IMAGE_DIR)
+	$(PYTHON) -c 'from stable_diffusion_xl.weights import load_manifest; \
+	    [print(f"{s.folder}/{name}") for s in load_manifest().values() for name in s.files]' | \
+	while read -r file; do \
+	    test -f "weights/$$file" || { echo "weights/$$file is missing: run $(PYTHON) -m stable_diffusion_xl fetch-weights" >&2; exit 1; }; \
+	    mkdir -p "$$(dirname "$(IMAGE_DIR)/weights/$$file")" && ln -s "$(CURDIR)/weights/$$file" "$(IMAGE_DIR)/weights/$$file" || exit 1; \
+	done
+	cd $(IMAGE_DIR) && $(abspath $(VENV))/bin/instill build $(IMAGE) 2>&1 | tee $(CURDIR)/out/image-build.log
+	@! grep -q -e 'Build failed' -e 'Prepare failed' -e Traceback out/image-build.log  # the CLI exits 0 on failure

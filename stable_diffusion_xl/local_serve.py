@@ -95,7 +95,9 @@ def run(applications: list[Application], ports: Ports, timeout: float = 300, ray
                  dashboard_port=ports.dashboard, num_cpus=os.cpu_count(), log_to_driver=True,
                  _temp_dir=ray_dir, _metrics_export_port=ports.metrics,
                  _system_config={"metrics_report_interval_ms": 1000})
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+        # Stop cleanly on either signal, even where a background shell made SIGINT ignored.
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, signal.default_int_handler)
         try:
             dashboard = f"http://127.0.0.1:{ports.dashboard}"
             ServeSubmissionClient(dashboard).deploy_applications(serve_config(applications, ports))

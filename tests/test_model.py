@@ -183,7 +183,7 @@ def test_custom_metrics_count_images_stages_and_rejections(cluster):
             break
         time.sleep(1)
     assert metric_total(text, "ray_sdxl_images_generated") >= metric_total(before, "ray_sdxl_images_generated") + 2
-    assert 'field="n"' in next(line for line in text.splitlines() if line.startswith("ray_sdxl_rejected_inputs"))
+    assert any('field="n"' in line for line in text.splitlines() if line.startswith("ray_sdxl_rejected_inputs"))
     stages = {line.split('stage="')[1].split('"')[0] for line in text.splitlines()
               if line.startswith("ray_sdxl_stage_seconds_count")}
     assert stages >= {"text_encoders", "base", "refiner", "vae_decode", "jpeg"}
