@@ -15,22 +15,14 @@ from instill.helpers import construct_task_text_to_image_output
 
 from .encoding import to_base64_jpeg
 from .engine import Generation
-from .request import InvalidRequest, TextToImageRequest, parse_json, parse_task_input
+from .request import InvalidRequest, TextToImageRequest, parse_all, parse_json, parse_task_input
 
 
 async def parse_call(call: Any) -> list[TextToImageRequest]:
     """The requests of one call, in order; InvalidRequest names the first bad field."""
     if hasattr(call, "task_inputs"):  # gRPC CallRequest
         inputs = [json_format.MessageToDict(task_input) for task_input in call.task_inputs]
-        if not inputs:
-            raise InvalidRequest("task_inputs", "must hold at least one task input")
-        requests = []
-        for index, task_input in enumerate(inputs):
-            try:
-                requests.append(parse_task_input(task_input))
-            except InvalidRequest as error:
-                raise (error.within(f"task_inputs[{index}].") if len(inputs) > 1 else error) from None
-        return requests
+        return parse_all(inputs, parse_task_input, "task_inputs")
     try:
         body = json.loads(await call.body())
     except ValueError as error:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -148,13 +149,15 @@ def serving(applications: list[Application], timeout: float = 300, log_path: Pat
                              stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
-        for line in child.stdout:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([child.stdout], [], [], remaining)[0]:
+                raise TimeoutError(f"Ray Serve was not ready after {timeout:.0f} s (log: {log_path})")
+            line = child.stdout.readline()
+            if not line:
+                raise RuntimeError(f"Ray Serve exited with {child.wait()} before it was ready (log: {log_path})")
             if line.startswith(READY):
                 break
-            if time.monotonic() > deadline:
-                raise TimeoutError("Ray Serve did not become ready")
-        else:
-            raise RuntimeError(f"Ray Serve exited with {child.wait()} before it was ready (log: {log_path})")
         yield ports
     finally:
         child.send_signal(signal.SIGINT)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ def _option(default, description, *, minimum=None, maximum=None, choices=None):
 
 @dataclass(frozen=True)
 class TextToImageRequest:
-    prompt: str = field(metadata={"description": "What the image should show.", "required": True})
+    prompt: str = field(metadata={"description": "What the image should show."})
     negative_prompt: str = _option("", "What the image should not show.")
     aspect_ratio: str = _option("1:1", "Shape of the image, mapped to SDXL's native ~1 MP size.", choices=ASPECT_RATIOS)
     n: int = _option(1, "How many images to generate for the prompt.", minimum=1)
@@ -59,8 +60,9 @@ class TextToImageRequest:
             _check_field(spec, getattr(self, spec.name))
         if not self.prompt.strip():
             raise InvalidRequest("prompt", "must not be empty")
-        if len(self.prompt) > MAX_PROMPT_CHARS or len(self.negative_prompt) > MAX_PROMPT_CHARS:
-            raise InvalidRequest("prompt", f"prompts are limited to {MAX_PROMPT_CHARS} characters")
+        for name, text in (("prompt", self.prompt), ("negative-prompt", self.negative_prompt)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise InvalidRequest(name, f"is limited to {MAX_PROMPT_CHARS} characters, got {len(text)}")
         if self.refiner and not 1 <= round(self.steps * self.high_noise_frac) < self.steps:
             raise InvalidRequest(
                 "high-noise-frac",
@@ -87,6 +89,8 @@ def _check_field(spec: dataclasses.Field, value: Any) -> None:
     # bool is an int in Python; a JSON true must not pass as n=1.
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise InvalidRequest(name, f"must be {_KIND_NAMES[spec.type]}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(name, f"must be a finite number, got {value!r}")
     choices, minimum, maximum = (spec.metadata.get(key) for key in ("choices", "minimum", "maximum"))
     if choices and value not in choices:
         raise InvalidRequest(name, f"must be one of {', '.join(choices)}; got {value!r}")
@@ -147,24 +151,29 @@ def parse_task_input(task_input: Any) -> TextToImageRequest:
     return from_fields(request.prompt, parameter, "parameter.")
 
 
-def parse_json(body: Any) -> list[TextToImageRequest]:
-    """HTTP bodies: one task input or a list of them, in the envelope or flat ({"prompt": ..., "n": 2})."""
-    inputs = body if isinstance(body, list) else [body]
+def parse_all(inputs: list, parse_one=parse_task_input, where: str = "") -> list[TextToImageRequest]:
+    """Several task inputs, in order; an error names the position of the bad one when there are several."""
     if not inputs:
-        raise InvalidRequest("body", "must hold at least one task input")
+        raise InvalidRequest(where or "body", "must hold at least one task input")
     requests = []
     for index, task_input in enumerate(inputs):
         try:
-            if isinstance(task_input, dict) and "data" not in task_input and "parameter" not in task_input:
-                flat = {key: value for key, value in task_input.items() if key != "model"}
-                requests.append(from_fields(flat.pop("prompt", None), flat))
-            else:
-                requests.append(parse_task_input(task_input))
+            requests.append(parse_one(task_input))
         except InvalidRequest as error:
-            if len(inputs) == 1:
-                raise
-            raise error.within(f"[{index}].") from None
+            raise (error.within(f"{where}[{index}].") if len(inputs) > 1 else error) from None
     return requests
+
+
+def parse_json(body: Any) -> list[TextToImageRequest]:
+    """HTTP bodies: one task input or a list of them, in the envelope or flat ({"prompt": ..., "n": 2})."""
+    return parse_all(body if isinstance(body, list) else [body], _parse_http_input)
+
+
+def _parse_http_input(task_input: Any) -> TextToImageRequest:
+    if isinstance(task_input, dict) and "data" not in task_input and "parameter" not in task_input:
+        flat = {key: value for key, value in task_input.items() if key != "model"}
+        return from_fields(flat.pop("prompt", None), flat)
+    return parse_task_input(task_input)
 
 
 @dataclass(frozen=True)
