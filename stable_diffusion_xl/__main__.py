@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 from .request import PARAMETERS, InvalidRequest, TextToImageRequest
-from .weights import DEFAULT_WEIGHTS_DIR, WeightPaths, WeightsMissing
+from .weights import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, WeightPaths, WeightsMissing
+
+DEMO_NOTE = f"(demo weights: these images are noise; fetch the real weights with `{FETCH_COMMAND}`)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +79,7 @@ def _generate(args) -> int:
         print(f"{path}  seed {seed}  {generation.width}x{generation.height}")
     print("seconds: " + ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in generation.timings.items()))
     if args.demo:
-        print("(demo weights: these images are noise; fetch the real weights with `python -m stable_diffusion_xl fetch-weights`)")
+        print(DEMO_NOTE)
     return 0
 
 
@@ -99,6 +101,7 @@ def _try(args) -> int:
     """What `instill run -i` does inside the image: POST the raw input JSON to the route, show the reply."""
     import base64
     import json
+    import urllib.error
     import urllib.request
 
     from .local_serve import Application, serving
@@ -124,7 +127,7 @@ def _try(args) -> int:
         print(f"task input {index}: seconds " + ", ".join(f"{k} {v}" for k, v in usage["seconds"].items()))
     print(f"images written to {args.output.resolve()}")
     if args.demo:
-        print("(demo weights: these images are noise; fetch the real weights with `python -m stable_diffusion_xl fetch-weights`)")
+        print(DEMO_NOTE)
     return 0
 
 
