@@ -207,7 +207,7 @@ def parameter_table() -> str:
             allowed = f"{meta['minimum']} to {meta['maximum']}" if meta["maximum"] is not None else \
                 f"{meta['minimum']} to the deployment's SDXL_MAX_N"
         else:
-            allowed = "true, false" if spec.type == "bool" else "any"
+            allowed = {"bool": "true, false", "str": f"up to {MAX_PROMPT_CHARS} characters"}[spec.type]
         default = json.dumps(spec.default)
         rows.append(f"| `parameter.{name}` | {_JSON_TYPES[spec.type]} | `{default}` | {allowed} | {meta['description']} |")
     return "\n".join(rows)
