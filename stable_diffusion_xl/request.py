@@ -198,7 +198,7 @@ class Limits:
 def parameter_table() -> str:
     """README's table of request fields, written from the dataclass so the two cannot drift."""
     rows = ["| field | type | default | allowed | meaning |", "|---|---|---|---|---|",
-            "| `data.prompt` | string | required | 1 to 4000 characters | What the image should show. |"]
+            f"| `data.prompt` | string | required | 1 to {MAX_PROMPT_CHARS} characters | What the image should show. |"]
     for name, spec in PARAMETERS.items():
         meta = spec.metadata
         if meta["choices"]:
