@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: demo test bench image install
+.PHONY: demo test test-fast lint bench image install
 
 install: $(VENV)/.installed
 
@@ -18,8 +18,15 @@ weights/demo/README.md: | install
 demo: install weights/demo/README.md
 	$(PYTHON) -m stable_diffusion_xl try -i '{"prompt": "cat napping"}' --demo -o out/
 
-test: install
+test: lint
 	$(PYTHON) -m pytest -q
+
+# Everything but the tests that start Ray Serve, subprocesses or fresh environments: seconds, not minutes.
+test-fast: lint
+	$(PYTHON) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(PYTHON) bench/run.py

@@ -46,7 +46,7 @@ torch.set_num_threads(1)  # as the replica does with the demo weights; see tests
 
 from bench import flops as flop_count  # noqa: E402
 from bench import on_paper  # noqa: E402
-from bench.grpc_client import grpc_call, task_input  # noqa: E402
+from stable_diffusion_xl.client import grpc_call, task_input  # noqa: E402
 
 PROMPT = "a cat napping on a windowsill, golden hour"
 SEED = 1234

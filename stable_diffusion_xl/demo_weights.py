@@ -35,8 +35,13 @@ SDXL_SCHEDULER = {
 
 def build(weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, seed: int = 0) -> Path:
     """Write demo base and refiner folders under `weights_dir/demo`; returns that folder."""
-    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -79,7 +84,8 @@ def build(weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, seed: int = 0) -> Path:
     manifest = load_manifest()
     for folder in (BASE, REFINER):
         _keep_only(root / folder, manifest[folder].files)
-    (root / "README.md").write_text("Tiny random-weight SDXL pipelines for tests and the demo: their images are noise.\n")
+    (root / "README.md").write_text("Tiny random-weight SDXL pipelines for tests and the demo: their images are "
+                                    "noise.\n")
     return root
 
 

@@ -1,9 +1,17 @@
-import numpy as np
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
 import pytest
 import torch
 
+from image_build import check_build, run_instill_build
+from served import MODEL, SMALL
 from stable_diffusion_xl import demo_weights
 from stable_diffusion_xl.engine import Engine
+from stable_diffusion_xl.local_serve import Application, serving
 
 # Two threads on a two-core machine shared with other work were up to 60x slower than one.
 torch.set_num_threads(1)
@@ -22,11 +30,28 @@ def engine(weights_dir):
     return Engine.load(weights_dir, demo=True)
 
 
-def pixels(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
+@pytest.fixture(scope="session")
+def cluster(weights_dir, tmp_path_factory):
+    """One real Ray Serve for the session: two applications named as Instill Core names them, the gRPC
+    proxy and HTTP on loopback, Ray's files in a short folder of our own (its socket paths must stay short)."""
+    env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir)}
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    apps = [Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1"})]
+    try:
+        with serving(apps, log_path=log, ray_dir=ray_dir) as ports, \
+                grpc.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+            yield SimpleNamespace(ports=ports, channel=channel, ray_dir=ray_dir)
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
-def max_pixel_difference(first, second) -> int:
-    """Largest per-channel difference; batch size changes float rounding by at most a level or two."""
-    assert first.size == second.size
-    return int(np.abs(pixels(first) - pixels(second)).max())
+@pytest.fixture(scope="session")
+def image_build(tmp_path_factory):
+    """The real `instill build` with a stand-in docker, run once for the image tests (tests/image_build.py)."""
+    return run_instill_build(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def build_call(image_build):
+    return check_build(image_build)

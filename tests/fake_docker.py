@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A stand-in `docker` for rehearsing the instill CLI without a Docker engine (tests/test_image.py).
+"""A stand-in `docker` for rehearsing the instill CLI without a Docker engine (tests/test_image_*.py).
 
 The instill SDK runs `docker ...` through subprocess, found on PATH, so a `docker` shim first on PATH
 that execs this script catches every call. Each call's argv is written to $FAKE_DOCKER_LOG/NNN.json.

@@ -7,9 +7,9 @@ import base64
 import io
 
 import jsonschema
-from google.protobuf import json_format
-from instill.protogen.model.ray.v1alpha.user_defined_pb2 import CallRequest, CallResponse
 from PIL import Image
+
+from stable_diffusion_xl import client
 
 OUTPUT_SCHEMA = {
     "$schema": "http://json-schema.org/draft-07/schema#",
@@ -36,26 +36,11 @@ OUTPUT_SCHEMA = {
         "metadata": {"type": "object", "properties": {"usage": {"type": "object"}}},
     },
 }
-METHOD = "/model.ray.v1alpha.UserDefinedService/__call__"
 
 
-def call_request(*task_inputs: dict) -> CallRequest:
-    request = CallRequest()
-    for task_input in task_inputs:
-        json_format.ParseDict(task_input, request.task_inputs.add())
-    return request
-
-
-def task_input(prompt="a cat napping", model="users/test/models/stable-diffusion-xl", **parameter) -> dict:
-    return {"data": {"prompt": prompt, "model": model}, "parameter": parameter}
-
-
-def grpc_call(channel, application: str, *task_inputs: dict, timeout: float = 300):
-    """One CallRequest as model-backend sends it: routed by the `application` metadata."""
-    stub = channel.unary_unary(METHOD, request_serializer=CallRequest.SerializeToString,
-                               response_deserializer=CallResponse.FromString)
-    response = stub(call_request(*task_inputs), metadata=(("application", application),), timeout=timeout)
-    return [json_format.MessageToDict(output) for output in response.task_outputs]
+def task_input(prompt="a cat napping", **parameter) -> dict:
+    """A task input the tests send; the package's client builds it (stable_diffusion_xl/client.py)."""
+    return client.task_input(prompt, "users/test/models/stable-diffusion-xl", **parameter)
 
 
 def check_output(output: dict) -> list[Image.Image]:

@@ -3,15 +3,8 @@
 import pytest
 import torch
 
-from conftest import max_pixel_difference
+from helpers import ROUNDING, max_pixel_difference, request
 from stable_diffusion_xl.engine import NaNImage, OutOfMemory
-from stable_diffusion_xl.request import TextToImageRequest
-
-ROUNDING = 2
-
-
-def request(**fields):
-    return TextToImageRequest(**{"prompt": "a cat napping", "steps": 5, **fields})
 
 
 @pytest.fixture
@@ -66,7 +59,7 @@ def test_out_of_memory_on_a_batch_of_4_splits_it_and_keeps_every_image(engine, o
     oom_above["limit"] = 2
     split = engine.generate([request(seed=20, n=4)])[0]
     assert split.events["oom_splits"] == 1 and split.seeds == unsplit.seeds == [20, 21, 22, 23]
-    for image, reference in zip(split.images, unsplit.images):
+    for image, reference in zip(split.images, unsplit.images, strict=True):
         assert max_pixel_difference(image, reference) <= ROUNDING
 
 

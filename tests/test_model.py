@@ -1,56 +1,21 @@
-"""model.py on a real Ray Serve: gRPC CallRequests routed by application name, HTTP, errors."""
+"""model.py on a real Ray Serve: gRPC CallRequests routed by application name, HTTP, errors, metrics, logs."""
 
-import json
 import re
-import shutil
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import pytest
 
-from instill_contract import check_output, grpc_call, task_input
-from stable_diffusion_xl.local_serve import Application, serving
+from instill_contract import check_output, task_input
+from served import FAST, MODEL, SMALL, http, metric_total, ray_logs, scrape, wait_for_metric
+from stable_diffusion_xl.client import grpc_call
 
-MODEL = "users_6f1c0e2a_stable-diffusion-xl_v1"
-SMALL = "users_6f1c0e2a_stable-diffusion-xl-small_v1"  # the same model deployed with max n = 1
-FAST = {"steps": 5}
-
-
-@pytest.fixture(scope="module")
-def cluster(weights_dir, tmp_path_factory):
-    """Two applications named as Instill Core names them; Ray's files in a short path of our own."""
-    env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir)}
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay short
-    apps = [Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1"})]
-    try:
-        with serving(apps, log_path=log, ray_dir=ray_dir) as ports:
-            with grpc.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
-                yield SimpleNamespace(ports=ports, channel=channel, ray_dir=ray_dir)
-    finally:
-        shutil.rmtree(ray_dir, ignore_errors=True)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def served(cluster):
     return cluster.ports, cluster.channel
-
-
-def http(ports, path, body=None, timeout=300):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{ports.http}/{path}", data=data,
-                                     headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
 
 
 def test_grpc_call_with_n_seed_negative_prompt_and_aspect_ratio(served):
@@ -94,19 +59,20 @@ def test_routing_follows_the_application_metadata(served):
 
 def test_http_post_flat_and_enveloped_bodies(served):
     ports, _ = served
-    status, flat = http(ports, MODEL, {"prompt": "cat napping", "negative-prompt": "dogs", "n": 2, "seed": 5, **FAST})
+    status, flat, _ = http(ports, MODEL, {"prompt": "cat napping", "negative-prompt": "dogs", "n": 2, "seed": 5,
+                                          **FAST})
     assert status == 200 and len(flat) == 1 and len(check_output(flat[0])) == 2
-    status, enveloped = http(ports, MODEL, {"data": {"prompt": "cat napping"},
-                                            "parameter": {"negative-prompt": "dogs", "n": 2, "seed": 5, **FAST}})
+    status, enveloped, _ = http(ports, MODEL, {"data": {"prompt": "cat napping"},
+                                               "parameter": {"negative-prompt": "dogs", "n": 2, "seed": 5, **FAST}})
     assert status == 200 and [o["data"] for o in enveloped] == [o["data"] for o in flat]
-    status, listed = http(ports, MODEL, [{"prompt": "a", "seed": 1, **FAST}, {"data": {"prompt": "b"},
-                                                                             "parameter": {"seed": 2, **FAST}}])
+    status, listed, _ = http(ports, MODEL, [{"prompt": "a", "seed": 1, **FAST}, {"data": {"prompt": "b"},
+                                                                                "parameter": {"seed": 2, **FAST}}])
     assert status == 200 and [o["metadata"]["usage"]["seeds"] for o in listed] == [[1], [2]]
 
 
 def test_bodyless_get_is_a_quick_status(served):
     ports, _ = served
-    status, body = http(ports, MODEL, timeout=10)
+    status, body, _ = http(ports, MODEL, timeout=10)
     assert status == 200 and body["status"] == "ready" and body["demo_weights"] is True
 
 
@@ -138,16 +104,15 @@ def test_bad_grpc_input_is_invalid_argument_and_the_replica_keeps_serving(served
 @pytest.mark.parametrize("bad, message", BAD_INPUTS)
 def test_bad_http_input_is_400_with_a_json_error(served, bad, message):
     ports, _ = served
-    status, body = http(ports, MODEL, bad)
+    status, body, _ = http(ports, MODEL, bad)
     assert status == 400 and message in body["error"]
 
 
 def test_http_body_that_is_not_json_is_400(served):
     ports, _ = served
-    request = urllib.request.Request(f"http://127.0.0.1:{ports.http}/{MODEL}", data=b"{not json")
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(request, timeout=60)
-    assert caught.value.code == 400 and "body: must be JSON" in json.load(caught.value)["error"]
+    status, body, _ = http(ports, MODEL, data=b"{not json", timeout=60)
+    assert status == 400 and body == {"error": "body: must be JSON (Expecting property name enclosed in double "
+                                               "quotes at character 1)", "field": "body"}
 
 
 def test_eight_concurrent_calls_each_get_what_they_would_get_alone(cluster):
@@ -161,27 +126,13 @@ def test_eight_concurrent_calls_each_get_what_they_would_get_alone(cluster):
         assert alone["data"] == output["data"]
 
 
-def scrape(cluster) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.ports.metrics}/metrics", timeout=10) as response:
-        return response.read().decode()
-
-
-def metric_total(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-
 def test_custom_metrics_count_images_stages_and_rejections(cluster):
     before = scrape(cluster)
     grpc_call(cluster.channel, MODEL, task_input(n=2, seed=1, **FAST))
     with pytest.raises(grpc.RpcError):
         grpc_call(cluster.channel, MODEL, task_input(n=0))
-    deadline, text = time.monotonic() + 60, before
-    while time.monotonic() < deadline:
-        text = scrape(cluster)
-        if metric_total(text, "ray_sdxl_images_generated") >= metric_total(before, "ray_sdxl_images_generated") + 2 \
-                and metric_total(text, "ray_sdxl_rejected_inputs") >= 1:
-            break
-        time.sleep(1)
+    wait_for_metric(cluster, "ray_sdxl_rejected_inputs", metric_total(before, "ray_sdxl_rejected_inputs") + 1)
+    text = wait_for_metric(cluster, "ray_sdxl_images_generated", metric_total(before, "ray_sdxl_images_generated") + 2)
     assert metric_total(text, "ray_sdxl_images_generated") >= metric_total(before, "ray_sdxl_images_generated") + 2
     assert any('field="n"' in line for line in text.splitlines() if line.startswith("ray_sdxl_rejected_inputs"))
     stages = {line.split('stage="')[1].split('"')[0] for line in text.splitlines()
@@ -192,8 +143,7 @@ def test_custom_metrics_count_images_stages_and_rejections(cluster):
 def test_logs_carry_request_ids_and_timings_but_no_prompts(cluster):
     secret = "a-prompt-that-must-not-be-logged"
     grpc_call(cluster.channel, MODEL, task_input(secret, seed=3, **{"negative-prompt": secret + "-negative"}, **FAST))
-    logs = "".join(path.read_text(errors="replace") for path in cluster.ray_dir.rglob("logs/**/*")
-                   if path.is_file() and path.suffix in (".log", ".err", ".out"))
+    logs = ray_logs(cluster)
     assert secret not in logs
     # Ray Serve's replica format: ... <replica id> <request id> -- message
     assert re.search(r" [0-9a-f-]{36} -- 1 task inputs, 1 images, seconds \[\{'text_encoders'", logs)

@@ -1,15 +1,21 @@
-"""A CallRequest as Instill Core's model-backend sends it (the pattern of tests/instill_contract.py, copied)."""
+"""The caller's side of Instill's gRPC call: one CallRequest as Instill Core's model-backend sends it.
+
+    with grpc.insecure_channel("127.0.0.1:9000") as channel:
+        outputs = grpc_call(channel, "default", task_input("a cat napping", n=2, seed=7))
+"""
 
 from __future__ import annotations
 
+import grpc
 from google.protobuf import json_format
 from instill.protogen.model.ray.v1alpha.user_defined_pb2 import CallRequest, CallResponse
 
 METHOD = "/model.ray.v1alpha.UserDefinedService/__call__"
 
 
-def task_input(prompt: str, **parameter) -> dict:
-    return {"data": {"prompt": prompt, "model": "users/bench/models/stable-diffusion-xl"}, "parameter": parameter}
+def task_input(prompt: str, model: str = "users/admin/models/stable-diffusion-xl", **parameter) -> dict:
+    """One TASK_TEXT_TO_IMAGE input; parameters by their wire names (`**{"aspect-ratio": "16:9"}`)."""
+    return {"data": {"prompt": prompt, "model": model}, "parameter": parameter}
 
 
 def call_request(*task_inputs: dict) -> CallRequest:
@@ -19,8 +25,8 @@ def call_request(*task_inputs: dict) -> CallRequest:
     return request
 
 
-def grpc_call(channel, application: str, *task_inputs: dict, timeout: float = 300) -> list[dict]:
-    """One CallRequest routed by the `application` metadata; the task outputs as dicts."""
+def grpc_call(channel: grpc.Channel, application: str, *task_inputs: dict, timeout: float = 300) -> list[dict]:
+    """One CallRequest routed by the `application` metadata, as Core routes it; the task outputs as dicts."""
     stub = channel.unary_unary(METHOD, request_serializer=CallRequest.SerializeToString,
                                response_deserializer=CallResponse.FromString)
     response = stub(call_request(*task_inputs), metadata=(("application", application),), timeout=timeout)

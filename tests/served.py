@@ -1,0 +1,65 @@
+"""Helpers for the tests that drive the model on a real Ray Serve (the `cluster` fixture in conftest.py):
+HTTP calls, the metrics endpoint and the replicas' logs."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+MODEL = "users_6f1c0e2a_stable-diffusion-xl_v1"
+SMALL = "users_6f1c0e2a_stable-diffusion-xl-small_v1"  # the same model deployed with max n = 1
+FAST = {"steps": 5}
+TINY = {"steps": 1, "refiner": False}  # one UNet call: for inputs that only need to be accepted
+
+
+def http(ports, path: str, body=None, *, method: str | None = None, data: bytes | None = None,
+         headers: dict | None = None, timeout: float = 300):
+    """(status, JSON body, headers) of one HTTP request to the Ray Serve proxy."""
+    if data is None and body is not None:
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{ports.http}/{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw, status, reply_headers = response.read(), response.status, response.headers
+    except urllib.error.HTTPError as error:
+        raw, status, reply_headers = error.read(), error.code, error.headers
+    return status, json.loads(raw) if raw else None, reply_headers
+
+
+def scrape(cluster) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.ports.metrics}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def metric_total(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def wait_for_metric(cluster, name: str, at_least: float, timeout: float = 60) -> str:
+    """The metrics text once `name` totals `at_least` (Ray exports them every second or so)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = scrape(cluster)
+        if metric_total(text, name) >= at_least or time.monotonic() > deadline:
+            return text
+        time.sleep(1)
+
+
+def ray_logs(cluster) -> str:
+    return "".join(path.read_text(errors="replace") for path in cluster.ray_dir.rglob("logs/**/*")
+                   if path.is_file() and path.suffix in (".log", ".err", ".out"))
+
+
+def replica_lines(cluster, request_id: str, pattern: str, timeout: float = 30) -> list[re.Match]:
+    """The replica log lines of one request (Ray Serve puts its id before ` -- `) matching `pattern`."""
+    deadline, regex = time.monotonic() + timeout, re.compile(rf" {re.escape(request_id)} -- {pattern}")
+    while True:
+        logs = "".join(path.read_text(errors="replace") for path in cluster.ray_dir.rglob("logs/serve/replica_*"))
+        found = [match for line in logs.splitlines() if (match := regex.search(line))]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
