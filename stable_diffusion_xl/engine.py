@@ -15,18 +15,22 @@ import secrets
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from PIL import Image
 
-from .request import TextToImageRequest
+from .request import MAX_SEED, TextToImageRequest, nth_seed
+from .settings import DEFAULT_MAX_BATCH_SIZE
 from .sizes import ASPECT_RATIOS, image_size
 from .weights import DEFAULT_WEIGHTS_DIR, WeightPaths
 
 log = logging.getLogger(__name__)
 STAGES = ("text_encoders", "base", "refiner", "vae_decode")
+# diffusers logs the part of a prompt beyond CLIP's 77 tokens, at WARNING. Prompts stay out of the logs.
+for _pipeline in ("pipeline_stable_diffusion_xl", "pipeline_stable_diffusion_xl_img2img"):
+    logging.getLogger(f"diffusers.pipelines.stable_diffusion_xl.{_pipeline}").setLevel(logging.ERROR)
 
 
 @dataclass
@@ -50,11 +54,45 @@ class NaNImage(RuntimeError):
     """An image decoded to NaN even in fp32: its latents are broken, and a black image is no answer."""
 
 
+class Cancelled(RuntimeError):
+    """The caller cancelled: the generation stopped at the next denoising step."""
+
+
+class Progress:
+    """What a caller shares with its generation: the denoising steps done so far (one per UNet batch call),
+    and `cancel()`, which stops the generation at the end of the step under way."""
+
+    def __init__(self):
+        self.steps = 0
+        self._stop = threading.Event()
+        self._cancelled_at_step: int | None = None
+
+    def cancel(self) -> None:
+        if not self._stop.is_set():
+            self._cancelled_at_step = self.steps
+            self._stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    def stop_if_cancelled(self) -> None:
+        if self.cancelled:
+            raise Cancelled(f"cancelled at step {self._cancelled_at_step}; stopped after step {self.steps}")
+
+    def on_step_end(self, pipeline, step: int, timestep, tensors: dict) -> dict:
+        """diffusers' step-end callback: count the step, and interrupt the pipeline once cancelled."""
+        self.steps += 1
+        if self.cancelled:
+            pipeline._interrupt = True  # diffusers' way to skip the remaining steps of a pipeline call
+        return {}
+
+
 @dataclass(frozen=True)
 class _Job:
-    """One image to make: which request it belongs to, and its own prompt, negative prompt and seed."""
+    """One image to make: the index of its request, and its own prompt, negative prompt and seed."""
 
-    request: int
+    request_index: int
     prompt: str
     negative_prompt: str
     seed: int
@@ -66,7 +104,7 @@ def choose_device() -> tuple[str, torch.dtype]:
 
 
 class Engine:
-    def __init__(self, base, refiner, *, device: str, max_batch_size: int = 4, demo: bool = False):
+    def __init__(self, base, refiner, *, device: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, demo: bool = False):
         self.base, self.refiner, self.device = base, refiner, device
         self.max_batch_size, self.demo = max_batch_size, demo
         self.vae = base.vae
@@ -77,7 +115,7 @@ class Engine:
         self.set_progress_bars(False)
 
     @classmethod
-    def load(cls, weights_dir=DEFAULT_WEIGHTS_DIR, *, demo: bool = False, max_batch_size: int = 4,
+    def load(cls, weights_dir=DEFAULT_WEIGHTS_DIR, *, demo: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
              device: str | None = None) -> Engine:
         """Load base and refiner from disk (safetensors only), sharing text_encoder_2, tokenizer_2 and the VAE."""
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
@@ -120,49 +158,55 @@ class Engine:
     def size_of(self, request: TextToImageRequest) -> tuple[int, int]:
         return image_size(request.aspect_ratio, self.resolution)
 
-    def generate(self, requests: Sequence[TextToImageRequest]) -> list[Generation]:
-        """Images for each request, in order. Requests with the same settings share UNet batches."""
-        seeds = [request.seed or secrets.randbelow(2**31) + 1 for request in requests]
+    def generate(self, requests: Sequence[TextToImageRequest], progress: Progress | None = None) -> list[Generation]:
+        """Images for each request, in order. Requests with the same batch key share UNet batches.
+
+        `progress.cancel()`, from any thread, stops the generation at the end of the step under way
+        and raises Cancelled, also while the call still waits for the engine.
+        """
+        progress = progress or Progress()
+        seeds = [request.seed or secrets.randbelow(MAX_SEED) + 1 for request in requests]
         results = [Generation([], [], *self.size_of(request)) for request in requests]
         groups: dict[tuple, list[_Job]] = defaultdict(list)
         for index, (request, seed) in enumerate(zip(requests, seeds)):
-            groups[request.settings] += [
-                _Job(index, request.prompt, request.negative_prompt, seed + i) for i in range(request.n)
+            groups[request.batch_key] += [
+                _Job(index, request.prompt, request.negative_prompt, nth_seed(seed, i)) for i in range(request.n)
             ]
         with self._lock, torch.inference_mode():
             try:
                 for jobs in groups.values():
                     for start in range(0, len(jobs), self.max_batch_size):
-                        self._run_or_split(requests, jobs[start : start + self.max_batch_size], results)
+                        progress.stop_if_cancelled()
+                        self._run_or_split(requests, jobs[start : start + self.max_batch_size], results, progress)
             except Exception as error:
                 if _is_device_failure(error):
                     self.healthy = False
                 raise
         return results
 
-    def _run_or_split(self, requests, chunk: list[_Job], results: list[Generation]) -> None:
+    def _run_or_split(self, requests, chunk: list[_Job], results: list[Generation], progress: Progress) -> None:
         """Run one batch; when it does not fit in memory, run each half instead, down to one image."""
         try:
-            images, timings, redecoded = self._run(requests[chunk[0].request], chunk)
+            images, timings, redecoded = self._run(requests[chunk[0].request_index], chunk, progress)
         except torch.cuda.OutOfMemoryError:
             self._free_memory()
             if len(chunk) == 1:
-                width, height = self.size_of(requests[chunk[0].request])
+                width, height = self.size_of(requests[chunk[0].request_index])
                 raise OutOfMemory(
                     f"failed to allocate memory for one {width}x{height} image on {self.device}"
                 ) from None
             log.warning("out of memory on a batch of %d images: splitting it", len(chunk))
-            for index in {job.request for job in chunk}:
+            for index in {job.request_index for job in chunk}:
                 results[index].events["oom_splits"] += 1
             half = len(chunk) // 2
-            self._run_or_split(requests, chunk[:half], results)
-            self._run_or_split(requests, chunk[half:], results)
+            self._run_or_split(requests, chunk[:half], results, progress)
+            self._run_or_split(requests, chunk[half:], results, progress)
             return
         for position, (job, image) in enumerate(zip(chunk, images)):
-            results[job.request].images.append(image)
-            results[job.request].seeds.append(job.seed)
-            results[job.request].events["nan_redecodes"] += position in redecoded
-        for index in {job.request for job in chunk}:
+            results[job.request_index].images.append(image)
+            results[job.request_index].seeds.append(job.seed)
+            results[job.request_index].events["nan_redecodes"] += position in redecoded
+        for index in {job.request_index for job in chunk}:
             for stage, seconds in timings.items():
                 results[index].timings[stage] += seconds
 
@@ -170,12 +214,13 @@ class Engine:
         if self.device == "cuda":
             torch.cuda.empty_cache()
 
-    def _run(self, settings: TextToImageRequest, jobs: list[_Job]) -> tuple[list[Image.Image], dict, set[int]]:
-        """One UNet batch: every job shares `settings`' size, steps, guidance and hand-off."""
-        width, height = self.size_of(settings)
+    def _run(self, batch: TextToImageRequest, jobs: list[_Job], progress: Progress
+             ) -> tuple[list[Image.Image], dict, set[int]]:
+        """One UNet batch: every job shares `batch`'s size, steps, guidance and hand-off (its batch key)."""
+        width, height = self.size_of(batch)
         # A CPU generator per image makes image i depend on its own seed only, on any device and batch.
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
-        use_refiner, guidance = settings.refiner, settings.guidance_scale
+        use_refiner, guidance = batch.refiner, batch.guidance_scale
         clock = _Clock(self.device)
 
         base_embeds = self._encode(self.base, jobs, guidance)
@@ -183,16 +228,19 @@ class Engine:
         clock.lap("text_encoders")
 
         latents = self.base(
-            **base_embeds, width=width, height=height, num_inference_steps=settings.steps,
-            guidance_scale=guidance, denoising_end=settings.high_noise_frac if use_refiner else None,
-            generator=generators, output_type="latent",
+            **base_embeds, width=width, height=height, num_inference_steps=batch.steps,
+            guidance_scale=guidance, denoising_end=batch.high_noise_frac if use_refiner else None,
+            generator=generators, output_type="latent", callback_on_step_end=progress.on_step_end,
         ).images
+        progress.stop_if_cancelled()
         clock.lap("base")
         if use_refiner:
             latents = self.refiner(
-                **refiner_embeds, image=latents, num_inference_steps=settings.steps, guidance_scale=guidance,
-                denoising_start=settings.high_noise_frac, generator=generators, output_type="latent",
+                **refiner_embeds, image=latents, num_inference_steps=batch.steps, guidance_scale=guidance,
+                denoising_start=batch.high_noise_frac, generator=generators, output_type="latent",
+                callback_on_step_end=progress.on_step_end,
             ).images
+            progress.stop_if_cancelled()
         clock.lap("refiner")
         images, redecoded = self.decode(latents)
         clock.lap("vae_decode")

@@ -10,7 +10,13 @@ import pytest
 
 from stable_diffusion_xl.engine import Engine
 from stable_diffusion_xl.weights import (
-    BASE, DEMO_SUBDIR, REFINER, VAE_FP16_FIX, WeightsMissing, load_manifest, select_files,
+    BASE,
+    DEMO_SUBDIR,
+    REFINER,
+    VAE_FP16_FIX,
+    WeightsMissing,
+    load_manifest,
+    select_files,
 )
 
 LISTINGS = json.loads((Path(__file__).parent / "data" / "hub_listings.json").read_text())
