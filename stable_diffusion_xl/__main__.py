@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 from .request import PARAMETERS, InvalidRequest, TextToImageRequest
+from .settings import DEFAULT_MAX_BATCH_SIZE, SettingError, Settings
 from .weights import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, WeightPaths, WeightsMissing
 
 DEMO_NOTE = f"(demo weights: these images are noise; fetch the real weights with `{FETCH_COMMAND}`)"
+DEMO_HELP = "use the tiny random demo weights: their images are noise"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, spec in PARAMETERS.items():
         generate.add_argument(f"--{name}", **_argument(spec))
     generate.add_argument("-o", "--output", type=Path, default=Path("out"), help="folder for the JPEGs (default: out)")
-    generate.add_argument("--demo", action="store_true", help="use the tiny random demo weights: their images are noise")
+    generate.add_argument("--demo", action="store_true", help=DEMO_HELP)
     generate.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
-    generate.add_argument("--max-batch-size", type=int, default=4, help="images per UNet batch")
+    generate.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="images per UNet batch")
 
-    serve = commands.add_parser("serve", help="serve the Instill model on a local Ray Serve (HTTP and gRPC) until Ctrl-C")
-    try_ = commands.add_parser("try", help="serve the Instill model, POST one input as `instill run -i` does, save the images")
+    serve = commands.add_parser("serve", help="serve the Instill model on a local Ray Serve (HTTP, gRPC) until Ctrl-C")
+    try_ = commands.add_parser("try", help="serve the Instill model, POST one input as `instill run -i` does, "
+                               "save the images")
     try_.add_argument("-i", "--input", default='{"prompt": "cat napping"}', help="the input JSON, flat or enveloped")
     try_.add_argument("-o", "--output", type=Path, default=Path("out"), help="folder for the JPEGs (default: out)")
     for command in (serve, try_):
-        command.add_argument("--demo", action="store_true", help="use the tiny random demo weights: their images are noise")
+        command.add_argument("--demo", action="store_true", help=DEMO_HELP)
         command.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
 
     fetch = commands.add_parser("fetch-weights", help="download the real fp16 weights (about 12 GB)")
@@ -47,12 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
 
     args = parser.parse_args(argv)
+    from .local_serve import DeployFailed
+
     try:
         handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo}
         return handlers[args.command](args)
-    except (InvalidRequest, WeightsMissing) as error:
+    except (InvalidRequest, WeightsMissing, SettingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except DeployFailed as error:  # Ray's own message: why the replica could not start
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 def _argument(spec: dataclasses.Field) -> dict:
@@ -68,7 +77,8 @@ def _generate(args) -> int:
     from .encoding import to_jpeg
     from .engine import Engine
 
-    request = TextToImageRequest(prompt=args.prompt, **{spec.name: getattr(args, spec.name) for spec in PARAMETERS.values()})
+    fields = {spec.name: getattr(args, spec.name) for spec in PARAMETERS.values()}
+    request = TextToImageRequest(prompt=args.prompt, **fields)
     engine = Engine.load(args.weights, demo=args.demo, max_batch_size=args.max_batch_size)
     engine.set_progress_bars(True)
     generation = engine.generate([request])[0]
@@ -84,16 +94,20 @@ def _generate(args) -> int:
 
 
 def _model_env(args) -> dict[str, str]:
-    WeightPaths.locate(args.weights, demo=args.demo)  # fail here, with the fix, rather than in a Ray replica
-    return {"SDXL_WEIGHTS_DIR": str(args.weights.resolve()), "SDXL_DEMO_WEIGHTS": "1" if args.demo else ""}
+    """The replica's SDXL_* variables, checked here so that a mistake fails at once, with the fix, rather
+    than in a Ray replica; the other SDXL_* variables of this shell reach the replica as they are."""
+    env = {"SDXL_WEIGHTS_DIR": str(args.weights.resolve()), "SDXL_DEMO_WEIGHTS": "1" if args.demo else "0"}
+    Settings.from_env({**os.environ, **env})
+    WeightPaths.locate(args.weights, demo=args.demo)
+    return env
 
 
 def _serve(args) -> int:
     from .local_serve import Application, Ports, run
 
-    ports = Ports()
+    application, ports = Application("default", _model_env(args)), Ports()
     print(f"serving on http://127.0.0.1:{ports.http}/ and gRPC 127.0.0.1:{ports.grpc} (application 'default')")
-    run([Application("default", _model_env(args))], ports)
+    run([application], ports)
     return 0
 
 
@@ -107,8 +121,9 @@ def _try(args) -> int:
     from .local_serve import Application, serving
 
     body = args.input.encode()
+    application = Application("default", _model_env(args))
     print("starting Ray Serve with the model ...", file=sys.stderr)
-    with serving([Application("default", _model_env(args))]) as ports:
+    with serving([application]) as ports:
         request = urllib.request.Request(f"http://127.0.0.1:{ports.http}/", data=body,
                                          headers={"Content-Type": "application/json"})
         try:

@@ -33,7 +33,11 @@ MODEL_FILE = PACKAGE_DIR.parent / "model.py"
 # and no other `model` module may be (the reason `instill build` renames model.py).
 PROTOGEN_DIR = Path(instill.__file__).parent / "protogen"
 SERVICER = "model.ray.v1alpha.user_defined_pb2_grpc.add_UserDefinedServiceServicer_to_server"
-READY = "ready:"
+READY, FAILED = "ready:", "failed:"
+
+
+class DeployFailed(RuntimeError):
+    """An application reached DEPLOY_FAILED; the message is Ray's own, which says why."""
 
 
 def free_port() -> int:
@@ -102,7 +106,11 @@ def run(applications: list[Application], ports: Ports, timeout: float = 300, ray
         try:
             dashboard = f"http://127.0.0.1:{ports.dashboard}"
             ServeSubmissionClient(dashboard).deploy_applications(serve_config(applications, ports))
-            wait_until_running(dashboard, [app.name for app in applications], timeout)
+            try:
+                wait_until_running(dashboard, [app.name for app in applications], timeout)
+            except DeployFailed as failed:
+                print(f"{FAILED} {json.dumps(str(failed))}", flush=True)  # one line, for `serving`
+                raise
             print(f"{READY} http 127.0.0.1:{ports.http} grpc 127.0.0.1:{ports.grpc} dashboard {dashboard} "
                   f"metrics http://127.0.0.1:{ports.metrics}/metrics", flush=True)
             while True:
@@ -116,22 +124,26 @@ def run(applications: list[Application], ports: Ports, timeout: float = 300, ray
             ray.shutdown()
 
 
-def application_statuses(dashboard: str) -> dict[str, str]:
+def application_statuses(dashboard: str) -> dict[str, dict]:
+    """Each application's status and Ray's message about it, as Instill Core reads them."""
     with urllib.request.urlopen(f"{dashboard}/api/serve/applications/", timeout=10) as response:
         details = json.load(response)
-    return {name: app["status"] for name, app in (details.get("applications") or {}).items()}
+    return {name: {"status": app["status"], "message": app.get("message", "")}
+            for name, app in (details.get("applications") or {}).items()}
 
 
 def wait_until_running(dashboard: str, names: list[str], timeout: float) -> None:
     deadline, statuses = time.monotonic() + timeout, {}
     while time.monotonic() < deadline:
         statuses = application_statuses(dashboard)
-        if any(status == "DEPLOY_FAILED" for status in statuses.values()):
-            raise RuntimeError(f"deployment failed: {statuses}")
-        if all(statuses.get(name) == "RUNNING" for name in names):
+        for name, app in statuses.items():
+            if app["status"] == "DEPLOY_FAILED":
+                raise DeployFailed(f"application {name!r} failed to deploy: {app['message']}")
+        if all(statuses.get(name, {}).get("status") == "RUNNING" for name in names):
             return
         time.sleep(1)
-    raise TimeoutError(f"applications not RUNNING after {timeout:.0f} s: {statuses}")
+    raise TimeoutError(f"applications not RUNNING after {timeout:.0f} s: "
+                       f"{ {name: app['status'] for name, app in statuses.items()} }")
 
 
 @contextmanager
@@ -156,6 +168,8 @@ def serving(applications: list[Application], timeout: float = 300, log_path: Pat
             line = child.stdout.readline()
             if not line:
                 raise RuntimeError(f"Ray Serve exited with {child.wait()} before it was ready (log: {log_path})")
+            if line.startswith(FAILED):
+                raise DeployFailed(json.loads(line[len(FAILED):]))
             if line.startswith(READY):
                 break
         yield ports

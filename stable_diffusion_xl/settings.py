@@ -1,51 +1,118 @@
-"""Deployment settings, read once from the environment (documented in README)."""
+"""Deployment settings and policy: SDXL_* environment variables, each checked when it is read.
+
+Each setting is declared once, with its variable, default, range and meaning; `from_env` reads and
+checks them all, and README's settings table is written from the same declarations. A bad value
+fails the start with a message naming the variable, the value and what is allowed.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .encoding import DEFAULT_JPEG_QUALITY
-from .request import Limits
+from .request import InvalidRequest, excerpt
 from .weights import DEFAULT_WEIGHTS_DIR
+
+DEFAULT_MAX_BATCH_SIZE = 4
+FLAG_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+class SettingError(ValueError):
+    """An SDXL_* variable holds a value the deployment cannot run with."""
+
+
+def setting(variable: str, default: Any, meaning: str, *, minimum: int | None = None, maximum: int | None = None,
+            shown: str | None = None):
+    """A dataclass field read from `variable`; `shown` is the default as README writes it."""
+    return field(default=default, metadata={"variable": variable, "meaning": meaning, "minimum": minimum,
+                                            "maximum": maximum, "shown": shown})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one call may ask of this deployment; Instill's schema sets no maximum for n."""
+
+    max_n: int = setting("SDXL_MAX_N", 4, "largest `n` per task input", minimum=1, maximum=64)
+    max_images_per_call: int = setting("SDXL_MAX_IMAGES_PER_CALL", 8, "images per call, over all task inputs",
+                                       minimum=1, maximum=256)
+    max_body_bytes: int = setting("SDXL_MAX_BODY_BYTES", 1 << 20, "largest HTTP body or gRPC CallRequest, in bytes; "
+                                  "a larger one is refused (HTTP 413) before it is read", minimum=1024,
+                                  maximum=64 << 20)
+
+    def check_n(self, n: int, images_before: int, field_name: str) -> None:
+        """One input's n, and the images of the call so far with it; the error names that input's n."""
+        if n > self.max_n:
+            raise InvalidRequest(field_name, f"must be from 1 to {self.max_n} on this deployment, got {excerpt(n)}")
+        if images_before + n > self.max_images_per_call:
+            raise InvalidRequest(field_name, f"takes the call to {excerpt(images_before + n)} images; this deployment "
+                                             f"makes at most {self.max_images_per_call} per call")
 
 
 @dataclass(frozen=True)
 class Settings:
-    weights_dir: Path = DEFAULT_WEIGHTS_DIR
-    demo_weights: bool = False
-    max_batch_size: int = 4
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY
-    warm_up: bool = True
+    weights_dir: Path = setting("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR, "folder with the fetched weights",
+                                shown="`weights/` beside model.py")
+    demo_weights: bool = setting("SDXL_DEMO_WEIGHTS", False, "`1` loads `weights/demo` (noise); never a silent "
+                                 "fallback")
+    max_batch_size: int = setting("SDXL_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an "
+                                  "out-of-memory batch is split and retried)", minimum=1, maximum=64)
+    jpeg_quality: int = setting("SDXL_JPEG_QUALITY", DEFAULT_JPEG_QUALITY, "JPEG quality of the returned images",
+                                minimum=1, maximum=100)
+    warm_up: bool = setting("SDXL_WARM_UP", True, "one tiny generation per aspect ratio before the replica "
+                            "reports ready")
     limits: Limits = field(default_factory=Limits)
     # Ray Serve: a replica makes one image batch at a time, so it holds one request running and one
     # ready; the rest wait in Serve's queue, where autoscaling sees them.
-    max_ongoing_requests: int = 2
-    max_queued_requests: int = 100
-    target_ongoing_requests: int = 1
-    upscale_delay_s: int = 30  # the SDK's default waits 10 minutes before adding a replica
+    max_ongoing_requests: int = setting("SDXL_MAX_ONGOING_REQUESTS", 2, "calls a replica holds: one generating, "
+                                        "one ready to start", minimum=1, maximum=1000)
+    max_queued_requests: int = setting("SDXL_MAX_QUEUED_REQUESTS", 100, "calls waiting in Serve's queue before new "
+                                       "ones are refused as busy", minimum=1, maximum=1_000_000)
+    target_ongoing_requests: int = setting("SDXL_TARGET_ONGOING_REQUESTS", 1, "autoscaling adds a replica when "
+                                           "replicas average more than this", minimum=1, maximum=1000)
+    upscale_delay_s: int = setting("SDXL_UPSCALE_DELAY_S", 30, "seconds of load before a replica is added (the "
+                                   "SDK's default is 600)", minimum=0, maximum=86400)
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
-        def number(name: str, default: int) -> int:
-            return int(env.get(name) or default)
+        """Read every setting; an unset or empty variable takes the default."""
+        return _read(cls, env)
 
-        def flag(name: str, default: bool) -> bool:
-            return env[name].lower() in ("1", "true", "yes") if env.get(name) else default
 
-        return cls(
-            weights_dir=Path(env.get("SDXL_WEIGHTS_DIR") or DEFAULT_WEIGHTS_DIR),
-            demo_weights=flag("SDXL_DEMO_WEIGHTS", False),
-            warm_up=flag("SDXL_WARM_UP", cls.warm_up),
-            max_batch_size=number("SDXL_MAX_BATCH_SIZE", cls.max_batch_size),
-            jpeg_quality=number("SDXL_JPEG_QUALITY", cls.jpeg_quality),
-            limits=Limits(
-                max_n=number("SDXL_MAX_N", Limits.max_n),
-                max_images_per_call=number("SDXL_MAX_IMAGES_PER_CALL", Limits.max_images_per_call),
-            ),
-            max_ongoing_requests=number("SDXL_MAX_ONGOING_REQUESTS", cls.max_ongoing_requests),
-            max_queued_requests=number("SDXL_MAX_QUEUED_REQUESTS", cls.max_queued_requests),
-            target_ongoing_requests=number("SDXL_TARGET_ONGOING_REQUESTS", cls.target_ongoing_requests),
-            upscale_delay_s=number("SDXL_UPSCALE_DELAY_S", cls.upscale_delay_s),
-        )
+def _read(cls, env):
+    values = {}
+    for spec in dataclasses.fields(cls):
+        variable = spec.metadata.get("variable")
+        if variable is None:  # a group of settings of its own, such as Limits
+            values[spec.name] = _read(globals()[spec.type], env)
+        elif env.get(variable):
+            values[spec.name] = _parse(spec, env[variable])
+    return cls(**values)
+
+
+def _parse(spec: dataclasses.Field, text: str) -> Any:
+    variable, minimum, maximum = (spec.metadata[key] for key in ("variable", "minimum", "maximum"))
+    if spec.type == "bool":
+        if text.strip().lower() not in FLAG_VALUES:
+            raise SettingError(f"{variable}={excerpt(text)}: must be one of {', '.join(FLAG_VALUES)}")
+        return FLAG_VALUES[text.strip().lower()]
+    if spec.type == "int":
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise SettingError(f"{variable}={excerpt(text)}: must be an integer from {minimum} to {maximum}")
+        return value
+    return Path(text)
+
+
+def settings(cls=Settings) -> list[dataclasses.Field]:
+    """Every setting's declaration, in README's order."""
+    found = []
+    for spec in dataclasses.fields(cls):
+        found += [spec] if "variable" in spec.metadata else settings(globals()[spec.type])
+    return found

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from stable_diffusion_xl.settings import SettingError
+
 MODEL_FILE = Path(__file__).parent.parent / "model.py"
 
 
@@ -44,6 +46,22 @@ def test_serve_options_follow_our_variables_and_instills(load_model):
     assert (ongoing, queued) == (3, 7)
     autoscaling = config.autoscaling_config
     assert (autoscaling.target_ongoing_requests, autoscaling.min_replicas, autoscaling.max_replicas) == (2, 1, 5)
+
+
+def test_our_serve_settings_win_over_the_sdks_high_scale_preset(load_model):
+    """RAY_IS_HIGH_SCALE_MODEL=true makes the SDK's constructor set 6 ongoing requests and a target of 4; a
+    replica that makes one batch at a time would only queue them inside itself."""
+    ongoing, _, config = options(load_model(RAY_IS_HIGH_SCALE_MODEL="true"))
+    assert ongoing == 2 and config.autoscaling_config.target_ongoing_requests == 1
+    assert config.autoscaling_config.upscale_delay_s == 30
+    assert config.autoscaling_config.downscale_delay_s == 600  # the preset we do not set stays the SDK's
+    ongoing, _, _ = options(load_model(RAY_IS_HIGH_SCALE_MODEL="true", SDXL_MAX_ONGOING_REQUESTS="5"))
+    assert ongoing == 5
+
+
+def test_a_bad_setting_fails_the_import_with_the_variable_named(load_model):
+    with pytest.raises(SettingError, match='SDXL_MAX_N="abc": must be an integer from 1 to 64'):
+        load_model(SDXL_MAX_N="abc")
 
 
 def test_replica_warms_up_every_aspect_ratio_and_reports_a_broken_engine(load_model, monkeypatch):
