@@ -9,18 +9,15 @@ import asyncio
 import logging
 import time
 
-import grpc
 from instill.helpers.ray_config import InstillDeployable, instill_deployment
-from instill.protogen.model.ray.v1alpha.user_defined_pb2 import CallResponse
-from starlette.responses import JSONResponse
 
-from stable_diffusion_xl.engine import Engine
-from stable_diffusion_xl.instill_io import build_output, parse_call
+from stable_diffusion_xl.engine import Cancelled, Engine, Progress
 from stable_diffusion_xl.metrics import ReplicaMetrics
 from stable_diffusion_xl.request import InvalidRequest
+from stable_diffusion_xl.routes import incoming
 from stable_diffusion_xl.settings import Settings
 
-# Ray Serve stamps this logger's lines with the request id. Prompts stay out of the logs.
+# Ray Serve stamps this logger's lines with the request id. No caller's text goes into a line.
 log = logging.getLogger("ray.serve")
 
 
@@ -37,24 +34,36 @@ class StableDiffusionXL:
             log.info("warmed up every aspect ratio in %.1f s", time.perf_counter() - started)
         self.metrics = ReplicaMetrics()
 
-    async def __call__(self, call, grpc_context=None):
-        if getattr(call, "method", None) == "GET":  # Instill Core's scale-from-zero ping: no body, no work
-            return {"status": "ready", "model": "stable-diffusion-xl", "demo_weights": self.engine.demo}
+    async def __call__(self, request, grpc_context=None):
+        call = incoming(request, grpc_context)
+        if call.is_status:  # Instill Core's scale-from-zero ping: no body, no work
+            return call.status({"status": "ready", "model": "stable-diffusion-xl", "demo_weights": self.engine.demo})
         try:
-            requests = await parse_call(call)
-            self.settings.limits.check(requests)
+            requests = await call.requests(self.settings.limits)
         except InvalidRequest as error:
-            self.metrics.reject(error)
-            log.info("rejected: %s", error.field)
-            return reject(error, grpc_context)
+            self.metrics.reject(call.api, error)
+            log.info("rejected %s call: bad %s", call.api, error.label)
+            return call.reject(error)
+        progress = Progress()
         try:
-            # In a thread, so pings and health checks are answered while the GPU works.
-            generations = await asyncio.to_thread(self.engine.generate, requests)
-        except Exception as error:
-            self.metrics.fail(error)
+            # In a thread, JPEG encoding included, so pings and health checks are answered while the GPU works.
+            return await asyncio.to_thread(self.generate, call, requests, progress)
+        except asyncio.CancelledError:
+            progress.cancel()  # the caller went away (deadline, hang-up): the engine stops at the next step
             raise
-        response = build_output(call, requests, generations, self.settings.jpeg_quality)
-        self.metrics.record([request.aspect_ratio for request in requests], generations)
+
+    def generate(self, call, requests, progress: Progress):
+        try:
+            generations = self.engine.generate(requests, progress)
+        except Cancelled as stopped:
+            self.metrics.cancel(call.api)
+            log.info("%s call abandoned by its caller: %s", call.api, stopped)
+            raise
+        except Exception as error:
+            self.metrics.fail(call.api, error)
+            raise
+        response = call.answer(requests, generations, self.settings.jpeg_quality)
+        self.metrics.record(call.api, [request.aspect_ratio for request in requests], generations)
         log.info("%d task inputs, %d images, seconds %s", len(requests), sum(len(g.images) for g in generations),
                  [{stage: round(s, 3) for stage, s in g.timings.items()} for g in generations])
         return response
@@ -64,19 +73,18 @@ class StableDiffusionXL:
             raise RuntimeError("a device error left the engine unusable: this replica must be replaced")
 
 
-def reject(error: InvalidRequest, grpc_context):
-    if grpc_context is None:
-        return JSONResponse({"error": str(error), "field": error.field}, status_code=400)
-    grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-    grpc_context.set_details(str(error))
-    return CallResponse()
-
-
 def deployable(settings: Settings) -> InstillDeployable:
-    """Instill's deployment (replicas and resources from RAY_*), with SDXL's queueing on top."""
-    deployment = InstillDeployable(StableDiffusionXL.options(
-        max_ongoing_requests=settings.max_ongoing_requests, max_queued_requests=settings.max_queued_requests,
-    ))
+    """Instill's deployment (replicas and resources from RAY_*), with SDXL's Serve settings on top."""
+    deployment = InstillDeployable(StableDiffusionXL.options(max_queued_requests=settings.max_queued_requests))
+    return apply_serve_settings(deployment, settings)
+
+
+def apply_serve_settings(deployment: InstillDeployable, settings: Settings) -> InstillDeployable:
+    """Our queueing and autoscaling settings, applied after the SDK's constructor so that they win over its
+    presets: RAY_IS_HIGH_SCALE_MODEL=true makes it set 6 ongoing requests and a target of 4, which only
+    queue calls inside a replica that makes one batch at a time. The SDK has no public setters; these are
+    the underscore methods its own constructor uses."""
+    deployment._update_max_concurrent_requests(settings.max_ongoing_requests)
     deployment._update_target_ongoing_requests(settings.target_ongoing_requests)
     deployment._update_upscale_delay(settings.upscale_delay_s)
     return deployment

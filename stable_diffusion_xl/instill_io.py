@@ -1,33 +1,92 @@
-"""Instill Core's wire format: task inputs in, TASK_TEXT_TO_IMAGE outputs out.
+"""Instill Core's dialect: task inputs in, TASK_TEXT_TO_IMAGE outputs out, over gRPC and HTTP.
 
-A call is either a gRPC `CallRequest` (what Core sends; several task inputs) or an HTTP request
-to the route (what `instill run` and people send: the raw input JSON, flat or enveloped).
+Core sends a gRPC `CallRequest` with one or more task inputs. People and `instill run` POST the raw
+input JSON to the route: one task input or a list, in the envelope or flat.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from google.protobuf import json_format
+import grpc
+from google.protobuf import struct_pb2
 from instill.helpers import construct_task_text_to_image_output
+from instill.protogen.model.ray.v1alpha.user_defined_pb2 import CallRequest, CallResponse
+from starlette.responses import JSONResponse
 
 from .encoding import to_base64_jpeg
 from .engine import Generation
 from .request import InvalidRequest, TextToImageRequest, parse_all, parse_json, parse_task_input
+from .settings import Limits
+from .transport import Call, HttpCall
 
 
-async def parse_call(call: Any) -> list[TextToImageRequest]:
-    """The requests of one call, in order; InvalidRequest names the first bad field."""
-    if hasattr(call, "task_inputs"):  # gRPC CallRequest
-        inputs = [json_format.MessageToDict(task_input) for task_input in call.task_inputs]
-        return parse_all(inputs, parse_task_input, "task_inputs")
-    try:
-        body = json.loads(await call.body())
-    except ValueError as error:
-        raise InvalidRequest("body", f"must be JSON ({error})") from None
-    return parse_json(body)
+class InstillGrpc(Call):
+    """Core's `UserDefinedService/__call__`; errors are INVALID_ARGUMENT with the field in the details."""
+
+    api = "instill-grpc"
+
+    def __init__(self, call: CallRequest, context: grpc.ServicerContext):
+        self.call, self.context = call, context
+
+    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+        size = self.call.ByteSize()
+        if size > limits.max_body_bytes:
+            raise InvalidRequest("task_inputs", f"the call is {size} bytes; this deployment takes at most "
+                                                f"{limits.max_body_bytes}")
+        inputs = [plain(task_input) for task_input in self.call.task_inputs]
+        return parse_all(inputs, parse_task_input, limits, "task_inputs")
+
+    def answer(self, requests, generations, jpeg_quality) -> CallResponse:
+        response = build_output(self.call, requests, generations, jpeg_quality)
+        for output, request, generation in zip(response.task_outputs, requests, generations):
+            output.update({"metadata": {"usage": usage(request, generation)}})
+        return response
+
+    def reject(self, error: InvalidRequest) -> CallResponse:
+        self.context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+        self.context.set_details(str(error))
+        return CallResponse()
+
+
+class InstillHttp(HttpCall):
+    """A POST of task inputs as JSON; errors are 4xx `{"error": ..., "field": ...}`."""
+
+    api = "instill-http"
+
+    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+        return parse_json(await self.json_body(limits), limits)
+
+    def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
+        outputs = build_output(self.request, requests, generations, jpeg_quality)
+        for output, request, generation in zip(outputs, requests, generations):
+            output["metadata"] = {"usage": usage(request, generation)}
+        return JSONResponse(outputs)
+
+
+def plain(value: Any) -> Any:
+    """A protobuf Struct, ListValue or Value as Python values. Unlike json_format, it keeps NaN and the
+    infinities, so that the request's own checks name the field that holds one."""
+    if isinstance(value, struct_pb2.Struct):
+        return {key: plain(item) for key, item in value.fields.items()}
+    if isinstance(value, struct_pb2.ListValue):
+        return [plain(item) for item in value.values]
+    kind = value.WhichOneof("kind")
+    if kind in ("struct_value", "list_value"):
+        return plain(getattr(value, kind))
+    return None if kind in (None, "null_value") else getattr(value, kind)
+
+
+def build_output(call, requests: list[TextToImageRequest], generations: list[Generation], jpeg_quality: int):
+    """The SDK's TASK_TEXT_TO_IMAGE outputs (a CallResponse for gRPC, a list for HTTP), n choices each."""
+    images = []
+    for generation in generations:
+        started = time.perf_counter()
+        images.append([to_base64_jpeg(image, jpeg_quality) for image in generation.images])
+        generation.timings["jpeg"] = time.perf_counter() - started
+    finish_reasons = [["success"] * len(generation.images) for generation in generations]
+    return construct_task_text_to_image_output(request=call, finish_reasons=finish_reasons, images=images)
 
 
 def usage(request: TextToImageRequest, generation: Generation) -> dict:
@@ -43,18 +102,3 @@ def usage(request: TextToImageRequest, generation: Generation) -> dict:
         "high-noise-frac": request.high_noise_frac if request.refiner else None,
         "seconds": {stage: round(seconds, 4) for stage, seconds in generation.timings.items()},
     }
-
-
-def build_output(call: Any, requests: list[TextToImageRequest], generations: list[Generation], jpeg_quality: int):
-    """A CallResponse for gRPC, a list of task outputs for HTTP; one output per task input, n choices each."""
-    images = []
-    for generation in generations:
-        started = time.perf_counter()
-        images.append([to_base64_jpeg(image, jpeg_quality) for image in generation.images])
-        generation.timings["jpeg"] = time.perf_counter() - started
-    finish_reasons = [["success"] * len(g.images) for g in generations]
-    response = construct_task_text_to_image_output(request=call, finish_reasons=finish_reasons, images=images)
-    outputs = response.task_outputs if hasattr(response, "task_outputs") else response
-    for output, request, generation in zip(outputs, requests, generations):
-        output.update({"metadata": {"usage": usage(request, generation)}})
-    return response

@@ -1,4 +1,8 @@
-"""Ray Serve custom metrics, exported beside Ray Serve's own (Prometheus names get a `ray_` prefix)."""
+"""Ray Serve custom metrics, exported beside Ray Serve's own (Prometheus names get a `ray_` prefix).
+
+Label values come from fixed sets (aspect ratios, stages, dialects, known field names, exception
+classes), never from what a caller sent.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +16,25 @@ STAGE_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120]
 
 class ReplicaMetrics:
     def __init__(self):
-        self.images = Counter("sdxl_images_generated", description="Images returned.", tag_keys=("aspect_ratio",))
+        self.images = Counter("sdxl_images_generated", description="Images returned.",
+                              tag_keys=("api", "aspect_ratio"))
         self.stage_seconds = Histogram(
             "sdxl_stage_seconds", description="Seconds per request in each stage of generation.",
             boundaries=STAGE_BOUNDARIES, tag_keys=("stage",),
         )
-        self.nan_redecodes = Counter("sdxl_nan_redecodes", description="Images decoded to NaN and decoded again in fp32.")
+        self.nan_redecodes = Counter("sdxl_nan_redecodes",
+                                     description="Images decoded to NaN and decoded again in fp32.")
         self.oom_splits = Counter("sdxl_oom_splits", description="Batches split in two after running out of memory.")
         self.rejected = Counter("sdxl_rejected_inputs", description="Calls rejected for a bad field.",
-                                tag_keys=("field",))
+                                tag_keys=("api", "field"))
+        self.cancelled = Counter("sdxl_cancelled_calls", description="Calls abandoned by their caller, stopped at "
+                                 "the next denoising step.", tag_keys=("api",))
         self.failures = Counter("sdxl_failed_calls", description="Calls that failed in generation.",
-                                tag_keys=("error",))
+                                tag_keys=("api", "error"))
 
-    def record(self, aspect_ratios: list[str], generations: list[Generation]) -> None:
+    def record(self, api: str, aspect_ratios: list[str], generations: list[Generation]) -> None:
         for aspect_ratio, generation in zip(aspect_ratios, generations):
-            self.images.inc(len(generation.images), tags={"aspect_ratio": aspect_ratio})
+            self.images.inc(len(generation.images), tags={"api": api, "aspect_ratio": aspect_ratio})
             for stage, seconds in generation.timings.items():
                 self.stage_seconds.observe(seconds, tags={"stage": stage})
             if generation.events["nan_redecodes"]:
@@ -34,9 +42,11 @@ class ReplicaMetrics:
             if generation.events["oom_splits"]:
                 self.oom_splits.inc(generation.events["oom_splits"])
 
-    def reject(self, error: InvalidRequest) -> None:
-        # "task_inputs[2].parameter.n" -> "n": one time series per field, not per position
-        self.rejected.inc(tags={"field": error.field.rsplit(".", 1)[-1]})
+    def reject(self, api: str, error: InvalidRequest) -> None:
+        self.rejected.inc(tags={"api": api, "field": error.label})
 
-    def fail(self, error: Exception) -> None:
-        self.failures.inc(tags={"error": type(error).__name__})
+    def cancel(self, api: str) -> None:
+        self.cancelled.inc(tags={"api": api})
+
+    def fail(self, api: str, error: Exception) -> None:
+        self.failures.inc(tags={"api": api, "error": type(error).__name__})

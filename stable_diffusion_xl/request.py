@@ -2,7 +2,10 @@
 
 Every surface (gRPC task inputs, HTTP JSON, the CLI) builds a `TextToImageRequest`; the
 dataclass checks its own fields, so an invalid request cannot reach the engine. The field
-metadata is also what README's parameter table is written from.
+metadata is also what the CLI flags and README's parameter table are written from.
+
+Errors quote user values only as short, escaped excerpts, so an error fits in a gRPC status
+and a hostile value is never sent back, logged or used as a metric label whole.
 """
 
 from __future__ import annotations
@@ -10,25 +13,57 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .sizes import ASPECT_RATIOS
 
+if TYPE_CHECKING:
+    from .settings import Limits
+
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
+EXCERPT_CHARS = 24
 
 
 class InvalidRequest(ValueError):
-    """A request field is missing, of the wrong type or out of range."""
+    """A request field is missing, of the wrong type or out of range; `http_status` is 400 unless the
+    whole HTTP request is refused (404 route, 405 method, 413 body size)."""
 
-    def __init__(self, field_name: str, reason: str):
+    def __init__(self, field_name: str, reason: str, http_status: int = 400):
         super().__init__(f"{field_name}: {reason}")
-        self.field, self.reason = field_name, reason
+        self.field, self.reason, self.http_status = field_name, reason, http_status
 
     def within(self, prefix: str) -> InvalidRequest:
         """The same error, with the field named from an enclosing object."""
-        return InvalidRequest(f"{prefix}{self.field}", self.reason)
+        return InvalidRequest(f"{prefix}{self.field}", self.reason, self.http_status)
+
+    @property
+    def label(self) -> str:
+        """The field's name for logs and metric labels: a known name, never user text."""
+        leaf = re.sub(r"\[\d+\]", "", self.field).rsplit(".", 1)[-1]
+        return leaf if leaf in KNOWN_FIELDS else "unknown-key"
+
+
+def excerpt(value: Any) -> str:
+    """A value as an error may quote it: short, escaped, ASCII; containers are only described."""
+    if isinstance(value, str):
+        quoted = json.dumps(value[:EXCERPT_CHARS])  # escapes control characters and lone surrogates
+        return quoted if len(value) <= EXCERPT_CHARS else f"{quoted[:-1]}...\" ({len(value)} characters)"
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"an object with {len(value)} keys"
+    if isinstance(value, int) and value.bit_length() > 64:  # Python's int() refuses to print past 4300 digits
+        return f"an integer of {value.bit_length()} bits"
+    text = json.dumps(value)  # numbers, true/false, null; NaN and Infinity as JavaScript spells them
+    return text if len(text) <= EXCERPT_CHARS else f"{text[:EXCERPT_CHARS]}... ({len(text)} digits)"
+
+
+def key_name(name: str) -> str:
+    """A key of the caller's, as an error names it: plain names as they are, anything else excerpted."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name) else excerpt(name)
 
 
 def _option(default, description, *, minimum=None, maximum=None, choices=None):
@@ -45,7 +80,8 @@ class TextToImageRequest:
     aspect_ratio: str = _option("1:1", "Shape of the image, mapped to SDXL's native ~1 MP size.", choices=ASPECT_RATIOS)
     n: int = _option(1, "How many images to generate for the prompt.", minimum=1)
     seed: int = _option(
-        0, "Seed of image 0; image i uses seed + i. 0 picks a random seed, reported back.",
+        0, f"Seed of image 0; image i uses seed + i, wrapping from {MAX_SEED} to 1. 0 picks a random seed. "
+        "Every seed reported back regenerates its image alone.",
         minimum=0, maximum=MAX_SEED,
     )
     steps: int = _option(40, "Denoising steps, shared between base and refiner.", minimum=1, maximum=100)
@@ -71,10 +107,16 @@ class TextToImageRequest:
             )
 
     @property
-    def settings(self) -> tuple:
+    def batch_key(self) -> tuple:
         """What must match for two requests to share one UNet batch."""
         return (self.aspect_ratio, self.steps, self.guidance_scale, self.high_noise_frac, self.refiner,
                 bool(self.negative_prompt))
+
+
+
+def nth_seed(first_seed: int, index: int) -> int:
+    """Image `index`'s seed: first_seed + index, wrapped into 1..MAX_SEED so that it can be sent back."""
+    return 1 + (first_seed - 1 + index) % MAX_SEED
 
 
 def wire_name(spec: dataclasses.Field) -> str:
@@ -82,26 +124,38 @@ def wire_name(spec: dataclasses.Field) -> str:
 
 
 PARAMETERS = {wire_name(spec): spec for spec in dataclasses.fields(TextToImageRequest) if spec.name != "prompt"}
+# Every name an error's field may end in; anything else is the caller's text (see InvalidRequest.label).
+KNOWN_FIELDS = {*PARAMETERS, "prompt", "model", "data", "parameter", "task input", "task_inputs", "body",
+                "method", "path"}
 
 
 def _check_field(spec: dataclasses.Field, value: Any) -> None:
     name, kind = wire_name(spec), _KINDS[spec.type]
     # bool is an int in Python; a JSON true must not pass as n=1.
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise InvalidRequest(name, f"must be {_KIND_NAMES[spec.type]}, got {value!r}")
+        raise InvalidRequest(name, f"must be {_KIND_NAMES[spec.type]}, got {excerpt(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidRequest(name, f"must be a finite number, got {value!r}")
+        raise InvalidRequest(name, f"must be a finite number, got {excerpt(value)}")
+    if isinstance(value, str):
+        _check_text(name, value)
     choices, minimum, maximum = (spec.metadata.get(key) for key in ("choices", "minimum", "maximum"))
     if choices and value not in choices:
-        raise InvalidRequest(name, f"must be one of {', '.join(choices)}; got {value!r}")
+        raise InvalidRequest(name, f"must be one of {', '.join(choices)}; got {excerpt(value)}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise InvalidRequest(name, f"must be {bounds}, got {value!r}")
+        raise InvalidRequest(name, f"must be {bounds}, got {excerpt(value)}")
+
+
+def _check_text(name: str, text: str) -> None:
+    """JSON can carry half of a UTF-16 pair ("\\ud800"), which no tokenizer can read."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(name, "must be valid Unicode text; it holds a lone surrogate (e.g. \\ud800)") from None
 
 
 # Field annotations are strings under `from __future__ import annotations`.
 _KINDS = {"str": str, "int": int, "float": (int, float), "bool": bool}
-_JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
 _KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
 
 
@@ -114,15 +168,11 @@ def _from_json(spec: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def _key(name: str) -> str:
-    return name or '""'  # an empty JSON key still needs a visible name in the error
-
-
 def from_fields(prompt: Any, parameters: dict, where: str = "") -> TextToImageRequest:
     """Build a request from a prompt and wire-named parameters, rejecting unknown keys."""
     unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
-        raise InvalidRequest(f"{where}{_key(unknown[0])}", f"unknown parameter; known: {', '.join(PARAMETERS)}")
+        raise InvalidRequest(f"{where}{key_name(unknown[0])}", f"unknown parameter; known: {', '.join(PARAMETERS)}")
     if prompt is None:
         raise InvalidRequest(f"{where}prompt", "is required")
     values = {PARAMETERS[key].name: _from_json(PARAMETERS[key], value) for key, value in parameters.items()}
@@ -132,13 +182,13 @@ def from_fields(prompt: Any, parameters: dict, where: str = "") -> TextToImageRe
         raise error.within(where) from None
 
 
-def parse_task_input(task_input: Any) -> TextToImageRequest:
+def parse_task_input(task_input: Any, limits: Limits, images_before: int = 0) -> TextToImageRequest:
     """Instill's envelope: {"data": {"prompt": ..., "model": ...}, "parameter": {...}}."""
     if not isinstance(task_input, dict):
-        raise InvalidRequest("task input", f"must be an object, got {type(task_input).__name__}")
+        raise InvalidRequest("task input", f"must be an object, got {excerpt(task_input)}")
     unknown = sorted(set(task_input) - {"data", "parameter"})
     if unknown:
-        raise InvalidRequest(_key(unknown[0]), "unknown key; a task input has data and parameter")
+        raise InvalidRequest(key_name(unknown[0]), "unknown key; a task input has data and parameter")
     data, parameter = task_input.get("data"), task_input.get("parameter", {})
     if not isinstance(data, dict):
         raise InvalidRequest("data", "must be an object with a prompt")
@@ -146,68 +196,44 @@ def parse_task_input(task_input: Any) -> TextToImageRequest:
         raise InvalidRequest("parameter", "must be an object")
     extra = sorted(set(data) - {"prompt", "model"})
     if extra:
-        raise InvalidRequest(f"data.{_key(extra[0])}", "unknown key; data has prompt and model")
+        raise InvalidRequest(f"data.{key_name(extra[0])}", "unknown key; data has prompt and model")
+    model = data.get("model", "")
+    if not isinstance(model, str):
+        raise InvalidRequest("data.model", f"must be a string, got {excerpt(model)}")
     request = from_fields(data.get("prompt"), {}, "data.")
-    return from_fields(request.prompt, parameter, "parameter.")
+    request = from_fields(request.prompt, parameter, "parameter.")
+    limits.check_n(request.n, images_before, "parameter.n")
+    return request
 
 
-def parse_all(inputs: list, parse_one=parse_task_input, where: str = "") -> list[TextToImageRequest]:
-    """Several task inputs, in order; an error names the position of the bad one when there are several."""
+def parse_flat(body: dict, limits: Limits, images_before: int = 0) -> TextToImageRequest:
+    """The flat form people and `instill run` send: {"prompt": ..., "n": 2, ...}; "model" is ignored."""
+    fields = {key: value for key, value in body.items() if key != "model"}
+    request = from_fields(fields.pop("prompt", None), fields)
+    limits.check_n(request.n, images_before, "n")
+    return request
+
+
+def parse_all(inputs: list, parse_one, limits: Limits, where: str = "") -> list[TextToImageRequest]:
+    """Several inputs, in order. Errors name the field by its path from the root of what the caller sent:
+    `task_inputs[1].parameter.n` in a CallRequest, `[1].n` in an HTTP list, `n` in one HTTP object."""
     if not inputs:
         raise InvalidRequest(where or "body", "must hold at least one task input")
     requests = []
-    for index, task_input in enumerate(inputs):
+    for index, one in enumerate(inputs):
         try:
-            requests.append(parse_one(task_input))
+            requests.append(parse_one(one, limits, sum(request.n for request in requests)))
         except InvalidRequest as error:
-            raise (error.within(f"{where}[{index}].") if len(inputs) > 1 else error) from None
+            raise error.within(f"{where}[{index}]." if where or len(inputs) > 1 else "") from None
     return requests
 
 
-def parse_json(body: Any) -> list[TextToImageRequest]:
+def parse_json(body: Any, limits: Limits) -> list[TextToImageRequest]:
     """HTTP bodies: one task input or a list of them, in the envelope or flat ({"prompt": ..., "n": 2})."""
-    return parse_all(body if isinstance(body, list) else [body], _parse_http_input)
+    return parse_all(body if isinstance(body, list) else [body], _parse_http_input, limits)
 
 
-def _parse_http_input(task_input: Any) -> TextToImageRequest:
+def _parse_http_input(task_input: Any, limits: Limits, images_before: int) -> TextToImageRequest:
     if isinstance(task_input, dict) and "data" not in task_input and "parameter" not in task_input:
-        flat = {key: value for key, value in task_input.items() if key != "model"}
-        return from_fields(flat.pop("prompt", None), flat)
-    return parse_task_input(task_input)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one deployment accepts per call; Instill's schema sets no maximum for n."""
-
-    max_n: int = 4
-    max_images_per_call: int = 8
-
-    def check(self, requests: list[TextToImageRequest]) -> None:
-        for index, request in enumerate(requests):
-            if request.n > self.max_n:
-                where = f"[{index}].n" if len(requests) > 1 else "n"
-                raise InvalidRequest(where, f"must be from 1 to {self.max_n} on this deployment, got {request.n}")
-        total = sum(request.n for request in requests)
-        if total > self.max_images_per_call:
-            raise InvalidRequest(
-                "n", f"{total} images in one call; this deployment makes at most {self.max_images_per_call} per call"
-            )
-
-
-def parameter_table() -> str:
-    """README's table of request fields, written from the dataclass so the two cannot drift."""
-    rows = ["| field | type | default | allowed | meaning |", "|---|---|---|---|---|",
-            f"| `data.prompt` | string | required | 1 to {MAX_PROMPT_CHARS} characters | What the image should show. |"]
-    for name, spec in PARAMETERS.items():
-        meta = spec.metadata
-        if meta["choices"]:
-            allowed = ", ".join(meta["choices"])
-        elif meta["minimum"] is not None:
-            allowed = f"{meta['minimum']} to {meta['maximum']}" if meta["maximum"] is not None else \
-                f"{meta['minimum']} to the deployment's SDXL_MAX_N"
-        else:
-            allowed = {"bool": "true, false", "str": f"up to {MAX_PROMPT_CHARS} characters"}[spec.type]
-        default = json.dumps(spec.default)
-        rows.append(f"| `parameter.{name}` | {_JSON_TYPES[spec.type]} | `{default}` | {allowed} | {meta['description']} |")
-    return "\n".join(rows)
+        return parse_flat(task_input, limits, images_before)
+    return parse_task_input(task_input, limits, images_before)

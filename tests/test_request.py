@@ -1,8 +1,26 @@
 """The request contract: defaults, types, ranges and the errors a user sees."""
 
+import json
+
 import pytest
 
-from stable_diffusion_xl.request import InvalidRequest, TextToImageRequest, parse_json, parse_task_input
+from stable_diffusion_xl.request import (
+    KNOWN_FIELDS,
+    MAX_SEED,
+    InvalidRequest,
+    TextToImageRequest,
+    excerpt,
+    nth_seed,
+    parse_json,
+    parse_task_input,
+)
+from stable_diffusion_xl.settings import Limits
+
+DEFAULT_LIMITS = Limits()
+
+
+def parse(body, limits=DEFAULT_LIMITS):
+    return parse_json(body, limits)
 
 
 def test_defaults_are_the_documented_ones():
@@ -40,7 +58,7 @@ def test_defaults_are_the_documented_ones():
 def test_bad_fields_are_named_with_what_is_allowed(fields, field, words):
     fields = {"prompt": "a cat", **fields}
     with pytest.raises(InvalidRequest) as caught:
-        parse_json(fields)
+        parse(fields)
     assert caught.value.field == field
     assert field in str(caught.value) and words in str(caught.value)
 
@@ -54,7 +72,8 @@ def test_instill_task_input_with_struct_numbers():
     request = parse_task_input(
         {"data": {"prompt": "a cat", "model": "users/x/models/sdxl"},
          "parameter": {"n": 2.0, "seed": 7.0, "aspect-ratio": "16:9", "negative-prompt": "blurry", "steps": 30.0,
-                       "guidance-scale": 5, "high-noise-frac": 0.7, "refiner": False}}
+                       "guidance-scale": 5, "high-noise-frac": 0.7, "refiner": False}},
+        Limits(),
     )
     assert request == TextToImageRequest(
         prompt="a cat", n=2, seed=7, aspect_ratio="16:9", negative_prompt="blurry", steps=30, guidance_scale=5.0,
@@ -63,10 +82,10 @@ def test_instill_task_input_with_struct_numbers():
 
 
 def test_flat_and_enveloped_http_bodies_and_lists():
-    flat = parse_json({"prompt": "a cat", "negative-prompt": "dogs", "n": 2})
-    envelope = parse_json({"data": {"prompt": "a cat"}, "parameter": {"negative-prompt": "dogs", "n": 2}})
+    flat = parse({"prompt": "a cat", "negative-prompt": "dogs", "n": 2})
+    envelope = parse({"data": {"prompt": "a cat"}, "parameter": {"negative-prompt": "dogs", "n": 2}})
     assert flat == envelope == [TextToImageRequest(prompt="a cat", negative_prompt="dogs", n=2)]
-    assert [r.prompt for r in parse_json([{"prompt": "a"}, {"data": {"prompt": "b"}}])] == ["a", "b"]
+    assert [r.prompt for r in parse([{"prompt": "a"}, {"data": {"prompt": "b"}}])] == ["a", "b"]
 
 
 @pytest.mark.parametrize(
@@ -81,11 +100,71 @@ def test_flat_and_enveloped_http_bodies_and_lists():
         ({"data": {"prompt": "a cat", "image": "x"}}, "data.image"),
         ({"prompt": "a cat", "guidance": 3}, "guidance"),
         ([{"prompt": "a"}, {"prompt": "b", "n": -1}], "[1].n"),
+        ([{"prompt": "a"}, {"data": {"prompt": "b"}, "parameter": {"n": -1}}], "[1].parameter.n"),
         ([], "body"),
         ("a cat", "task input"),
     ],
 )
 def test_malformed_bodies_name_the_field(body, field):
     with pytest.raises(InvalidRequest) as caught:
-        parse_json(body)
+        parse(body)
     assert caught.value.field == field
+
+
+def test_limits_name_the_n_of_the_input_that_breaks_them_on_every_form():
+    limits = Limits(max_n=2, max_images_per_call=3)
+    cases = [
+        ({"prompt": "a", "n": 3}, "n", "must be from 1 to 2 on this deployment, got 3"),
+        ({"data": {"prompt": "a"}, "parameter": {"n": 3}}, "parameter.n", "must be from 1 to 2"),
+        ([{"prompt": "a", "n": 2}, {"prompt": "b", "n": 2}], "[1].n", "takes the call to 4 images; this deployment "
+                                                                      "makes at most 3 per call"),
+    ]
+    for body, field, words in cases:
+        with pytest.raises(InvalidRequest) as caught:
+            parse(body, limits)
+        assert (caught.value.field, caught.value.reason[:len(words)]) == (field, words)
+
+
+def test_a_lone_surrogate_is_a_named_error_not_a_tokenizer_crash():
+    body = json.loads('{"prompt": "\\ud800 cat"}')
+    with pytest.raises(InvalidRequest) as caught:
+        parse(body)
+    assert caught.value.field == "prompt" and "lone surrogate" in caught.value.reason
+    with pytest.raises(InvalidRequest, match="negative-prompt: must be valid Unicode"):
+        parse({"prompt": "a cat", "negative-prompt": "\udfff"})
+
+
+@pytest.mark.parametrize("value", ["x" * 1_000_000, "\n" * 50_000, "\ud800" * 100, list(range(100_000)),
+                                   {str(i): i for i in range(10_000)}, 10**4000, float("nan")],
+                         ids=["1 MB", "newlines", "surrogates", "long list", "big object", "huge integer", "NaN"])
+def test_errors_quote_a_short_escaped_excerpt_of_any_value(value):
+    for body in ({"prompt": "a cat", "aspect-ratio": value}, {"prompt": "a cat", "n": value}):
+        with pytest.raises(InvalidRequest) as caught:
+            parse(body)
+        message = str(caught.value)
+        assert len(message) < 200 and message.isascii() and "\n" not in message
+
+
+def test_an_unknown_key_is_named_by_an_excerpt_and_labelled_without_its_text():
+    for key in ["stepz", "bad\nkey", "k" * 50_000, "\ud800"]:
+        with pytest.raises(InvalidRequest) as caught:
+            parse({"data": {"prompt": "a cat"}, "parameter": {key: 1}})
+        error = caught.value
+        assert error.field.startswith("parameter.") and len(error.field) < 60 and error.field.isascii()
+        assert "\n" not in str(error) and error.label == "unknown-key"
+    assert excerpt("k" * 50) == '"kkkkkkkkkkkkkkkkkkkkkkkk..." (50 characters)'
+    assert excerpt({"a": 1}) == "an object with 1 keys" and excerpt(float("inf")) == "Infinity"
+
+
+def test_labels_for_logs_and_metrics_are_known_field_names_only():
+    for field, label in [("task_inputs[3].parameter.n", "n"), ("[1].aspect-ratio", "aspect-ratio"), ("body", "body"),
+                         ('parameter."\\n evil"', "unknown-key"), ("task_inputs[0].data.prompt", "prompt")]:
+        assert InvalidRequest(field, "reason").label == label
+        assert label in KNOWN_FIELDS or label == "unknown-key"
+
+
+def test_every_reported_seed_is_a_valid_request_seed():
+    assert [nth_seed(MAX_SEED - 1, i) for i in range(4)] == [MAX_SEED - 1, MAX_SEED, 1, 2]
+    assert [nth_seed(7, i) for i in range(3)] == [7, 8, 9]
+    for seed in (nth_seed(MAX_SEED, i) for i in range(3)):
+        assert TextToImageRequest(prompt="a cat", seed=seed).seed == seed

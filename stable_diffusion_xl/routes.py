@@ -1,0 +1,38 @@
+"""Which `Call` a request to the application is: decided once, at the top of the model's `__call__`.
+
+Ray Serve calls the deployment with a gRPC request and its context, or with an HTTP request alone.
+HTTP paths are read below the application's route prefix (`/` with `serve` and `instill run`).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from .instill_io import InstillGrpc, InstillHttp
+from .request import InvalidRequest, excerpt
+from .transport import Call, Refused, StatusPing, route_path
+
+# path -> {method: dialect}; a GET of the route itself is the status ping Instill Core sends.
+HTTP_ROUTES = {
+    "/": {"POST": InstillHttp, "GET": StatusPing, "HEAD": StatusPing},
+}
+
+
+def incoming(call, grpc_context=None) -> Call:
+    if grpc_context is not None:
+        return InstillGrpc(call, grpc_context)
+    return http_route(call)
+
+
+def http_route(request: Request) -> Call:
+    path = route_path(request)
+    methods = HTTP_ROUTES.get(path)
+    if methods is None:
+        known = ", ".join(HTTP_ROUTES)
+        return Refused(request, InvalidRequest("path", f"{excerpt(path)} is not served here; paths: {known}", 404))
+    dialect = methods.get(request.method)
+    if dialect is None:
+        allow = ", ".join(methods)
+        error = InvalidRequest("method", f"{excerpt(request.method)} is not allowed on {path}; use {allow}", 405)
+        return Refused(request, error, allow)
+    return dialect(request)
