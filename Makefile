@@ -35,7 +35,8 @@ bench: install
 # `instill build` copies its whole working folder into a temporary build context (following symlinks)
 # before docker applies .dockerignore: run in the project folder, it would copy .venv (twice, through
 # lib64) and weights/demo. out/image holds only the project's files (git ls-files: tracked, plus new files
-# git does not ignore) and links to the fetched weights that weights/manifest.json lists; the SDK's copy
+# git does not ignore) and links to the fetched weights that weights/manifest.json lists and to the LoRA adapters
+# in weights/loras; the SDK's copy
 # then reads each weight file once (about 12 GB written to $TMPDIR, which needs the space).
 IMAGE ?= admin/stable-diffusion-xl:v0.2.0
 IMAGE_DIR := out/image
@@ -48,6 +49,10 @@ image: install
 	while read -r file; do \
 	    test -f "weights/$$file" || { echo "weights/$$file is missing: run $(PYTHON) -m stable_diffusion_xl fetch-weights" >&2; exit 1; }; \
 	    mkdir -p "$$(dirname "$(IMAGE_DIR)/weights/$$file")" && ln -s "$(CURDIR)/weights/$$file" "$(IMAGE_DIR)/weights/$$file" || exit 1; \
+	done
+	# LoRA adapters (weights/loras/<name>.safetensors) travel with the image; their download bookkeeping does not.
+	mkdir -p $(IMAGE_DIR)/weights/loras && for lora in weights/loras/*.safetensors; do \
+	    test -f "$$lora" && ln -s "$(CURDIR)/$$lora" "$(IMAGE_DIR)/$$lora" || true; \
 	done
 	cd $(IMAGE_DIR) && $(abspath $(VENV))/bin/instill build $(IMAGE) 2>&1 | tee $(CURDIR)/out/image-build.log
 	@! grep -q -e 'Build failed' -e 'Prepare failed' -e Traceback out/image-build.log  # the CLI exits 0 on failure

@@ -6,6 +6,7 @@ the RAY_* variables Instill Core sets.
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -15,6 +16,7 @@ from stable_diffusion_xl.engine import Cancelled, Engine, Progress
 from stable_diffusion_xl.metrics import ReplicaMetrics
 from stable_diffusion_xl.request import InvalidRequest
 from stable_diffusion_xl.routes import incoming
+from stable_diffusion_xl.schedulers import SCHEDULERS
 from stable_diffusion_xl.settings import Settings
 
 # Ray Serve stamps this logger's lines with the request id. No caller's text goes into a line.
@@ -26,8 +28,11 @@ class StableDiffusionXL:
     def __init__(self):
         self.settings = Settings.from_env()
         self.engine = Engine.load(
-            self.settings.weights_dir, demo=self.settings.demo_weights, max_batch_size=self.settings.max_batch_size
+            self.settings.weights_dir, demo=self.settings.demo_weights, max_batch_size=self.settings.max_batch_size,
+            lora_dir=self.settings.lora_dir, max_loras=self.settings.limits.max_loras,
         )
+        # What a call may ask for: the settings' limits and the adapters found in the LoRA folder.
+        self.limits = dataclasses.replace(self.settings.limits, lora_names=self.engine.adapters.names)
         if self.settings.warm_up:
             started = time.perf_counter()
             self.engine.warm_up()
@@ -37,9 +42,9 @@ class StableDiffusionXL:
     async def __call__(self, request, grpc_context=None):
         call = incoming(request, grpc_context)
         if call.is_status:  # Instill Core's scale-from-zero ping: no body, no work
-            return call.status({"status": "ready", "model": "stable-diffusion-xl", "demo_weights": self.engine.demo})
+            return call.status(self.status())
         try:
-            requests = await call.requests(self.settings.limits)
+            requests = await call.requests(self.limits)
         except InvalidRequest as error:
             self.metrics.reject(call.api, error)
             log.info("rejected %s call: bad %s", call.api, error.label)
@@ -51,6 +56,12 @@ class StableDiffusionXL:
         except asyncio.CancelledError:
             progress.cancel()  # the caller went away (deadline, hang-up): the engine stops at the next step
             raise
+
+    def status(self) -> dict:
+        """What a client may offer its users: the adapters and samplers this deployment has."""
+        return {"status": "ready", "model": "stable-diffusion-xl", "demo_weights": self.engine.demo,
+                "loras": {"available": list(self.engine.adapters.names), "loaded": self.engine.adapters.loaded},
+                "schedulers": list(SCHEDULERS)}
 
     def generate(self, call, requests, progress: Progress):
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .request import PARAMETERS, InvalidRequest, TextToImageRequest
 from .settings import DEFAULT_MAX_BATCH_SIZE, SettingError, Settings
-from .weights import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, WeightPaths, WeightsMissing
+from .weights import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, LORA_SUBDIR, WeightPaths, WeightsMissing
 
 DEMO_NOTE = f"(demo weights: these images are noise; fetch the real weights with `{FETCH_COMMAND}`)"
 DEMO_HELP = "use the tiny random demo weights: their images are noise"
@@ -45,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--demo", action="store_true", help=DEMO_HELP)
         command.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
 
-    fetch = commands.add_parser("fetch-weights", help="download the real fp16 weights (about 12 GB)")
+    fetch = commands.add_parser("fetch-weights", help="download the real fp16 weights (about 12 GB), or one LoRA")
     fetch.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
+    fetch.add_argument("--lora", metavar="REPO_ID", help="fetch one LoRA adapter from this hub repository instead, "
+                       f"into <weights>/{LORA_SUBDIR}/")
+    fetch.add_argument("--lora-file", help="the .safetensors file of that repository (needed when it holds several)")
+    fetch.add_argument("--lora-name", help="the name requests will use (default: the file's stem)")
     demo = commands.add_parser("demo-weights", help="build tiny random-weight pipelines in weights/demo")
     demo.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
 
@@ -66,11 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _argument(spec: dataclasses.Field) -> dict:
     """An argparse option from a request field: its type, default, choices and description."""
-    if spec.type == "bool":
-        return {"action": argparse.BooleanOptionalAction, "default": spec.default, "help": spec.metadata["description"]}
+    meta = spec.metadata
+    if spec.type in ("bool", "bool | None"):
+        return {"action": argparse.BooleanOptionalAction, "default": spec.default, "help": meta["description"]}
+    if spec.type.startswith("tuple["):  # --lora a b --lora-scale 0.8
+        kind = str if spec.type == "tuple[str, ...]" else float
+        return {"type": kind, "nargs": "+", "default": spec.default, "help": meta["description"]}
     kind = {"str": str, "int": int, "float": float}[spec.type]
-    return {"type": kind, "default": spec.default, "choices": spec.metadata["choices"],
-            "help": f"{spec.metadata['description']} (default: {spec.default})"}
+    return {"type": kind, "default": spec.default, "choices": meta["choices"],
+            "help": f"{meta['description']} (default: {spec.default})"}
 
 
 def _generate(args) -> int:
@@ -147,10 +155,16 @@ def _try(args) -> int:
 
 
 def _fetch(args) -> int:
-    from .weights import fetch
+    from .weights import fetch, fetch_lora
 
     try:
-        fetch(args.weights)
+        if args.lora:
+            fetch_lora(args.lora, args.weights / LORA_SUBDIR, args.lora_file, args.lora_name)
+        else:
+            fetch(args.weights)
+    except ValueError as error:  # a repository or name that cannot be an adapter: the reason as it is
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except Exception as error:  # network, auth or hub errors: one line, not a stack trace
         print(f"error: could not fetch the weights from the Hugging Face hub: {type(error).__name__}: {error}\n"
               "Check the network (or HF_ENDPOINT), and set HF_TOKEN if the hub asks for one; "

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import torch
 
-from .weights import BASE, DEFAULT_WEIGHTS_DIR, DEMO_SUBDIR, REFINER, load_manifest
+from .weights import BASE, DEFAULT_WEIGHTS_DIR, DEMO_SUBDIR, LORA_SUBDIR, REFINER, load_manifest
 
 OPEN_CLIP_WHEEL = "open_clip_torch==3.3.0"  # ships CLIP's BPE vocabulary as bpe_simple_vocab_16e6.txt.gz
 CLIP_MERGES = 49152 - 256 - 2  # CLIP uses the first 48,894 merges of that file
 HIDDEN, TIME_EMBED = 32, 8
+# Adapters for the demo base UNet, in the two formats diffusers' load_lora_weights reads.
+DEMO_LORAS = {"demo-style": "diffusers", "demo-kohya": "kohya"}
 
 # SDXL's own scheduler configuration, so that step splits match the real checkpoints.
 SDXL_SCHEDULER = {
@@ -81,12 +83,39 @@ def build(weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, seed: int = 0) -> Path:
         for name in ("tokenizer", "tokenizer_2"):
             shutil.rmtree(root / BASE / name)
             shutil.copytree(tokenizer_dir, root / BASE / name)
+        for index, (name, layout) in enumerate(DEMO_LORAS.items()):
+            write_lora(base.unet, root / LORA_SUBDIR / f"{name}.safetensors", seed=seed + 1 + index, layout=layout)
     manifest = load_manifest()
     for folder in (BASE, REFINER):
         _keep_only(root / folder, manifest[folder].files)
     (root / "README.md").write_text("Tiny random-weight SDXL pipelines for tests and the demo: their images are "
                                     "noise.\n")
     return root
+
+
+def write_lora(unet, path: Path, *, seed: int, layout: str = "diffusers") -> Path:
+    """A tiny random LoRA for `unet`'s attention projections, made with peft and saved as diffusers' training
+    scripts save one ("diffusers") or as kohya's scripts and A1111 do ("kohya"). `unet` is left as it was."""
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    # Random A and B (peft's default zeroes B, which would make an adapter that changes nothing).
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    unet.add_adapter(config, adapter_name="demo")
+    state = get_peft_model_state_dict(unet, adapter_name="demo")
+    state = {key: tensor.to(torch.float16) for key, tensor in state.items()}
+    unet.delete_adapters("demo")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if layout == "kohya":
+        save_file(convert_state_dict_to_kohya({f"unet.{key}": tensor for key, tensor in state.items()}), path)
+    else:
+        layers = convert_state_dict_to_diffusers(state)
+        StableDiffusionXLPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
+    return path
 
 
 def _unet(unet_class, *, cross_attention_dim: int, time_ids: int):

@@ -7,7 +7,8 @@ import json
 from .request import MAX_PROMPT_CHARS, PARAMETERS
 from .settings import settings
 
-_JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
+_JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "bool | None": "boolean",
+               "tuple[str, ...]": "string or array", "tuple[float, ...]": "number or array"}
 
 
 def parameter_table() -> str:
@@ -22,8 +23,10 @@ def parameter_table() -> str:
             allowed = f"{meta['minimum']} to {meta['maximum']}" if meta["maximum"] is not None else \
                 f"{meta['minimum']} to the deployment's SDXL_MAX_N"
         else:
-            allowed = {"bool": "true, false", "str": f"up to {MAX_PROMPT_CHARS} characters"}[spec.type]
-        rows.append(f"| `parameter.{name}` | {_JSON_TYPES[spec.type]} | `{json.dumps(spec.default)}` | {allowed} "
+            allowed = {"bool | None": "true, false", "str": f"up to {MAX_PROMPT_CHARS} characters",
+                       "tuple[str, ...]": "adapters the deployment has (the GET status lists them)"}[spec.type]
+        default = meta["shown"] or f"`{json.dumps(spec.default)}`"
+        rows.append(f"| `parameter.{name}` | {_JSON_TYPES[spec.type]} | {default} | {allowed} "
                     f"| {meta['description']} |")
     return "\n".join(rows)
 
@@ -39,7 +42,8 @@ def settings_table() -> str:
             default = "on" if spec.default else "off"
         else:
             default = str(spec.default)
-        allowed = {"bool": "1, 0 (or true/false, yes/no, on/off)", "Path": "a folder"}.get(spec.type) or \
+        allowed = {"bool": "1, 0 (or true/false, yes/no, on/off)", "Path": "a folder",
+                   "Path | None": "a folder"}.get(spec.type) or \
             f"{meta['minimum']} to {meta['maximum']}"
         rows.append(f"| `{meta['variable']}` | {default} | {allowed} | {meta['meaning']} |")
     return "\n".join(rows)

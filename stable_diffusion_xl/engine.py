@@ -17,12 +17,15 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from PIL import Image
 
+from .loras import ResidentAdapters
 from .request import MAX_SEED, TextToImageRequest, nth_seed
-from .settings import DEFAULT_MAX_BATCH_SIZE
+from .schedulers import make_scheduler
+from .settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_LORAS
 from .sizes import ASPECT_RATIOS, image_size
 from .weights import DEFAULT_WEIGHTS_DIR, WeightPaths
 
@@ -104,19 +107,24 @@ def choose_device() -> tuple[str, torch.dtype]:
 
 
 class Engine:
-    def __init__(self, base, refiner, *, device: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, demo: bool = False):
+    def __init__(self, base, refiner, *, device: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, demo: bool = False,
+                 lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS):
         self.base, self.refiner, self.device = base, refiner, device
         self.max_batch_size, self.demo = max_batch_size, demo
+        # LoRA adapters live in the base only: the refiner never saw their subject or style.
+        self.adapters = ResidentAdapters(base, lora_dir, max_loras)
         self.vae = base.vae
         # The native square size the UNet was trained at: 1024 for SDXL, 256 for the demo weights.
         self.resolution = base.unet.config.sample_size * base.vae_scale_factor
         self._lock = threading.Lock()  # one generation at a time: the pipelines keep scheduler state
+        # Each sampler is built from the checkpoint's own scheduler config (its training noise schedule).
+        self._scheduler_configs = {"base": base.scheduler.config, "refiner": refiner.scheduler.config}
         self.healthy = True  # False after a device error that leaves the GPU unusable
         self.set_progress_bars(False)
 
     @classmethod
     def load(cls, weights_dir=DEFAULT_WEIGHTS_DIR, *, demo: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-             device: str | None = None) -> Engine:
+             device: str | None = None, lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS) -> Engine:
         """Load base and refiner from disk (safetensors only), sharing text_encoder_2, tokenizer_2 and the VAE."""
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
@@ -144,7 +152,8 @@ class Engine:
         refiner.to(device)
         # Decode one image at a time: a batch of 1024² decodes would need several GB at once.
         base.vae.enable_slicing()
-        return cls(base, refiner, device=device, max_batch_size=max_batch_size, demo=demo)
+        return cls(base, refiner, device=device, max_batch_size=max_batch_size, demo=demo,
+                   lora_dir=lora_dir or paths.loras, max_loras=max_loras)
 
     def set_progress_bars(self, enabled: bool) -> None:
         self.base.set_progress_bar_config(disable=not enabled, desc="base")
@@ -221,6 +230,9 @@ class Engine:
         # A CPU generator per image makes image i depend on its own seed only, on any device and batch.
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
         use_refiner, guidance = batch.refiner, batch.guidance_scale
+        self.adapters.use(batch.lora, batch.lora_scale)  # before encoding: an adapter may train the text encoders
+        self.base.scheduler = make_scheduler(batch.scheduler, self._scheduler_configs["base"])
+        self.refiner.scheduler = make_scheduler(batch.scheduler, self._scheduler_configs["refiner"])
         clock = _Clock(self.device)
 
         base_embeds = self._encode(self.base, jobs, guidance)

@@ -99,6 +99,9 @@ def usage(request: TextToImageRequest, generation: Generation) -> dict:
         "steps": request.steps,
         "guidance-scale": request.guidance_scale,
         "refiner": request.refiner,
+        "scheduler": request.scheduler,
+        "lora": list(request.lora),
+        "lora-scale": list(request.lora_scale),
         "high-noise-frac": request.high_noise_frac if request.refiner else None,
         "seconds": {stage: round(seconds, 4) for stage, seconds in generation.timings.items()},
     }

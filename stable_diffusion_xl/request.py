@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from .sizes import ASPECT_RATIOS
 
 if TYPE_CHECKING:
@@ -66,10 +67,12 @@ def key_name(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name) else excerpt(name)
 
 
-def _option(default, description, *, minimum=None, maximum=None, choices=None):
+def _option(default, description, *, minimum=None, maximum=None, choices=None, shown=None):
+    """A request field; `shown` is its default as README writes it, where the value itself would not say."""
     return field(
         default=default,
-        metadata={"description": description, "minimum": minimum, "maximum": maximum, "choices": choices},
+        metadata={"description": description, "minimum": minimum, "maximum": maximum, "choices": choices,
+                  "shown": shown},
     )
 
 
@@ -89,11 +92,31 @@ class TextToImageRequest:
     high_noise_frac: float = _option(
         0.8, "Fraction of the steps the base runs before the refiner takes over.", minimum=0.05, maximum=0.95
     )
-    refiner: bool = _option(True, "Hand the low-noise steps to the refiner; false runs the base alone.")
+    refiner: bool | None = _option(
+        None, "Hand the low-noise steps to the refiner; false runs the base alone. With a LoRA the default is "
+        "false: the refiner never saw the adapter's subject or style.", shown="true (false with a LoRA)",
+    )
+    scheduler: str = _option(DEFAULT_SCHEDULER, "Sampler of base and refiner, by its A1111/ComfyUI name.",
+                             choices=tuple(SCHEDULERS))
+    lora: tuple[str, ...] = _option(
+        (), "LoRA adapters by name (the file stems in the deployment's LoRA folder): one, or a list to stack.",
+        shown="none",
+    )
+    lora_scale: tuple[float, ...] = _option(
+        (), "Strength of the adapters: one number for all, or a list with one per adapter.", minimum=0.0,
+        maximum=2.0, shown="1.0 each",
+    )
 
     def __post_init__(self):
+        # lora and lora-scale take one value or a list, kept as a tuple (the batch key must be hashable).
+        for name in ("lora", "lora_scale"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
+        if self.refiner is None:
+            object.__setattr__(self, "refiner", not self.lora)
         for spec in dataclasses.fields(self):
             _check_field(spec, getattr(self, spec.name))
+        self._resolve_lora_scales()
         if not self.prompt.strip():
             raise InvalidRequest("prompt", "must not be empty")
         for name, text in (("prompt", self.prompt), ("negative-prompt", self.negative_prompt)):
@@ -106,11 +129,22 @@ class TextToImageRequest:
                 "use more steps, another fraction, or refiner=false",
             )
 
+    def _resolve_lora_scales(self) -> None:
+        if len(set(self.lora)) < len(self.lora):
+            raise InvalidRequest("lora", "names an adapter more than once")
+        scales = self.lora_scale or (1.0,)
+        if len(scales) == 1:
+            scales *= len(self.lora)
+        if len(scales) != len(self.lora):
+            raise InvalidRequest("lora-scale", f"has {len(self.lora_scale)} scales for {len(self.lora)} adapters; "
+                                               "give one number, or one per adapter")
+        object.__setattr__(self, "lora_scale", tuple(float(scale) for scale in scales))
+
     @property
     def batch_key(self) -> tuple:
         """What must match for two requests to share one UNet batch."""
         return (self.aspect_ratio, self.steps, self.guidance_scale, self.high_noise_frac, self.refiner,
-                bool(self.negative_prompt))
+                bool(self.negative_prompt), self.scheduler, self.lora, self.lora_scale)
 
 
 
@@ -130,7 +164,15 @@ KNOWN_FIELDS = {*PARAMETERS, "prompt", "model", "data", "parameter", "task input
 
 
 def _check_field(spec: dataclasses.Field, value: Any) -> None:
-    name, kind = wire_name(spec), _KINDS[spec.type]
+    if spec.type.startswith("tuple["):  # each item as a value of the item type
+        for item in value:
+            _check_value(spec, item, _ITEM_TYPES[spec.type])
+    else:
+        _check_value(spec, value, spec.type)
+
+
+def _check_value(spec: dataclasses.Field, value: Any, type_name: str) -> None:
+    name, kind = wire_name(spec), _KINDS[type_name]
     # bool is an int in Python; a JSON true must not pass as n=1.
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise InvalidRequest(name, f"must be {_KIND_NAMES[spec.type]}, got {excerpt(value)}")
@@ -155,8 +197,11 @@ def _check_text(name: str, text: str) -> None:
 
 
 # Field annotations are strings under `from __future__ import annotations`.
-_KINDS = {"str": str, "int": int, "float": (int, float), "bool": bool}
-_KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
+_KINDS = {"str": str, "int": int, "float": (int, float), "bool": bool, "bool | None": bool}
+_ITEM_TYPES = {"tuple[str, ...]": "str", "tuple[float, ...]": "float"}
+_KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+               "bool | None": "true or false", "tuple[str, ...]": "a string or a list of strings",
+               "tuple[float, ...]": "a number or a list of numbers"}
 
 
 def _from_json(spec: dataclasses.Field, value: Any) -> Any:
@@ -202,7 +247,7 @@ def parse_task_input(task_input: Any, limits: Limits, images_before: int = 0) ->
         raise InvalidRequest("data.model", f"must be a string, got {excerpt(model)}")
     request = from_fields(data.get("prompt"), {}, "data.")
     request = from_fields(request.prompt, parameter, "parameter.")
-    limits.check_n(request.n, images_before, "parameter.n")
+    limits.check(request, images_before, "parameter.")
     return request
 
 
@@ -210,7 +255,7 @@ def parse_flat(body: dict, limits: Limits, images_before: int = 0) -> TextToImag
     """The flat form people and `instill run` send: {"prompt": ..., "n": 2, ...}; "model" is ignored."""
     fields = {key: value for key, value in body.items() if key != "model"}
     request = from_fields(fields.pop("prompt", None), fields)
-    limits.check_n(request.n, images_before, "n")
+    limits.check(request, images_before, "")
     return request
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from .encoding import DEFAULT_JPEG_QUALITY
-from .request import InvalidRequest, excerpt
+from .loras import is_plain_name
+from .request import InvalidRequest, TextToImageRequest, excerpt
 from .weights import DEFAULT_WEIGHTS_DIR
 
 DEFAULT_MAX_BATCH_SIZE = 4
+DEFAULT_MAX_LORAS = 8
 FLAG_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
@@ -42,20 +44,37 @@ class Limits:
     max_body_bytes: int = setting("SDXL_MAX_BODY_BYTES", 1 << 20, "largest HTTP body or gRPC CallRequest, in bytes; "
                                   "a larger one is refused (HTTP 413) before it is read", minimum=1024,
                                   maximum=64 << 20)
+    max_loras: int = setting("SDXL_MAX_LORAS", DEFAULT_MAX_LORAS, "LoRA adapters a replica keeps loaded (the least "
+                             "recently used is unloaded past it); also the most one request may stack", minimum=1,
+                             maximum=64)
+    # Not a setting: the adapters in the deployment's LoRA folder, found when the replica starts.
+    lora_names: tuple[str, ...] = ()
 
-    def check_n(self, n: int, images_before: int, field_name: str) -> None:
-        """One input's n, and the images of the call so far with it; the error names that input's n."""
+    def check(self, request: TextToImageRequest, images_before: int, where: str) -> None:
+        """One input against the deployment, with the images of the call before it; errors name the input's own
+        fields (`where` is its parameters' prefix: "parameter." or "")."""
+        n = request.n
         if n > self.max_n:
-            raise InvalidRequest(field_name, f"must be from 1 to {self.max_n} on this deployment, got {excerpt(n)}")
+            raise InvalidRequest(f"{where}n", f"must be from 1 to {self.max_n} on this deployment, got {excerpt(n)}")
         if images_before + n > self.max_images_per_call:
-            raise InvalidRequest(field_name, f"takes the call to {excerpt(images_before + n)} images; this deployment "
-                                             f"makes at most {self.max_images_per_call} per call")
+            raise InvalidRequest(f"{where}n", f"takes the call to {excerpt(images_before + n)} images; this deployment "
+                                              f"makes at most {self.max_images_per_call} per call")
+        if len(request.lora) > self.max_loras:
+            raise InvalidRequest(f"{where}lora", f"stacks {len(request.lora)} adapters; this deployment keeps at most "
+                                                 f"{self.max_loras} loaded")
+        for name in request.lora:
+            if not is_plain_name(name) or name not in self.lora_names:
+                shown = ", ".join(self.lora_names[:20]) + (", ..." if len(self.lora_names) > 20 else "")
+                raise InvalidRequest(f"{where}lora", f"no adapter named {excerpt(name)} on this deployment; "
+                                                     f"available: {shown or 'none'}")
 
 
 @dataclass(frozen=True)
 class Settings:
     weights_dir: Path = setting("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR, "folder with the fetched weights",
                                 shown="`weights/` beside model.py")
+    lora_dir: Path | None = setting("SDXL_LORA_DIR", None, "folder of LoRA adapters, `<name>.safetensors` each "
+                                    "(read at start-up)", shown="`loras/` beside the models")
     demo_weights: bool = setting("SDXL_DEMO_WEIGHTS", False, "`1` loads `weights/demo` (noise); never a silent "
                                  "fallback")
     max_batch_size: int = setting("SDXL_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an "
@@ -64,7 +83,7 @@ class Settings:
                                 minimum=1, maximum=100)
     warm_up: bool = setting("SDXL_WARM_UP", True, "one tiny generation per aspect ratio before the replica "
                             "reports ready")
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = field(default_factory=Limits, metadata={"group": True})
     # Ray Serve: a replica makes one image batch at a time, so it holds one request running and one
     # ready; the rest wait in Serve's queue, where autoscaling sees them.
     max_ongoing_requests: int = setting("SDXL_MAX_ONGOING_REQUESTS", 2, "calls a replica holds: one generating, "
@@ -86,9 +105,9 @@ def _read(cls, env):
     values = {}
     for spec in dataclasses.fields(cls):
         variable = spec.metadata.get("variable")
-        if variable is None:  # a group of settings of its own, such as Limits
+        if spec.metadata.get("group"):  # a group of settings of its own, such as Limits
             values[spec.name] = _read(globals()[spec.type], env)
-        elif env.get(variable):
+        elif variable and env.get(variable):
             values[spec.name] = _parse(spec, env[variable])
     return cls(**values)
 
@@ -114,5 +133,8 @@ def settings(cls=Settings) -> list[dataclasses.Field]:
     """Every setting's declaration, in README's order."""
     found = []
     for spec in dataclasses.fields(cls):
-        found += [spec] if "variable" in spec.metadata else settings(globals()[spec.type])
+        if spec.metadata.get("group"):
+            found += settings(globals()[spec.type])
+        elif "variable" in spec.metadata:
+            found.append(spec)
     return found

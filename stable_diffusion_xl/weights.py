@@ -17,6 +17,7 @@ DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
 MANIFEST = DEFAULT_WEIGHTS_DIR / "manifest.json"
 BASE, REFINER, VAE_FP16_FIX = "stable-diffusion-xl-base-1.0", "stable-diffusion-xl-refiner-1.0", "sdxl-vae-fp16-fix"
 DEMO_SUBDIR = "demo"
+LORA_SUBDIR = "loras"  # LoRA adapters, beside the models of a weights folder (demo ones under demo/)
 FETCH_COMMAND = "python -m stable_diffusion_xl fetch-weights"
 
 
@@ -55,6 +56,10 @@ class WeightPaths:
     vae_fp16_fix: Path
     demo: bool
 
+    @property
+    def loras(self) -> Path:
+        return self.base.parent / LORA_SUBDIR
+
     @classmethod
     def locate(cls, weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, *, demo: bool = False) -> WeightPaths:
         """The model folders to load, failing with the command that fetches them when they are absent."""
@@ -87,3 +92,32 @@ def fetch(weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, manifest: Path = MANIFE
         print(f"  {source.folder}: {size / 1e9:.2f} GB")
     print(f"fetched {total / 1e9:.2f} GB into {weights_dir}")
     return total
+
+
+def fetch_lora(repo_id: str, lora_dir: Path, filename: str | None = None, name: str | None = None,
+               revision: str | None = None) -> Path:
+    """One LoRA file of a hub repository into `lora_dir` as `<name>.safetensors` (by default the file's stem).
+    Without `filename` the repository must hold exactly one .safetensors file. Resumable; HF_TOKEN is honoured."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    from .loras import SUFFIX, is_plain_name
+
+    if filename is None:
+        candidates = [f for f in HfApi().list_repo_files(repo_id, revision=revision) if f.endswith(SUFFIX)]
+        if len(candidates) != 1:
+            raise ValueError(f"{repo_id} holds {len(candidates)} {SUFFIX} files ({', '.join(candidates[:10])}); "
+                             "choose one with --lora-file")
+        filename = candidates[0]
+    if not filename.endswith(SUFFIX):
+        raise ValueError(f"{filename} is not a {SUFFIX} file; adapters are loaded from safetensors only")
+    name = name or Path(filename).name[: -len(SUFFIX)]
+    if not is_plain_name(name):
+        raise ValueError(f"{name!r} is no plain adapter name (letters, digits, - _ .); give one with --lora-name")
+    # Partial downloads are kept in lora_dir/.cache (left out of the image), so a rerun resumes.
+    downloaded = Path(hf_hub_download(repo_id, filename, revision=revision, local_dir=lora_dir))
+    target = Path(lora_dir) / f"{name}{SUFFIX}"
+    if downloaded != target:
+        downloaded.replace(target)
+    print(f"fetched {repo_id}/{filename} into {target} ({target.stat().st_size / 1e6:.1f} MB); "
+          f"requests name it \"{name}\"")
+    return target

@@ -37,7 +37,7 @@ def cluster(weights_dir, tmp_path_factory):
     env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir)}
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    apps = [Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1"})]
+    apps = [Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1", "SDXL_MAX_LORAS": "1"})]
     try:
         with serving(apps, log_path=log, ray_dir=ray_dir) as ports, \
                 grpc.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:

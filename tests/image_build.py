@@ -41,13 +41,15 @@ def stage_project(dest: Path) -> None:
 
 
 REAL_WEIGHTS = [f"weights/{source.folder}/{name}" for source in load_manifest().values() for name in source.files]
+REAL_WEIGHTS.append("weights/loras/team-style.safetensors")  # a fetched LoRA adapter travels with the image
 # Things a developer's folder holds that the image must not: each must be absent from what docker receives.
 CLUTTER = [
     ".venv/bin/python", ".venv/lib/python3.11/site-packages/torch/__init__.py", ".git/HEAD",
     "weights/demo/stable-diffusion-xl-base-1.0/model_index.json",
     "weights/demo/stable-diffusion-xl-base-1.0/unet/diffusion_pytorch_model.safetensors",
     "weights/stable-diffusion-xl-base-1.0/.cache/huggingface/download/unet/config.json.metadata",
-    "weights/.cache/huggingface/.gitignore", "out/sdxl-1.jpg", "sdxl-2.png", "bench/results/run.json",
+    "weights/.cache/huggingface/.gitignore", "weights/loras/.cache/huggingface/download/team-style.safetensors.lock",
+    "out/sdxl-1.jpg", "sdxl-2.png", "bench/results/run.json",
     "stable_diffusion_xl/__pycache__/engine.cpython-311.pyc", ".pytest_cache/v/cache/lastfailed",
     ".hypothesis/examples/x", ".mypy_cache/x", ".ruff_cache/x",
 ]

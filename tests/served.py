@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 MODEL = "users_6f1c0e2a_stable-diffusion-xl_v1"
-SMALL = "users_6f1c0e2a_stable-diffusion-xl-small_v1"  # the same model deployed with max n = 1
+SMALL = "users_6f1c0e2a_stable-diffusion-xl-small_v1"  # the same model with max n = 1 and one resident LoRA
 FAST = {"steps": 5}
 TINY = {"steps": 1, "refiner": False}  # one UNet call: for inputs that only need to be accepted
 

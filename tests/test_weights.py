@@ -68,3 +68,23 @@ def test_fetch_without_the_hub_says_so_in_one_line(tmp_path):
     assert result.returncode == 1
     assert "could not fetch the weights from the Hugging Face hub" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fetching_a_lora_without_the_hub_says_so_in_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stable_diffusion_xl", "fetch-weights", "--lora", "someone/sdxl-style",
+         "--weights", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 1 and "could not fetch the weights from the Hugging Face hub" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "http://x"])
+def test_a_fetched_lora_gets_a_plain_name_or_nothing_is_fetched(tmp_path, name):
+    result = subprocess.run(
+        [sys.executable, "-m", "stable_diffusion_xl", "fetch-weights", "--lora", "someone/sdxl-style", "--lora-file",
+         "style.safetensors", "--lora-name", name, "--weights", str(tmp_path)], capture_output=True, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120,
+    )
+    assert result.returncode == 2 and "is no plain adapter name" in result.stderr and not any(tmp_path.iterdir())
