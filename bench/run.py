@@ -13,6 +13,8 @@ machine they were measured on, to bench/results/<date>.json. What it measures:
 3. Serving overhead: one request through Ray Serve's gRPC proxy vs the same generation on the Engine in process.
 4. Batching: n=4 in one call vs four n=1 calls; four concurrent calls vs the same four in sequence.
 5. Cold start (launch to first reply), weight load time, the replica's peak RSS.
+6. Users' models and prompts: a LoRA adapter switched per request against loading it or reloading the
+   pipelines, and long-prompt encoding (compel) against diffusers' encode_prompt.
 Plus GPU figures on paper (bench/on_paper.py), labelled as not measured.
 
 Timings are CPU timings of the demo weights with one torch thread (the replica also runs one):
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -235,6 +238,28 @@ def load_times(weights_root: Path, runs: int) -> dict:
     from stable_diffusion_xl.engine import Engine
 
     return summary([timed(lambda: Engine.load(weights_root, demo=True)) for _ in range(runs)])
+
+
+# ------------------------------------------------------------------------------ 6. users' models and prompts
+
+def adapter_switching(engine, weights_root: Path, runs: int) -> dict:
+    """Per-request LoRA switching, interleaved: between two resident adapters; loading one from disk each time
+    (a limit of one resident adapter); and reloading the pipelines, what a server without adapters would do."""
+    from stable_diffusion_xl.engine import Engine
+
+    names = engine.adapters.names[:2]
+    one_resident = Engine.load(weights_root, demo=True, max_loras=1)
+    for name in names:  # both resident in `engine`
+        engine.adapters.use((name,), (1.0,))
+    resident, from_disk, reload = [], [], []
+    for i in range(runs):
+        name = names[i % 2]
+        resident.append(timed(functools.partial(engine.adapters.use, (name,), (1.0,))))
+        from_disk.append(timed(functools.partial(one_resident.adapters.use, (name,), (1.0,))))
+        reload.append(timed(lambda: Engine.load(weights_root, demo=True)))
+    engine.adapters.use((), ())
+    return {"adapters": list(names), "resident": summary(resident), "from_disk": summary(from_disk),
+            "reload_pipelines": summary(reload)}
 
 
 # ------------------------------------------------------------------------------------------- 3-5. serving
@@ -522,6 +547,13 @@ def table(results: dict) -> str:
                      f"replica idle after load: {mb(rss['replica_idle_bytes'])}{hwm}; whole Ray Serve stack "
                      f"({rss['serving_stack_processes']} processes): {mb(rss['serving_stack_after_bytes'])}",
                      "demo weights"))
+    if "adapters" in results:
+        ad = results["adapters"]
+        rows.append(("6", f"LoRA adapter switched per request (demo adapters, {ad['resident']['n']} runs, "
+                          "alternating two)", f"resident: {seconds(ad['resident'], 'ms')}",
+                     f"loaded from disk each time: {seconds(ad['from_disk'], 'ms')}; reloading the pipelines "
+                     f"instead: {seconds(ad['reload_pipelines'], 'ms')}",
+                     _ratio(ad["reload_pipelines"], ad["resident"], "reload / resident")))
     po, pu = paper["ours"], paper["upstream"]
     def a100(p):
         half = [v for k, v in p["a100_scaled_seconds"].items() if not k.startswith("fp32")]
@@ -598,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
         results["work_per_image"] = work_per_image(engine, args.runs)
         log("weight load: Engine.load x 3")
         results["load"] = load_times(weights_root, 3)
+        log("LoRA adapters: switching per request vs loading them vs reloading the pipelines")
+        results["adapters"] = adapter_switching(engine, weights_root, args.runs * 2)
         if hasattr(engine, "warm_up"):  # what the replica does after loading unless SDXL_WARM_UP=0
             results["warm_up_seconds"] = timed(engine.warm_up)
             log(f"  Engine.warm_up(): {results['warm_up_seconds']:.2f} s")
