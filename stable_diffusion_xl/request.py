@@ -208,8 +208,8 @@ def _from_json(spec: dataclasses.Field, value: Any) -> Any:
     """JSON and protobuf Struct carry every number as a double: take 2.0 as the integer 2."""
     if spec.type == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
-    if spec.type == "float" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if spec.type == "float" and isinstance(value, int) and not isinstance(value, bool) and value.bit_length() < 64:
+        return float(value)  # larger integers stay integers, for the range check to name (float() would overflow)
     return value
 
 
@@ -242,9 +242,10 @@ def parse_task_input(task_input: Any, limits: Limits, images_before: int = 0) ->
     extra = sorted(set(data) - {"prompt", "model"})
     if extra:
         raise InvalidRequest(f"data.{key_name(extra[0])}", "unknown key; data has prompt and model")
-    model = data.get("model", "")
+    model = data.get("model", "")  # Core's model id; the deployment serves one model, so it is not used
     if not isinstance(model, str):
         raise InvalidRequest("data.model", f"must be a string, got {excerpt(model)}")
+    _check_text("data.model", model)
     request = from_fields(data.get("prompt"), {}, "data.")
     request = from_fields(request.prompt, parameter, "parameter.")
     limits.check(request, images_before, "parameter.")

@@ -44,6 +44,9 @@ class Limits:
     max_body_bytes: int = setting("SDXL_MAX_BODY_BYTES", 1 << 20, "largest HTTP body or gRPC CallRequest, in bytes; "
                                   "a larger one is refused (HTTP 413) before it is read", minimum=1024,
                                   maximum=64 << 20)
+    body_timeout_s: int = setting("SDXL_BODY_TIMEOUT_S", 10, "seconds an HTTP body may take to arrive; a slower one "
+                                  "is refused (HTTP 408), so stalled uploads cannot hold a replica", minimum=1,
+                                  maximum=600)
     max_loras: int = setting("SDXL_MAX_LORAS", DEFAULT_MAX_LORAS, "LoRA adapters a replica keeps loaded (the least "
                              "recently used is unloaded past it); also the most one request may stack", minimum=1,
                              maximum=64)

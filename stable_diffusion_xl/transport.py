@@ -7,9 +7,10 @@ from HTTP; each dialect (Instill over gRPC, Instill over HTTP, and the peer APIs
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from .engine import Generation
@@ -44,8 +45,14 @@ class HttpCall(Call):
         self.request = request
 
     async def json_body(self, limits: Limits):
-        """The body as JSON; a body over the limit is refused before it is read whole."""
-        body = await read_body(self.request, limits.max_body_bytes)
+        """The body as JSON; a body over the size limit is refused before it is read whole, and one that does not
+        arrive in time is refused (it would hold one of the replica's few call slots)."""
+        try:
+            body = await asyncio.wait_for(read_body(self.request, limits.max_body_bytes), limits.body_timeout_s)
+        except TimeoutError:
+            raise InvalidRequest("body", f"did not arrive within {limits.body_timeout_s} s", http_status=408) from None
+        except ClientDisconnect:  # nobody reads this answer; it keeps a hang-up out of the error logs
+            raise InvalidRequest("body", "the client hung up before sending it whole") from None
         try:
             return json.loads(body)
         except RecursionError:

@@ -34,7 +34,8 @@ def engine(weights_dir):
 def cluster(weights_dir, tmp_path_factory):
     """One real Ray Serve for the session: two applications named as Instill Core names them, the gRPC
     proxy and HTTP on loopback, Ray's files in a short folder of our own (its socket paths must stay short)."""
-    env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir)}
+    # A short body timeout, so the stalled-upload test waits seconds, not the default 10 s.
+    env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), "SDXL_BODY_TIMEOUT_S": "2"}
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     apps = [Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1", "SDXL_MAX_LORAS": "1"})]

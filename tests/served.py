@@ -54,11 +54,12 @@ def ray_logs(cluster) -> str:
                    if path.is_file() and path.suffix in (".log", ".err", ".out"))
 
 
-def replica_lines(cluster, request_id: str, pattern: str, timeout: float = 30) -> list[re.Match]:
-    """The replica log lines of one request (Ray Serve puts its id before ` -- `) matching `pattern`."""
+def serve_log_lines(cluster, request_id: str, pattern: str, timeout: float = 30) -> list[re.Match]:
+    """The lines of one request in Serve's logs, proxy's and replicas' (Ray Serve puts its id before ` -- `),
+    that match `pattern`; waits up to `timeout` for the first."""
     deadline, regex = time.monotonic() + timeout, re.compile(rf" {re.escape(request_id)} -- {pattern}")
     while True:
-        logs = "".join(path.read_text(errors="replace") for path in cluster.ray_dir.rglob("logs/serve/replica_*"))
+        logs = "".join(path.read_text(errors="replace") for path in cluster.ray_dir.rglob("logs/serve/*.log"))
         found = [match for line in logs.splitlines() if (match := regex.search(line))]
         if found or time.monotonic() > deadline:
             return found

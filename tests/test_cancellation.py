@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from instill_contract import check_output, task_input
-from served import MODEL, TINY, metric_total, replica_lines, scrape, wait_for_metric
+from served import MODEL, TINY, metric_total, scrape, serve_log_lines, wait_for_metric
 from stable_diffusion_xl.client import call_request, grpc_call
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def abandoned_grpc_call(cluster, request_id: str, deadline: float) -> None:
 
 def steps_of(cluster, request_id: str, timeout: float = 30) -> tuple[str, int, int]:
     """(dialect, step at which the caller went away, step after which the generation stopped)."""
-    lines = replica_lines(cluster, request_id, STOPPED, timeout)
+    lines = serve_log_lines(cluster, request_id, STOPPED, timeout)
     assert len(lines) == 1, f"no stop logged for {request_id}"
     api, cancelled_at, stopped_after = lines[0].groups()
     return api, int(cancelled_at), int(stopped_after)
@@ -66,7 +66,7 @@ def test_abandoned_calls_leave_no_backlog_for_the_next_caller(cluster):
     with ThreadPoolExecutor(max_workers=3) as pool:
         list(pool.map(lambda request_id: abandoned_grpc_call(cluster, request_id, deadline=1.5), request_ids))
     # The replica holds two of them (SDXL_MAX_ONGOING_REQUESTS); Serve's queue drops the third unstarted.
-    logged = [replica_lines(cluster, request_id, STOPPED, timeout=10) for request_id in request_ids]
+    logged = [serve_log_lines(cluster, request_id, STOPPED, timeout=10) for request_id in request_ids]
     stops = [(int(lines[0][2]), int(lines[0][3])) for lines in logged if lines]
     assert len(stops) >= 2 and all(stopped_after - cancelled_at <= 1 for cancelled_at, stopped_after in stops)
     assert min(stopped_after for _, stopped_after in stops) == 0  # the one waiting for the engine never started

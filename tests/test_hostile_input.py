@@ -6,6 +6,7 @@ import json
 import math
 import re
 import socket
+import uuid
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from instill.protogen.model.ray.v1alpha.user_defined_pb2 import CallRequest, CallResponse
 
 from instill_contract import check_output, task_input
-from served import MODEL, TINY, http, metric_total, ray_logs, scrape, wait_for_metric
+from served import MODEL, TINY, http, metric_total, ray_logs, scrape, serve_log_lines, wait_for_metric
 from stable_diffusion_xl.client import METHOD, grpc_call
 from stable_diffusion_xl.request import KNOWN_FIELDS, MAX_SEED, PARAMETERS
 
@@ -128,6 +129,42 @@ def test_an_oversized_grpc_call_is_invalid_argument_with_the_limit(cluster):
     big = [{"data": {"prompt": "a cat"}, "parameter": {"negative-prompt": "x" * 3_900}}] * 300  # 1.2 MB
     details = invalid_argument(cluster.channel, *big)
     assert details.startswith("task_inputs: the call is") and details.endswith("takes at most 1048576")
+
+
+def test_stalled_uploads_are_refused_in_time_and_the_replica_keeps_answering(cluster):
+    """Two uploads that stop midway would hold both of the replica's call slots: each gets 408 after the body
+    timeout (2 s in these tests), and then pings and calls are answered."""
+    stalled = [socket.create_connection(("127.0.0.1", cluster.ports.http), timeout=30) for _ in range(2)]
+    try:
+        for sock in stalled:
+            sock.sendall(f"POST /{MODEL} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"pro".encode())
+        replies = [sock.recv(65536) for sock in stalled]
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert all(reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 2 s" in reply for reply in replies)
+    status, reply, _ = http(cluster.ports, MODEL, timeout=10)
+    assert status == 200 and reply["status"] == "ready"
+    still_serving(cluster)
+
+
+def test_a_client_that_hangs_up_midway_through_its_body_leaves_no_error_in_the_logs(cluster):
+    request_id = f"half-body-{uuid.uuid4()}"
+    with socket.create_connection(("127.0.0.1", cluster.ports.http), timeout=30) as sock:
+        sock.sendall(f"POST /{MODEL} HTTP/1.1\r\nHost: x\r\nX-Request-ID: {request_id}\r\n"
+                     "Content-Length: 500\r\n\r\n{\"prompt\": \"a cat\"}".encode())
+        sock.shutdown(socket.SHUT_WR)
+    # Ray's proxy notices the hang-up and cancels the call, or the body read fails first and the replica rejects
+    # it: either way a quiet line, never an error.
+    assert serve_log_lines(cluster, request_id, "(.* CANCELLED |Client for request .* disconnected|rejected "
+                                                "instill-http call: bad body)")
+    assert not serve_log_lines(cluster, request_id, ".*(Traceback|Request failed| 500 |ERROR)", timeout=2)
+    still_serving(cluster)
+
+
+def test_an_integer_too_large_for_a_float_is_a_400_naming_the_field(cluster):
+    status, reply, _ = http(cluster.ports, MODEL, data=b'{"prompt": "a", "guidance-scale": 1' + b"0" * 400 + b"}")
+    assert status == 400 and reply["field"] == "guidance-scale"
 
 
 # 5. Every reported seed can be sent back

@@ -145,6 +145,19 @@ def test_errors_quote_a_short_escaped_excerpt_of_any_value(value):
         assert len(message) < 200 and message.isascii() and "\n" not in message
 
 
+@pytest.mark.parametrize("field", ["guidance-scale", "high-noise-frac", "lora-scale", "seed"])
+def test_an_integer_too_large_for_a_float_is_a_named_range_error(field):
+    body = {"prompt": "a cat", field: 10**400, **({"lora": "x"} if field == "lora-scale" else {})}
+    with pytest.raises(InvalidRequest) as caught:
+        parse(body, Limits(lora_names=("x",)))
+    assert caught.value.field == field and caught.value.reason.endswith("got an integer of 1329 bits")
+
+
+def test_the_model_id_must_be_text_too():
+    with pytest.raises(InvalidRequest, match="data.model: must be valid Unicode"):
+        parse({"data": {"prompt": "a cat", "model": "\ud800"}})
+
+
 def test_an_unknown_key_is_named_by_an_excerpt_and_labelled_without_its_text():
     for key in ["stepz", "bad\nkey", "k" * 50_000, "\ud800"]:
         with pytest.raises(InvalidRequest) as caught:
