@@ -35,8 +35,8 @@ bench: install
 # `instill build` copies its whole working folder into a temporary build context (following symlinks)
 # before docker applies .dockerignore: run in the project folder, it would copy .venv (twice, through
 # lib64) and weights/demo. out/image holds only the project's files (git ls-files: tracked, plus new files
-# git does not ignore) and links to the fetched weights that weights/manifest.json lists and to the LoRA adapters
-# in weights/loras; the SDK's copy
+# git does not ignore) and links to the fetched weights that weights/manifest.json lists (the optional safety
+# checker when it was fetched) and to the LoRA adapters in weights/loras; the SDK's copy
 # then reads each weight file once (about 12 GB written to $TMPDIR, which needs the space).
 IMAGE ?= admin/stable-diffusion-xl:v0.2.0
 IMAGE_DIR := out/image
@@ -44,8 +44,9 @@ IMAGE_DIR := out/image
 image: install
 	rm -rf $(IMAGE_DIR) && mkdir -p $(IMAGE_DIR)
 	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(IMAGE_DIR)
-	$(PYTHON) -c 'from stable_diffusion_xl.weights import load_manifest; \
-	    [print(f"{s.folder}/{name}") for s in load_manifest().values() for name in s.files]' | \
+	$(PYTHON) -c 'from pathlib import Path; from stable_diffusion_xl.weights import load_manifest; \
+	    [print(f"{s.folder}/{name}") for s in load_manifest().values() for name in s.files \
+	     if not s.optional or Path("weights", s.folder).is_dir()]' | \
 	while read -r file; do \
 	    test -f "weights/$$file" || { echo "weights/$$file is missing: run $(PYTHON) -m stable_diffusion_xl fetch-weights" >&2; exit 1; }; \
 	    mkdir -p "$$(dirname "$(IMAGE_DIR)/weights/$$file")" && ln -s "$(CURDIR)/weights/$$file" "$(IMAGE_DIR)/weights/$$file" || exit 1; \

@@ -30,9 +30,11 @@ class StableDiffusionXL:
         self.engine = Engine.load(
             self.settings.weights_dir, demo=self.settings.demo_weights, max_batch_size=self.settings.max_batch_size,
             lora_dir=self.settings.lora_dir, max_loras=self.settings.limits.max_loras,
+            safety_checker=self.settings.safety_checker, safety_checker_dir=self.settings.safety_checker_dir,
         )
-        # What a call may ask for: the settings' limits and the adapters found in the LoRA folder.
-        self.limits = dataclasses.replace(self.settings.limits, lora_names=self.engine.adapters.names)
+        # What a call may ask for: the settings' limits, the adapters found and the weights' scheduler.
+        self.limits = dataclasses.replace(self.settings.limits, lora_names=self.engine.adapters.names,
+                                          scheduler_config=self.engine.scheduler_configs["base"])
         if self.settings.warm_up:
             started = time.perf_counter()
             self.engine.warm_up()
@@ -61,7 +63,7 @@ class StableDiffusionXL:
         """What a client may offer its users: the adapters and samplers this deployment has."""
         return {"status": "ready", "model": "stable-diffusion-xl", "demo_weights": self.engine.demo,
                 "loras": {"available": list(self.engine.adapters.names), "loaded": self.engine.adapters.loaded},
-                "schedulers": list(SCHEDULERS)}
+                "schedulers": list(SCHEDULERS), "safety_checker": self.engine.safety_checker is not None}
 
     def generate(self, call, requests, progress: Progress):
         try:

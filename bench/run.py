@@ -14,7 +14,8 @@ machine they were measured on, to bench/results/<date>.json. What it measures:
 4. Batching: n=4 in one call vs four n=1 calls; four concurrent calls vs the same four in sequence.
 5. Cold start (launch to first reply), weight load time, the replica's peak RSS.
 6. Users' models and prompts: a LoRA adapter switched per request against loading it or reloading the
-   pipelines, and long-prompt encoding (compel) against diffusers' encode_prompt.
+   pipelines, long-prompt encoding (compel) against diffusers' encode_prompt, and the safety checker's
+   share of a generation.
 Plus GPU figures on paper (bench/on_paper.py), labelled as not measured.
 
 Timings are CPU timings of the demo weights with one torch thread (the replica also runs one):
@@ -260,6 +261,43 @@ def adapter_switching(engine, weights_root: Path, runs: int) -> dict:
     engine.adapters.use((), ())
     return {"adapters": list(names), "resident": summary(resident), "from_disk": summary(from_disk),
             "reload_pipelines": summary(reload)}
+
+
+LONG_PROMPT = ", ".join(f"a {colour} lantern over the harbour number {i}" for i, colour in
+                        enumerate(["amber", "teal", "crimson", "ivory", "cobalt"] * 5))  # about 200 CLIP tokens
+
+
+def prompt_encoding(engine, runs: int) -> dict:
+    """Seconds per prompt to encode for the base, interleaved: diffusers' encode_prompt (which truncates past 77
+    tokens) against ours (encode_prompt for a plain prompt that fits, compel otherwise), short and long."""
+    base, timings = engine.base, {}
+
+    def diffusers_encode(prompt):
+        return base.encode_prompt(prompt=[prompt], device=base.device, num_images_per_prompt=1,
+                                  do_classifier_free_guidance=True)
+
+    cases = {"short": PROMPT, "long": LONG_PROMPT}
+    for _ in range(runs):
+        for name, prompt in cases.items():
+            for path, encode in (("diffusers", diffusers_encode),
+                                 ("ours", lambda prompt: engine.prompts.encode(base, [prompt], None, True))):
+                timings.setdefault(f"{name}_{path}", []).append(timed(functools.partial(encode, prompt)))
+    tokens = engine.prompts.token_counts(LONG_PROMPT, "")["prompt"]
+    return {"long_prompt_tokens": tokens, **{key: summary(values) for key, values in timings.items()}}
+
+
+def safety_checker_share(weights_root: Path, runs: int) -> dict:
+    """The safety checker's seconds per image against the rest of the same generations (usage's stages)."""
+    from stable_diffusion_xl.engine import Engine
+    from stable_diffusion_xl.request import TextToImageRequest
+
+    engine = Engine.load(weights_root, demo=True, safety_checker=True)
+    checker, rest = [], []
+    for seed in range(1, runs + 1):
+        generation = engine.generate([TextToImageRequest(prompt=PROMPT, seed=seed, n=2, steps=DEFAULT_STEPS)])[0]
+        checker.append(generation.timings["safety_checker"] / 2)
+        rest.append((sum(generation.timings.values()) - generation.timings["safety_checker"]) / 2)
+    return {"checker_per_image": summary(checker), "rest_per_image": summary(rest)}
 
 
 # ------------------------------------------------------------------------------------------- 3-5. serving
@@ -554,6 +592,22 @@ def table(results: dict) -> str:
                      f"loaded from disk each time: {seconds(ad['from_disk'], 'ms')}; reloading the pipelines "
                      f"instead: {seconds(ad['reload_pipelines'], 'ms')}",
                      _ratio(ad["reload_pipelines"], ad["resident"], "reload / resident")))
+    if "prompts" in results:
+        pr = results["prompts"]
+        rows.append(("6", f"prompt encoding for the base, short plain prompt ({pr['short_ours']['n']} runs)",
+                     seconds(pr["short_ours"], "ms"),
+                     f"diffusers' encode_prompt: {seconds(pr['short_diffusers'], 'ms')}",
+                     _ratio(pr["short_ours"], pr["short_diffusers"], "ours / diffusers")))
+        rows.append(("6", f"prompt encoding for the base, {pr['long_prompt_tokens']}-token prompt (compel, nothing "
+                          "truncated)", seconds(pr["long_ours"], "ms"),
+                     f"encode_prompt, truncated to 77 tokens: {seconds(pr['long_diffusers'], 'ms')}",
+                     _ratio(pr["long_ours"], pr["long_diffusers"], "ours / diffusers")))
+    if "safety_checker" in results:
+        sc = results["safety_checker"]
+        rows.append(("6", f"safety checker per image (demo checker, n=2, {DEFAULT_STEPS} steps, "
+                          f"{sc['checker_per_image']['n']} runs)", seconds(sc["checker_per_image"], "ms"),
+                     f"the rest of the same generations: {seconds(sc['rest_per_image'])}",
+                     f"{100 * sc['checker_per_image']['median'] / sc['rest_per_image']['median']:.2f}% of it"))
     po, pu = paper["ours"], paper["upstream"]
     def a100(p):
         half = [v for k, v in p["a100_scaled_seconds"].items() if not k.startswith("fp32")]
@@ -632,6 +686,10 @@ def main(argv: list[str] | None = None) -> int:
         results["load"] = load_times(weights_root, 3)
         log("LoRA adapters: switching per request vs loading them vs reloading the pipelines")
         results["adapters"] = adapter_switching(engine, weights_root, args.runs * 2)
+        log("prompt encoding: ours against diffusers' encode_prompt")
+        results["prompts"] = prompt_encoding(engine, args.runs * 2)
+        log("safety checker: its share of a generation")
+        results["safety_checker"] = safety_checker_share(weights_root, args.runs)
         if hasattr(engine, "warm_up"):  # what the replica does after loading unless SDXL_WARM_UP=0
             results["warm_up_seconds"] = timed(engine.warm_up)
             log(f"  Engine.warm_up(): {results['warm_up_seconds']:.2f} s")

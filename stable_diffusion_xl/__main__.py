@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fetch = commands.add_parser("fetch-weights", help="download the real fp16 weights (about 12 GB), or one LoRA")
     fetch.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
+    fetch.add_argument("--safety-checker", action="store_true", help="also fetch the optional safety checker "
+                       "(CompVis/stable-diffusion-safety-checker, 0.6 GB) that SDXL_SAFETY_CHECKER needs")
     fetch.add_argument("--lora", metavar="REPO_ID", help="fetch one LoRA adapter from this hub repository instead, "
                        f"into <weights>/{LORA_SUBDIR}/")
     fetch.add_argument("--lora-file", help="the .safetensors file of that repository (needed when it holds several)")
@@ -161,7 +163,7 @@ def _fetch(args) -> int:
         if args.lora:
             fetch_lora(args.lora, args.weights / LORA_SUBDIR, args.lora_file, args.lora_name)
         else:
-            fetch(args.weights)
+            fetch(args.weights, include_optional=args.safety_checker)
     except ValueError as error:  # a repository or name that cannot be an adapter: the reason as it is
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .weights import BASE, DEFAULT_WEIGHTS_DIR, DEMO_SUBDIR, LORA_SUBDIR, REFINER, load_manifest
+from .schedulers import SDXL_SCHEDULER_CONFIG
+from .weights import BASE, DEFAULT_WEIGHTS_DIR, DEMO_SUBDIR, LORA_SUBDIR, REFINER, SAFETY_CHECKER, load_manifest
 
 OPEN_CLIP_WHEEL = "open_clip_torch==3.3.0"  # ships CLIP's BPE vocabulary as bpe_simple_vocab_16e6.txt.gz
 CLIP_MERGES = 49152 - 256 - 2  # CLIP uses the first 48,894 merges of that file
@@ -27,16 +28,10 @@ HIDDEN, TIME_EMBED = 32, 8
 # Adapters for the demo base UNet, in the two formats diffusers' load_lora_weights reads.
 DEMO_LORAS = {"demo-style": "diffusers", "demo-kohya": "kohya"}
 
-# SDXL's own scheduler configuration, so that step splits match the real checkpoints.
-SDXL_SCHEDULER = {
-    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
-    "steps_offset": 1, "timestep_spacing": "leading", "prediction_type": "epsilon", "interpolation_type": "linear",
-    "use_karras_sigmas": False,
-}
 
 
 def build(weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, seed: int = 0) -> Path:
-    """Write demo base and refiner folders under `weights_dir/demo`; returns that folder."""
+    """Write demo base and refiner folders (and a safety checker) under `weights_dir/demo`; returns that folder."""
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -65,7 +60,7 @@ def build(weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, seed: int = 0) -> Path:
             up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8, layers_per_block=1,
             sample_size=256, scaling_factor=0.13025, force_upcast=True,
         )
-        scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER)
+        scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG)  # so that step splits match SDXL's
         base = StableDiffusionXLPipeline(
             vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
             tokenizer_2=tokenizer, unet=_unet(UNet2DConditionModel, cross_attention_dim=2 * HIDDEN, time_ids=6),
@@ -88,6 +83,8 @@ def build(weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, seed: int = 0) -> Path:
     manifest = load_manifest()
     for folder in (BASE, REFINER):
         _keep_only(root / folder, manifest[folder].files)
+    write_safety_checker(root / SAFETY_CHECKER, seed=seed)
+    _keep_only(root / SAFETY_CHECKER, manifest[SAFETY_CHECKER].files)
     (root / "README.md").write_text("Tiny random-weight SDXL pipelines for tests and the demo: their images are "
                                     "noise.\n")
     return root
@@ -116,6 +113,26 @@ def write_lora(unet, path: Path, *, seed: int, layout: str = "diffusers") -> Pat
         layers = convert_state_dict_to_diffusers(state)
         StableDiffusionXLPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
     return path
+
+
+def write_safety_checker(folder: Path, *, seed: int = 0) -> Path:
+    """A tiny random StableDiffusionSafetyChecker in the real one's layout (config.json, fp16 model.safetensors,
+    preprocessor_config.json), seeing 32-pixel images. Its concept and special-care embeddings and their thresholds
+    keep their initial value, ones: an image is flagged when its cosine similarity to a concept exceeds the
+    concept's threshold, and no cosine exceeds 1, so it flags nothing."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessorPil
+
+    torch.manual_seed(seed)
+    tiny = {"hidden_size": HIDDEN, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = CLIPConfig(  # the text tower is part of the config only: the checker has no text model
+        text_config={**tiny, "vocab_size": 99, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
+        vision_config={**tiny, "image_size": 32, "patch_size": 8}, projection_dim=HIDDEN,
+    )
+    StableDiffusionSafetyChecker(config).to(torch.float16).save_pretrained(folder)  # safetensors, as the hub's
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
 
 
 def _unet(unet_class, *, cross_attention_dim: int, time_ids: int):

@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 from .loras import ResidentAdapters
-from .request import MAX_SEED, TextToImageRequest, nth_seed
-from .schedulers import make_scheduler
+from .request import MAX_SEED, InvalidRequest, TextToImageRequest, nth_seed
+from .safety import SafetyChecker
+from .schedulers import hand_off_problem, make_scheduler
 from .settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_LORAS
 from .sizes import ASPECT_RATIOS, image_size
 from .weights import DEFAULT_WEIGHTS_DIR, WeightPaths
@@ -47,6 +48,10 @@ class Generation:
     height: int
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     events: Counter = field(default_factory=Counter)
+    # Per image: the safety checker flagged it, and it was replaced by a black image of the same size.
+    filtered: list[bool] = field(default_factory=list)
+    # CLIP tokens of the prompt and of the negative prompt, weighting syntax removed: {"prompt": 213, ...}
+    tokens: dict[str, int] = field(default_factory=dict)
 
 
 class OutOfMemory(RuntimeError):
@@ -108,23 +113,28 @@ def choose_device() -> tuple[str, torch.dtype]:
 
 class Engine:
     def __init__(self, base, refiner, *, device: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, demo: bool = False,
-                 lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS):
+                 lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS, safety_checker=None):
         self.base, self.refiner, self.device = base, refiner, device
         self.max_batch_size, self.demo = max_batch_size, demo
+        self.safety_checker = safety_checker  # a SafetyChecker (stable_diffusion_xl/safety.py) or None: off
         # LoRA adapters live in the base only: the refiner never saw their subject or style.
         self.adapters = ResidentAdapters(base, lora_dir, max_loras)
         self.vae = base.vae
+        from .prompts import PromptEncoder  # compel: long prompts and weighting syntax
+
+        self.prompts = PromptEncoder(base, refiner)
         # The native square size the UNet was trained at: 1024 for SDXL, 256 for the demo weights.
         self.resolution = base.unet.config.sample_size * base.vae_scale_factor
         self._lock = threading.Lock()  # one generation at a time: the pipelines keep scheduler state
         # Each sampler is built from the checkpoint's own scheduler config (its training noise schedule).
-        self._scheduler_configs = {"base": base.scheduler.config, "refiner": refiner.scheduler.config}
+        self.scheduler_configs = {"base": base.scheduler.config, "refiner": refiner.scheduler.config}
         self.healthy = True  # False after a device error that leaves the GPU unusable
         self.set_progress_bars(False)
 
     @classmethod
     def load(cls, weights_dir=DEFAULT_WEIGHTS_DIR, *, demo: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-             device: str | None = None, lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS) -> Engine:
+             device: str | None = None, lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS,
+             safety_checker: bool = False, safety_checker_dir: Path | None = None) -> Engine:
         """Load base and refiner from disk (safetensors only), sharing text_encoder_2, tokenizer_2 and the VAE."""
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
@@ -152,8 +162,11 @@ class Engine:
         refiner.to(device)
         # Decode one image at a time: a batch of 1024² decodes would need several GB at once.
         base.vae.enable_slicing()
+        # The safety checker, when asked for, must be there: a deployment that filters never runs without it.
+        checker = SafetyChecker.load(safety_checker_dir or paths.safety_checker, device, dtype) if safety_checker \
+            else None
         return cls(base, refiner, device=device, max_batch_size=max_batch_size, demo=demo,
-                   lora_dir=lora_dir or paths.loras, max_loras=max_loras)
+                   lora_dir=lora_dir or paths.loras, max_loras=max_loras, safety_checker=checker)
 
     def set_progress_bars(self, enabled: bool) -> None:
         self.base.set_progress_bar_config(disable=not enabled, desc="base")
@@ -174,11 +187,17 @@ class Engine:
         and raises Cancelled, also while the call still waits for the engine.
         """
         progress = progress or Progress()
+        for request in requests:  # the deployment checks this when it parses; other callers get it here
+            problem = request.refiner and hand_off_problem(
+                request.scheduler, self.scheduler_configs["base"], request.steps, request.high_noise_frac)
+            if problem:
+                raise InvalidRequest("high-noise-frac", problem)
         seeds = [request.seed or secrets.randbelow(MAX_SEED) + 1 for request in requests]
         results = [Generation([], [], *self.size_of(request)) for request in requests]
         groups: dict[tuple, list[_Job]] = defaultdict(list)
         for index, (request, seed) in enumerate(zip(requests, seeds)):
-            groups[request.batch_key] += [
+            key = (request.batch_key, self.prompts.batch_key(request.prompt, request.negative_prompt))
+            groups[key] += [
                 _Job(index, request.prompt, request.negative_prompt, nth_seed(seed, i)) for i in range(request.n)
             ]
         with self._lock, torch.inference_mode():
@@ -196,7 +215,7 @@ class Engine:
     def _run_or_split(self, requests, chunk: list[_Job], results: list[Generation], progress: Progress) -> None:
         """Run one batch; when it does not fit in memory, run each half instead, down to one image."""
         try:
-            images, timings, redecoded = self._run(requests[chunk[0].request_index], chunk, progress)
+            images, timings, redecoded, flagged = self._run(requests[chunk[0].request_index], chunk, progress)
         except torch.cuda.OutOfMemoryError:
             self._free_memory()
             if len(chunk) == 1:
@@ -211,28 +230,33 @@ class Engine:
             self._run_or_split(requests, chunk[:half], results, progress)
             self._run_or_split(requests, chunk[half:], results, progress)
             return
-        for position, (job, image) in enumerate(zip(chunk, images)):
+        for position, (job, image, unsafe) in enumerate(zip(chunk, images, flagged)):
             results[job.request_index].images.append(image)
             results[job.request_index].seeds.append(job.seed)
+            results[job.request_index].filtered.append(unsafe)
             results[job.request_index].events["nan_redecodes"] += position in redecoded
         for index in {job.request_index for job in chunk}:
+            results[index].tokens = self.prompts.token_counts(requests[index].prompt, requests[index].negative_prompt)
             for stage, seconds in timings.items():
-                results[index].timings[stage] += seconds
+                results[index].timings[stage] = results[index].timings.get(stage, 0.0) + seconds
 
     def _free_memory(self) -> None:
         if self.device == "cuda":
             torch.cuda.empty_cache()
 
     def _run(self, batch: TextToImageRequest, jobs: list[_Job], progress: Progress
-             ) -> tuple[list[Image.Image], dict, set[int]]:
-        """One UNet batch: every job shares `batch`'s size, steps, guidance and hand-off (its batch key)."""
+             ) -> tuple[list[Image.Image], dict, set[int], list[bool]]:
+        """One UNet batch: every job shares `batch`'s size, steps, guidance and hand-off (its batch key).
+        Returns the images (black where the safety checker flagged one), the seconds per stage, which images
+        were decoded again, and which were flagged."""
         width, height = self.size_of(batch)
         # A CPU generator per image makes image i depend on its own seed only, on any device and batch.
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
         use_refiner, guidance = batch.refiner, batch.guidance_scale
         self.adapters.use(batch.lora, batch.lora_scale)  # before encoding: an adapter may train the text encoders
-        self.base.scheduler = make_scheduler(batch.scheduler, self._scheduler_configs["base"])
-        self.refiner.scheduler = make_scheduler(batch.scheduler, self._scheduler_configs["refiner"])
+        self.base.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["base"],
+                                             denoising_end=batch.high_noise_frac if use_refiner else None)
+        self.refiner.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["refiner"])
         clock = _Clock(self.device)
 
         base_embeds = self._encode(self.base, jobs, guidance)
@@ -256,18 +280,17 @@ class Engine:
         clock.lap("refiner")
         images, redecoded = self.decode(latents)
         clock.lap("vae_decode")
-        return images, clock.laps, redecoded
+        flagged = [False] * len(images)
+        if self.safety_checker:  # the whole batch at once, on the pipelines' device
+            flagged = self.safety_checker.flagged(images)
+            images = [Image.new("RGB", image.size) if unsafe else image for image, unsafe in zip(images, flagged)]
+            clock.lap("safety_checker")
+        return images, clock.laps, redecoded, flagged
 
-    @staticmethod
-    def _encode(pipeline, jobs: list[_Job], guidance: float) -> dict[str, torch.Tensor]:
+    def _encode(self, pipeline, jobs: list[_Job], guidance: float) -> dict[str, torch.Tensor]:
         # Without a negative prompt, None lets the base use zero embeddings, as SDXL was trained.
         negatives = [job.negative_prompt for job in jobs] if jobs[0].negative_prompt else None
-        embeds = pipeline.encode_prompt(
-            prompt=[job.prompt for job in jobs], negative_prompt=negatives, device=pipeline.device,
-            num_images_per_prompt=1, do_classifier_free_guidance=guidance > 1,
-        )
-        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-        return dict(zip(names, embeds))
+        return self.prompts.encode(pipeline, [job.prompt for job in jobs], negatives, guidance > 1)
 
     def decode(self, latents: torch.Tensor) -> tuple[list[Image.Image], set[int]]:
         """Latents to PIL images, and which of them had NaNs and were decoded again in fp32.

@@ -85,7 +85,9 @@ def build_output(call, requests: list[TextToImageRequest], generations: list[Gen
         started = time.perf_counter()
         images.append([to_base64_jpeg(image, jpeg_quality) for image in generation.images])
         generation.timings["jpeg"] = time.perf_counter() - started
-    finish_reasons = [["success"] * len(generation.images) for generation in generations]
+    # A flagged image is a black image of the same size: the schema requires one in every choice.
+    finish_reasons = [["content_filtered" if unsafe else "success" for unsafe in generation.filtered]
+                      for generation in generations]
     return construct_task_text_to_image_output(request=call, finish_reasons=finish_reasons, images=images)
 
 
@@ -103,5 +105,7 @@ def usage(request: TextToImageRequest, generation: Generation) -> dict:
         "lora": list(request.lora),
         "lora-scale": list(request.lora_scale),
         "high-noise-frac": request.high_noise_frac if request.refiner else None,
+        "tokens": dict(generation.tokens),  # {"prompt": 213, "negative-prompt": 12}: CLIP tokens, syntax removed
+        "content-filtered": [index for index, unsafe in enumerate(generation.filtered) if unsafe],
         "seconds": {stage: round(seconds, 4) for stage, seconds in generation.timings.items()},
     }

@@ -24,6 +24,8 @@ class ReplicaMetrics:
         )
         self.nan_redecodes = Counter("sdxl_nan_redecodes",
                                      description="Images decoded to NaN and decoded again in fp32.")
+        self.filtered = Counter("sdxl_filtered_images", description="Images the safety checker flagged, returned "
+                                "black as content_filtered.", tag_keys=("api",))
         self.oom_splits = Counter("sdxl_oom_splits", description="Batches split in two after running out of memory.")
         self.rejected = Counter("sdxl_rejected_inputs", description="Calls rejected for a bad field.",
                                 tag_keys=("api", "field"))
@@ -37,6 +39,8 @@ class ReplicaMetrics:
             self.images.inc(len(generation.images), tags={"api": api, "aspect_ratio": aspect_ratio})
             for stage, seconds in generation.timings.items():
                 self.stage_seconds.observe(seconds, tags={"stage": stage})
+            if any(generation.filtered):
+                self.filtered.inc(sum(generation.filtered), tags={"api": api})
             if generation.events["nan_redecodes"]:
                 self.nan_redecodes.inc(generation.events["nan_redecodes"])
             if generation.events["oom_splits"]:

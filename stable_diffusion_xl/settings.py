@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from .encoding import DEFAULT_JPEG_QUALITY
 from .loras import is_plain_name
 from .request import InvalidRequest, TextToImageRequest, excerpt
+from .schedulers import SDXL_SCHEDULER_CONFIG, hand_off_problem
 from .weights import DEFAULT_WEIGHTS_DIR
 
 DEFAULT_MAX_BATCH_SIZE = 4
@@ -50,8 +52,10 @@ class Limits:
     max_loras: int = setting("SDXL_MAX_LORAS", DEFAULT_MAX_LORAS, "LoRA adapters a replica keeps loaded (the least "
                              "recently used is unloaded past it); also the most one request may stack", minimum=1,
                              maximum=64)
-    # Not a setting: the adapters in the deployment's LoRA folder, found when the replica starts.
+    # Not settings: found when the replica starts, the adapters in its LoRA folder and its weights' scheduler
+    # config (base and refiner split a sampler's steps by its timesteps).
     lora_names: tuple[str, ...] = ()
+    scheduler_config: Mapping[str, Any] = field(default_factory=lambda: SDXL_SCHEDULER_CONFIG)
 
     def check(self, request: TextToImageRequest, images_before: int, where: str) -> None:
         """One input against the deployment, with the images of the call before it; errors name the input's own
@@ -65,6 +69,10 @@ class Limits:
         if len(request.lora) > self.max_loras:
             raise InvalidRequest(f"{where}lora", f"stacks {len(request.lora)} adapters; this deployment keeps at most "
                                                  f"{self.max_loras} loaded")
+        if request.refiner:
+            problem = hand_off_problem(request.scheduler, self.scheduler_config, request.steps, request.high_noise_frac)
+            if problem:
+                raise InvalidRequest(f"{where}high-noise-frac", problem)
         for name in request.lora:
             if not is_plain_name(name) or name not in self.lora_names:
                 shown = ", ".join(self.lora_names[:20]) + (", ..." if len(self.lora_names) > 20 else "")
@@ -82,6 +90,10 @@ class Settings:
                                  "fallback")
     max_batch_size: int = setting("SDXL_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an "
                                   "out-of-memory batch is split and retried)", minimum=1, maximum=64)
+    safety_checker: bool = setting("SDXL_SAFETY_CHECKER", False, "filter unsafe images: a flagged image comes back "
+                                   "black as `content_filtered`; needs `fetch-weights --safety-checker`")
+    safety_checker_dir: Path | None = setting("SDXL_SAFETY_CHECKER_DIR", None, "folder of the safety checker",
+                                              shown="`stable-diffusion-safety-checker/` beside the models")
     jpeg_quality: int = setting("SDXL_JPEG_QUALITY", DEFAULT_JPEG_QUALITY, "JPEG quality of the returned images",
                                 minimum=1, maximum=100)
     warm_up: bool = setting("SDXL_WARM_UP", True, "one tiny generation per aspect ratio before the replica "

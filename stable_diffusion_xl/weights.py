@@ -3,7 +3,8 @@
 `weights/manifest.json` lists, per model folder, the Hugging Face repository and the files
 the loader reads: the fp16 safetensors and their configs, with no duplicate formats (ONNX,
 OpenVINO, Flax, .bin, single-file checkpoints). The refiner folder holds only its UNet and
-scheduler because it shares the base's text_encoder_2, tokenizer_2 and VAE.
+scheduler because it shares the base's text_encoder_2, tokenizer_2 and VAE. Entries marked
+`"optional": true` (the safety checker) are fetched only when asked for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
 MANIFEST = DEFAULT_WEIGHTS_DIR / "manifest.json"
 BASE, REFINER, VAE_FP16_FIX = "stable-diffusion-xl-base-1.0", "stable-diffusion-xl-refiner-1.0", "sdxl-vae-fp16-fix"
+SAFETY_CHECKER = "stable-diffusion-safety-checker"  # optional: needed only when the safety filter is on
 DEMO_SUBDIR = "demo"
 LORA_SUBDIR = "loras"  # LoRA adapters, beside the models of a weights folder (demo ones under demo/)
 FETCH_COMMAND = "python -m stable_diffusion_xl fetch-weights"
@@ -31,14 +33,22 @@ class Source:
     repo_id: str
     revision: str
     files: tuple[str, ...]
+    optional: bool = False  # fetched only when asked for (fetch's include_optional)
 
 
 def load_manifest(path: Path = MANIFEST) -> dict[str, Source]:
+    """Every entry of the manifest, the optional ones included."""
     entries = json.loads(path.read_text())["models"]
     return {
-        entry["folder"]: Source(entry["folder"], entry["repo_id"], entry["revision"], tuple(entry["files"]))
+        entry["folder"]: Source(entry["folder"], entry["repo_id"], entry["revision"], tuple(entry["files"]),
+                                bool(entry.get("optional", False)))
         for entry in entries
     }
+
+
+def sources_to_fetch(sources: dict[str, Source], include_optional: bool = False) -> list[Source]:
+    """The manifest entries a fetch downloads: the required ones, and the optional ones too when asked."""
+    return [source for source in sources.values() if include_optional or not source.optional]
 
 
 def select_files(source: Source, repo_files: list[str]) -> list[str]:
@@ -60,6 +70,12 @@ class WeightPaths:
     def loras(self) -> Path:
         return self.base.parent / LORA_SUBDIR
 
+    @property
+    def safety_checker(self) -> Path:
+        """The optional safety checker's folder, beside the models (demo/stable-diffusion-safety-checker for the
+        demo weights). `locate` does not require it: only a deployment with the safety filter on loads it."""
+        return self.base.parent / SAFETY_CHECKER
+
     @classmethod
     def locate(cls, weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, *, demo: bool = False) -> WeightPaths:
         """The model folders to load, failing with the command that fetches them when they are absent."""
@@ -74,12 +90,14 @@ class WeightPaths:
         return paths
 
 
-def fetch(weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, manifest: Path = MANIFEST) -> int:
-    """Download the manifest's files into `weights_dir`; resumable, and HF_TOKEN is honoured. Returns bytes on disk."""
+def fetch(weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, manifest: Path = MANIFEST, *,
+          include_optional: bool = False) -> int:
+    """Download the manifest's files into `weights_dir`; resumable, and HF_TOKEN is honoured. Returns bytes on disk.
+    Optional entries (the safety checker) are fetched only with `include_optional`."""
     from huggingface_hub import HfApi, snapshot_download
 
     api, total = HfApi(), 0
-    for source in load_manifest(manifest).values():
+    for source in sources_to_fetch(load_manifest(manifest), include_optional):
         target = Path(weights_dir) / source.folder
         repo_files = api.list_repo_files(source.repo_id, revision=source.revision)
         files = select_files(source, repo_files)

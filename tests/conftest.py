@@ -7,11 +7,13 @@ import grpc
 import pytest
 import torch
 
+from helpers import request, write_flagging_checker
 from image_build import check_build, run_instill_build
-from served import MODEL, SMALL
+from served import FILTERED, FLAGGED_SEED, MODEL, SMALL, TINY
 from stable_diffusion_xl import demo_weights
 from stable_diffusion_xl.engine import Engine
 from stable_diffusion_xl.local_serve import Application, serving
+from stable_diffusion_xl.weights import WeightPaths
 
 # Two threads on a two-core machine shared with other work were up to 60x slower than one.
 torch.set_num_threads(1)
@@ -31,14 +33,25 @@ def engine(weights_dir):
 
 
 @pytest.fixture(scope="session")
-def cluster(weights_dir, tmp_path_factory):
+def flagging_checker(weights_dir, engine, tmp_path_factory):
+    """A safety checker that flags image 0 of the call n=2, seed=FLAGGED_SEED (TINY) and not image 1."""
+    call = request(seed=FLAGGED_SEED, n=2, **TINY)
+    flagged, other = engine.generate([call])[0].images
+    demo_checker = WeightPaths.locate(weights_dir, demo=True).safety_checker
+    return write_flagging_checker(tmp_path_factory.mktemp("flagging-checker"), flagged, [other], source=demo_checker)
+
+
+@pytest.fixture(scope="session")
+def cluster(weights_dir, flagging_checker, tmp_path_factory):
     """One real Ray Serve for the session: two applications named as Instill Core names them, the gRPC
     proxy and HTTP on loopback, Ray's files in a short folder of our own (its socket paths must stay short)."""
     # A short body timeout, so the stalled-upload test waits seconds, not the default 10 s.
     env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), "SDXL_BODY_TIMEOUT_S": "2"}
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    apps = [Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1", "SDXL_MAX_LORAS": "1"})]
+    filtering = {"SDXL_SAFETY_CHECKER": "1", "SDXL_SAFETY_CHECKER_DIR": str(flagging_checker)}
+    apps = [Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1", "SDXL_MAX_LORAS": "1"}),
+            Application(FILTERED, {**env, **filtering})]
     try:
         with serving(apps, log_path=log, ray_dir=ray_dir) as ports, \
                 grpc.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:

@@ -1,11 +1,17 @@
-"""Plain helpers shared by the engine tests: request builders, pixel comparisons, UNet call counts.
+"""Plain helpers shared by the tests: request builders, pixel comparisons, UNet call counts, a flagging checker.
 
 Fixtures live in conftest.py; import these by module name: `from helpers import request`.
 """
 
+import shutil
+from pathlib import Path
+
 import numpy as np
+import torch
+from PIL import Image
 
 from stable_diffusion_xl.request import TextToImageRequest
+from stable_diffusion_xl.safety import SafetyChecker
 
 FAST = {"steps": 5}  # 4 base + 1 refiner step: enough to exercise both experts quickly
 ROUNDING = 2  # pixel levels that batched float kernels may move an image by
@@ -38,3 +44,27 @@ def count_unet_calls(engine, run):
         for hook in hooks:
             hook.remove()
     return calls
+
+
+def write_flagging_checker(target: Path, image: Image.Image, others: list[Image.Image], *, source: Path) -> Path:
+    """The checker in `source` (the demo one) with its first concept embedding set to `image`'s CLIP image embedding
+    (as the checker computes it: the vision model's pooled output through visual_projection) and that concept's
+    threshold set halfway between `image`'s cosine similarity to it (about 1) and the highest of `others`', saved
+    like the real checker (fp16) into `target`: it flags `image` and none of `others`."""
+    checker = SafetyChecker.load(source, "cpu", torch.float32)
+    model = checker.model
+    with torch.inference_mode():
+        pixels = checker.processor([image, *others], return_tensors="pt").pixel_values
+        embeds = model.visual_projection(model.vision_model(pixels)[1])
+    concept = embeds[0].to(torch.float16).float()  # as the saved checker will hold it
+    similarity = torch.nn.functional.normalize(embeds) @ torch.nn.functional.normalize(concept, dim=0)
+    own, nearest = similarity[0].item(), similarity[1:].max().item()
+    # The checker rounds (similarity - threshold) to 3 decimals and flags above 0; fp16 moves the threshold by
+    # at most 0.00025 here. Half of this gap must clear both.
+    assert own - nearest > 0.004, f"the other images are too close to this one ({nearest:.4f} vs {own:.4f})"
+    with torch.no_grad():
+        model.concept_embeds[0] = concept
+        model.concept_embeds_weights[0] = (own + nearest) / 2
+    model.to(torch.float16).save_pretrained(target)
+    shutil.copy(Path(source) / "preprocessor_config.json", Path(target) / "preprocessor_config.json")
+    return Path(target)

@@ -43,12 +43,14 @@ def task_input(prompt="a cat napping", **parameter) -> dict:
     return client.task_input(prompt, "users/test/models/stable-diffusion-xl", **parameter)
 
 
-def check_output(output: dict) -> list[Image.Image]:
-    """Validate one task output against the schema and decode its JPEG data URIs."""
+def check_output(output: dict, finish_reasons: list[str] | None = None) -> list[Image.Image]:
+    """Validate one task output against the schema and decode its JPEG data URIs; every choice a success
+    unless `finish_reasons` says otherwise."""
     jsonschema.validate(output, OUTPUT_SCHEMA)
+    reasons = [choice["finish-reason"] for choice in output["data"]["choices"]]
+    assert reasons == (finish_reasons or ["success"] * len(reasons))
     images = []
     for choice in output["data"]["choices"]:
-        assert choice["finish-reason"] == "success"
         prefix, _, payload = choice["image"].partition(",")
         assert prefix == "data:image/jpeg;base64"
         image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))

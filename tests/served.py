@@ -11,6 +11,8 @@ import urllib.request
 
 MODEL = "users_6f1c0e2a_stable-diffusion-xl_v1"
 SMALL = "users_6f1c0e2a_stable-diffusion-xl-small_v1"  # the same model with max n = 1 and one resident LoRA
+FILTERED = "users_6f1c0e2a_stable-diffusion-xl-filtered_v1"  # with a safety checker that flags one known image
+FLAGGED_SEED = 51  # image 0 of n=2 at this seed (TINY, the default prompt) is the one FILTERED's checker flags
 FAST = {"steps": 5}
 TINY = {"steps": 1, "refiner": False}  # one UNet call: for inputs that only need to be accepted
 
@@ -28,6 +30,19 @@ def http(ports, path: str, body=None, *, method: str | None = None, data: bytes 
     except urllib.error.HTTPError as error:
         raw, status, reply_headers = error.read(), error.code, error.headers
     return status, json.loads(raw) if raw else None, reply_headers
+
+
+def raw_reply(sock) -> bytes:
+    """One whole HTTP reply read from a raw socket: its head, then Content-Length bytes of body (or until close)."""
+    reply = b""
+    while b"\r\n\r\n" not in reply and (part := sock.recv(65536)):
+        reply += part
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lengths = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    length = lengths[0] if lengths else None
+    while (length is None or len(body) < length) and (part := sock.recv(65536)):
+        body += part
+    return head + b"\r\n\r\n" + body
 
 
 def scrape(cluster) -> str:

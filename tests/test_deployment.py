@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from stable_diffusion_xl.settings import SettingError
+from stable_diffusion_xl.weights import WeightsMissing
 
 MODEL_FILE = Path(__file__).parent.parent / "model.py"
 
@@ -82,3 +83,9 @@ def test_replica_warms_up_every_aspect_ratio_and_reports_a_broken_engine(load_mo
     replica.engine.healthy = False
     with pytest.raises(RuntimeError, match="must be replaced"):
         replica.check_health()
+
+
+def test_a_replica_asked_to_filter_without_the_checker_fails_to_start_with_the_fetch_command(load_model, tmp_path):
+    module = load_model(SDXL_SAFETY_CHECKER="1", SDXL_SAFETY_CHECKER_DIR=str(tmp_path), SDXL_WARM_UP="0")
+    with pytest.raises(WeightsMissing, match="fetch-weights --safety-checker"):
+        module.StableDiffusionXL.func_or_class()

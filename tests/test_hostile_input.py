@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from instill.protogen.model.ray.v1alpha.user_defined_pb2 import CallRequest, CallResponse
 
 from instill_contract import check_output, task_input
-from served import MODEL, TINY, http, metric_total, ray_logs, scrape, serve_log_lines, wait_for_metric
+from served import MODEL, TINY, http, metric_total, raw_reply, ray_logs, scrape, serve_log_lines, wait_for_metric
 from stable_diffusion_xl.client import METHOD, grpc_call
 from stable_diffusion_xl.request import KNOWN_FIELDS, MAX_SEED, PARAMETERS
 
@@ -119,9 +119,7 @@ def test_a_chunked_body_over_the_limit_is_refused_with_413_midway(cluster):
             sock.sendall(b"0\r\n\r\n")
         except OSError:
             pass  # the server may answer and close before the client is done
-        reply = b""
-        while b"bytes" not in reply and (part := sock.recv(65536)):  # the head and the JSON body may come apart
-            reply += part
+        reply = raw_reply(sock)
     assert reply.startswith(b"HTTP/1.1 413") and b"limit of 1048576 bytes" in reply
 
 
@@ -138,11 +136,12 @@ def test_stalled_uploads_are_refused_in_time_and_the_replica_keeps_answering(clu
     try:
         for sock in stalled:
             sock.sendall(f"POST /{MODEL} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"pro".encode())
-        replies = [sock.recv(65536) for sock in stalled]
+        replies = [raw_reply(sock) for sock in stalled]
     finally:
         for sock in stalled:
             sock.close()
-    assert all(reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 2 s" in reply for reply in replies)
+    assert all(reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 2 s" in reply for reply in replies), \
+        replies
     status, reply, _ = http(cluster.ports, MODEL, timeout=10)
     assert status == 200 and reply["status"] == "ready"
     still_serving(cluster)

@@ -13,10 +13,14 @@ from stable_diffusion_xl.weights import (
     BASE,
     DEMO_SUBDIR,
     REFINER,
+    SAFETY_CHECKER,
     VAE_FP16_FIX,
+    WeightPaths,
     WeightsMissing,
+    fetch,
     load_manifest,
     select_files,
+    sources_to_fetch,
 )
 
 LISTINGS = json.loads((Path(__file__).parent / "data" / "hub_listings.json").read_text())
@@ -30,7 +34,9 @@ def test_fetch_takes_only_the_fp16_safetensors_and_configs_the_loader_reads(fold
     assert sorted(selected) == sorted(source.files)
     assert not [name for name in selected if name.endswith(DUPLICATE_FORMATS)]
     assert not [name for name in selected if name.startswith(("sd_xl_", "vae_1_0/", "sdxl"))]  # single-file copies
-    if folder != VAE_FP16_FIX:  # that repository publishes its fp32 weights only; they are loaded as fp16
+    # These repositories publish one safetensors file, under the plain name: the VAE fix's holds fp32 weights (loaded
+    # as fp16), the safety checker's at the pinned revision holds fp16 weights itself.
+    if folder not in (VAE_FP16_FIX, SAFETY_CHECKER):
         assert all(".fp16." in name for name in selected if name.endswith(".safetensors"))
 
 
@@ -88,3 +94,65 @@ def test_a_fetched_lora_gets_a_plain_name_or_nothing_is_fetched(tmp_path, name):
         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120,
     )
     assert result.returncode == 2 and "is no plain adapter name" in result.stderr and not any(tmp_path.iterdir())
+
+
+def test_the_safety_checker_is_an_optional_entry_pinned_to_its_fp16_commit():
+    manifest = load_manifest()
+    assert [folder for folder, source in manifest.items() if source.optional] == [SAFETY_CHECKER]
+    checker = manifest[SAFETY_CHECKER]
+    assert checker.repo_id == "CompVis/stable-diffusion-safety-checker"
+    assert checker.revision == "1664e306d2258485321cbbd8083074c9474d4e41"  # the commit that added fp16 safetensors
+    assert [s.folder for s in sources_to_fetch(manifest)] == [BASE, REFINER, VAE_FP16_FIX]
+    assert [s.folder for s in sources_to_fetch(manifest, include_optional=True)] == list(manifest)
+
+
+class FakeHub:
+    """huggingface_hub's listing and snapshot download, answered from tests/data/hub_listings.json."""
+
+    def __init__(self):
+        self.downloads = {}
+
+    def list_repo_files(self, repo_id, revision=None):
+        return LISTINGS[repo_id]
+
+    def snapshot_download(self, repo_id, *, revision, allow_patterns, local_dir):
+        assert set(allow_patterns) <= set(LISTINGS[repo_id])
+        self.downloads[repo_id] = (revision, sorted(allow_patterns))
+        for name in allow_patterns:
+            (Path(local_dir) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(local_dir) / name).write_bytes(b"x")
+        return str(local_dir)
+
+
+@pytest.mark.parametrize("include_optional", [False, True])
+def test_fetch_takes_the_optional_safety_checker_only_when_asked(tmp_path, monkeypatch, include_optional):
+    import huggingface_hub
+
+    hub = FakeHub()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: hub)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
+    if include_optional:
+        fetch(tmp_path, include_optional=True)
+    else:
+        fetch(tmp_path)
+    manifest = load_manifest()
+    wanted = [source for source in manifest.values() if include_optional or not source.optional]
+    assert hub.downloads == {s.repo_id: (s.revision, sorted(s.files)) for s in wanted}
+    assert (tmp_path / SAFETY_CHECKER).exists() == include_optional
+    if include_optional:  # the three files the loader reads, not the pickled pytorch_model.bin
+        checker = tmp_path / SAFETY_CHECKER
+        assert sorted(p.name for p in checker.iterdir()) == ["config.json", "model.safetensors",
+                                                             "preprocessor_config.json"]
+
+
+def test_demo_weights_hold_an_fp16_safety_checker_in_the_layout_a_fetch_brings(weights_dir):
+    from safetensors import safe_open
+
+    folder = WeightPaths.locate(weights_dir, demo=True).safety_checker
+    assert folder == weights_dir / DEMO_SUBDIR / SAFETY_CHECKER
+    assert sorted(p.name for p in folder.iterdir()) == sorted(load_manifest()[SAFETY_CHECKER].files)
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"F16"}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "clip" and config["vision_config"]["image_size"] == 32
+    assert json.loads((folder / "preprocessor_config.json").read_text())["crop_size"] == {"height": 32, "width": 32}
