@@ -1,6 +1,7 @@
 """model.py on a real Ray Serve: gRPC CallRequests routed by application name, HTTP, errors, metrics, logs."""
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -147,3 +148,15 @@ def test_logs_carry_request_ids_and_timings_but_no_prompts(cluster):
     assert secret not in logs
     # Ray Serve's replica format: ... <replica id> <request id> -- message
     assert re.search(r" [0-9a-f-]{36} -- 1 task inputs, 1 images, seconds \[\{'text_encoders'", logs)
+
+
+def test_pings_are_answered_while_eight_images_are_being_made(cluster):
+    """Generation and JPEG encoding run off the event loop: a status ping does not wait for the images."""
+    call = [task_input(f"prompt {i}", seed=60 + i, n=4, steps=40) for i in range(2)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        eight_images = pool.submit(grpc_call, cluster.channel, MODEL, *call)
+        time.sleep(2)  # the eight images are under way: about 12 s of work on the demo weights
+        status, body, _ = http(cluster.ports, MODEL, timeout=10)
+        assert status == 200 and body["status"] == "ready"
+        assert not eight_images.done()  # answered while the images were still being made
+        assert sum(len(check_output(output)) for output in eight_images.result()) == 8
