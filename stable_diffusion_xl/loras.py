@@ -27,8 +27,7 @@ def available(folder: Path | None) -> tuple[str, ...]:
     """The adapters in `folder`, by name; none when there is no folder."""
     if folder is None or not folder.is_dir():
         return ()
-    return tuple(sorted(path.name[: -len(SUFFIX)] for path in folder.iterdir()
-                        if path.name.endswith(SUFFIX) and path.is_file() and is_plain_name(path.name[: -len(SUFFIX)])))
+    return tuple(sorted(path.stem for path in folder.glob(f"*{SUFFIX}") if path.is_file() and is_plain_name(path.stem)))
 
 
 class ResidentAdapters:

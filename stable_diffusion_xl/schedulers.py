@@ -1,10 +1,10 @@
 """Samplers by the names A1111 and ComfyUI users know, as diffusers schedulers (the mapping the diffusers
 docs give), each built from the checkpoint's own scheduler config so that its training schedule is kept.
 
-The base hands off to the refiner at timestep `round(num_train_timesteps * (1 - high_noise_frac))`, by
-diffusers' rules: the base runs the timesteps at or above it (`denoising_end`), the refiner those below
-(`denoising_start`). That partitions the schedule of a one-call-per-step sampler; a second-order sampler
-(heun) needs the base to stop on a whole step, see `_ending_on_a_whole_step`.
+The base hands off to the refiner at `hand_off_timestep`, by diffusers' rules: the base runs the timesteps
+at or above it (`denoising_end`), the refiner those below (`denoising_start`). That partitions the schedule
+of a one-call-per-step sampler; a second-order sampler (heun) needs the base to stop on a whole step, see
+`_ending_on_a_whole_step`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ SDXL_SCHEDULER_CONFIG = {
     "steps_offset": 1, "timestep_spacing": "leading", "prediction_type": "epsilon", "interpolation_type": "linear",
     "use_karras_sigmas": False,
 }
+
+
+def hand_off_timestep(config, high_noise_frac: float) -> int:
+    """The timestep where the base hands off: it runs those at or above it, the refiner those below. This is
+    the pipelines' own expression (`denoising_end` / `denoising_start`), so the two always agree."""
+    steps = config["num_train_timesteps"]
+    return int(round(steps - high_noise_frac * steps))
 
 
 def make_scheduler(name: str, checkpoint_config, *, denoising_end: float | None = None):
@@ -56,8 +63,7 @@ def _ending_on_a_whole_step(scheduler, denoising_end: float) -> None:
     base alone, once each (79 UNet calls for 40 steps, 62 + 17 at 0.8).
     """
     set_timesteps = scheduler.set_timesteps
-    steps = scheduler.config.num_train_timesteps
-    cutoff = int(round(steps - denoising_end * steps))  # the pipelines' own expression
+    cutoff = hand_off_timestep(scheduler.config, denoising_end)
 
     def set_timesteps_of_the_base(*args, **kwargs):
         set_timesteps(*args, **kwargs)
@@ -76,8 +82,7 @@ def hand_off_problem(name: str, config, steps: int, high_noise_frac: float) -> s
     alone.set_timesteps(steps)
     base = make_scheduler(name, config, denoising_end=high_noise_frac)
     base.set_timesteps(steps)
-    cutoff = int(round(config["num_train_timesteps"] * (1 - high_noise_frac)))
-    base_calls = int((base.timesteps >= cutoff).sum())
+    base_calls = int((base.timesteps >= hand_off_timestep(config, high_noise_frac)).sum())
     idle = "the base" if base_calls == 0 else "the refiner" if base_calls >= len(alone.timesteps) else None
     if idle is None:
         return None
