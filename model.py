@@ -18,6 +18,7 @@ from stable_diffusion_xl.request import InvalidRequest
 from stable_diffusion_xl.routes import incoming
 from stable_diffusion_xl.schedulers import SCHEDULERS
 from stable_diffusion_xl.settings import Settings
+from stable_diffusion_xl.sizes import ASPECT_RATIOS, image_size
 
 # Ray Serve stamps this logger's lines with the request id. No caller's text goes into a line.
 log = logging.getLogger("ray.serve")
@@ -27,6 +28,7 @@ log = logging.getLogger("ray.serve")
 class StableDiffusionXL:
     def __init__(self):
         self.settings = Settings.from_env()
+        self.api_key = self.settings.http_api_key()  # before the weights: a bad key file fails the start at once
         self.engine = Engine.load(
             self.settings.weights_dir, demo=self.settings.demo_weights, max_batch_size=self.settings.max_batch_size,
             lora_dir=self.settings.lora_dir, max_loras=self.settings.limits.max_loras,
@@ -43,15 +45,20 @@ class StableDiffusionXL:
 
     async def __call__(self, request, grpc_context=None):
         call = incoming(request, grpc_context)
-        if call.is_status:  # Instill Core's scale-from-zero ping: no body, no work
-            return call.status(self.status())
+        if call.at_once:  # Instill Core's scale-from-zero ping, a model list, the page: no body, no work
+            return call.answer_at_once(self.status())
         try:
+            call.authorize(self.api_key)
             requests = await call.requests(self.limits)
         except InvalidRequest as error:
             self.metrics.reject(call.api, error)
             log.info("rejected %s call: bad %s", call.api, error.label)
             return call.reject(error)
         progress = Progress()
+        answer = self.answer(call, requests, progress)
+        return call.stream(answer, progress) if call.streams else await answer
+
+    async def answer(self, call, requests, progress: Progress):
         try:
             # In a thread, JPEG encoding included, so pings and health checks are answered while the GPU works.
             return await asyncio.to_thread(self.generate, call, requests, progress)
@@ -60,10 +67,12 @@ class StableDiffusionXL:
             raise
 
     def status(self) -> dict:
-        """What a client may offer its users: the adapters and samplers this deployment has."""
+        """What a client may offer its users: the adapters, samplers and image sizes this deployment has."""
         return {"status": "ready", "model": "stable-diffusion-xl", "demo_weights": self.engine.demo,
                 "loras": {"available": list(self.engine.adapters.names), "loaded": self.engine.adapters.loaded},
-                "schedulers": list(SCHEDULERS), "safety_checker": self.engine.safety_checker is not None}
+                "schedulers": list(SCHEDULERS), "safety_checker": self.engine.safety_checker is not None,
+                "sizes": {ratio: image_size(ratio, self.engine.resolution) for ratio in ASPECT_RATIOS},
+                "api_key_required": self.api_key is not None}
 
     def generate(self, call, requests, progress: Progress):
         try:

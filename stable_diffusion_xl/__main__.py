@@ -103,19 +103,21 @@ def _generate(args) -> int:
     return 0
 
 
-def _model_env(args) -> dict[str, str]:
-    """The replica's SDXL_* variables, checked here so that a mistake fails at once, with the fix, rather
-    than in a Ray replica; the other SDXL_* variables of this shell reach the replica as they are."""
+def _model_env(args) -> tuple[dict[str, str], Settings]:
+    """The replica's SDXL_* variables and its settings, checked here so that a mistake fails at once, with the
+    fix, rather than in a Ray replica; the other SDXL_* variables of this shell reach the replica as they are."""
     env = {"SDXL_WEIGHTS_DIR": str(args.weights.resolve()), "SDXL_DEMO_WEIGHTS": "1" if args.demo else "0"}
-    Settings.from_env({**os.environ, **env})
+    settings = Settings.from_env({**os.environ, **env})
+    settings.http_api_key()
     WeightPaths.locate(args.weights, demo=args.demo)
-    return env
+    return env, settings
 
 
 def _serve(args) -> int:
     from .local_serve import Application, Ports, run
 
-    application, ports = Application("default", _model_env(args)), Ports()
+    env, _ = _model_env(args)
+    application, ports = Application("default", env), Ports()
     print(f"serving on http://127.0.0.1:{ports.http}/ and gRPC 127.0.0.1:{ports.grpc} (application 'default')")
     run([application], ports)
     return 0
@@ -131,11 +133,12 @@ def _try(args) -> int:
     from .local_serve import Application, serving
 
     body = args.input.encode()
-    application = Application("default", _model_env(args))
+    env, settings = _model_env(args)
+    key = settings.http_api_key()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
     print("starting Ray Serve with the model ...", file=sys.stderr)
-    with serving([application]) as ports:
-        request = urllib.request.Request(f"http://127.0.0.1:{ports.http}/", data=body,
-                                         headers={"Content-Type": "application/json"})
+    with serving([Application("default", env)]) as ports:
+        request = urllib.request.Request(f"http://127.0.0.1:{ports.http}/", data=body, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=3600) as response:
                 outputs = json.load(response)

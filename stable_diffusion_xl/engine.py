@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 import secrets
 import threading
 import time
@@ -25,7 +26,7 @@ from PIL import Image
 from .loras import ResidentAdapters
 from .request import MAX_SEED, InvalidRequest, TextToImageRequest, nth_seed
 from .safety import SafetyChecker
-from .schedulers import hand_off_problem, make_scheduler
+from .schedulers import hand_off_problem, make_scheduler, unet_calls
 from .settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_LORAS
 from .sizes import ASPECT_RATIOS, image_size
 from .weights import DEFAULT_WEIGHTS_DIR, WeightPaths
@@ -67,11 +68,14 @@ class Cancelled(RuntimeError):
 
 
 class Progress:
-    """What a caller shares with its generation: the denoising steps done so far (one per UNet batch call),
-    and `cancel()`, which stops the generation at the end of the step under way."""
+    """What a caller shares with its generation: the denoising steps done so far (one per UNet batch call)
+    out of the `total` planned, the stage running them, and `cancel()`, which stops the generation at the
+    end of the step under way. Read from other threads, to report progress while the images are made."""
 
     def __init__(self):
         self.steps = 0
+        self.total = 0  # planned when the generation starts (an out-of-memory split adds steps)
+        self.stage = "waiting"  # then "base" and "refiner", batch by batch
         self._stop = threading.Event()
         self._cancelled_at_step: int | None = None
 
@@ -201,6 +205,12 @@ class Engine:
                 _Job(index, request.prompt, request.negative_prompt, nth_seed(seed, i)) for i in range(request.n)
             ]
         with self._lock, torch.inference_mode():
+            progress.total = sum(
+                math.ceil(len(jobs) / self.max_batch_size)
+                * unet_calls(requests[jobs[0].request_index].scheduler, self.scheduler_configs["base"],
+                             requests[jobs[0].request_index].steps)
+                for jobs in groups.values()
+            )
             try:
                 for jobs in groups.values():
                     for start in range(0, len(jobs), self.max_batch_size):
@@ -263,6 +273,7 @@ class Engine:
         refiner_embeds = self._encode(self.refiner, jobs, guidance) if use_refiner else None
         clock.lap("text_encoders")
 
+        progress.stage = "base"
         latents = self.base(
             **base_embeds, width=width, height=height, num_inference_steps=batch.steps,
             guidance_scale=guidance, denoising_end=batch.high_noise_frac if use_refiner else None,
@@ -271,6 +282,7 @@ class Engine:
         progress.stop_if_cancelled()
         clock.lap("base")
         if use_refiner:
+            progress.stage = "refiner"
             latents = self.refiner(
                 **refiner_embeds, image=latents, num_inference_steps=batch.steps, guidance_scale=guidance,
                 denoising_start=batch.high_noise_frac, generator=generators, output_type="latent",

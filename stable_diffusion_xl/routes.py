@@ -9,12 +9,14 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from .instill_io import InstillGrpc, InstillHttp
+from .page import PAGE_FILES, PageFile
 from .request import InvalidRequest, excerpt
 from .transport import Call, Refused, StatusPing, route_path
 
 # path -> {method: dialect}; a GET of the route itself is the status ping Instill Core sends.
 HTTP_ROUTES = {
     "/": {"POST": InstillHttp, "GET": StatusPing, "HEAD": StatusPing},
+    **{path: {"GET": PageFile, "HEAD": PageFile} for path in PAGE_FILES},
 }
 
 

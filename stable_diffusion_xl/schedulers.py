@@ -37,6 +37,14 @@ def hand_off_timestep(config, high_noise_frac: float) -> int:
     return int(round(steps - high_noise_frac * steps))
 
 
+def unet_calls(name: str, config, steps: int) -> int:
+    """UNet calls one batch makes: base and refiner together run the sampler's schedule once (2 steps - 1
+    for heun), and so does the base alone."""
+    scheduler = make_scheduler(name, config)
+    scheduler.set_timesteps(steps)
+    return len(scheduler.timesteps)
+
+
 def make_scheduler(name: str, checkpoint_config, *, denoising_end: float | None = None):
     """A fresh scheduler: they keep per-call state, so a batch never shares one with another.
 

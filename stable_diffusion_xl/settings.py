@@ -30,10 +30,11 @@ class SettingError(ValueError):
 
 
 def setting(variable: str, default: Any, meaning: str, *, minimum: int | None = None, maximum: int | None = None,
-            shown: str | None = None):
-    """A dataclass field read from `variable`; `shown` is the default as README writes it."""
-    return field(default=default, metadata={"variable": variable, "meaning": meaning, "minimum": minimum,
-                                            "maximum": maximum, "shown": shown})
+            shown: str | None = None, secret: bool = False):
+    """A dataclass field read from `variable`; `shown` is the default as README writes it. A secret is
+    left out of the settings' repr, so that no log line can print it."""
+    return field(default=default, repr=not secret, metadata={"variable": variable, "meaning": meaning,
+                                                             "minimum": minimum, "maximum": maximum, "shown": shown})
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,11 @@ class Settings:
                                 minimum=1, maximum=100)
     warm_up: bool = setting("SDXL_WARM_UP", True, "one tiny generation per aspect ratio before the replica "
                             "reports ready")
+    api_key: str | None = setting("SDXL_API_KEY", None, "the key every generating HTTP route requires as "
+                                  "`Authorization: Bearer <key>`; the GET ping and gRPC stay open", shown="none: open",
+                                  secret=True)
+    api_key_file: Path | None = setting("SDXL_API_KEY_FILE", None, "a file holding that key instead (a mounted "
+                                        "secret); surrounding whitespace is ignored", shown="none")
     limits: Limits = field(default_factory=Limits, metadata={"group": True})
     # Ray Serve: a replica makes one image batch at a time, so it holds one request running and one
     # ready; the rest wait in Serve's queue, where autoscaling sees them.
@@ -114,6 +120,23 @@ class Settings:
     def from_env(cls, env=os.environ) -> Settings:
         """Read every setting; an unset or empty variable takes the default."""
         return _read(cls, env)
+
+    def http_api_key(self) -> str | None:
+        """The key HTTP callers must send, from SDXL_API_KEY or the file SDXL_API_KEY_FILE names; None when
+        HTTP is open. Errors name the variable and the file, never the key."""
+        if self.api_key_file is None:
+            key, variable = self.api_key, "SDXL_API_KEY"
+        elif self.api_key is not None:
+            raise SettingError("SDXL_API_KEY and SDXL_API_KEY_FILE are both set: set one")
+        else:
+            variable = f"SDXL_API_KEY_FILE={excerpt(str(self.api_key_file))}"
+            try:
+                key = self.api_key_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as error:
+                raise SettingError(f"{variable}: cannot be read ({type(error).__name__})") from None
+        if key is not None and not (key and key.isascii() and key.isprintable() and " " not in key):
+            raise SettingError(f"{variable}: the key must be printable ASCII without spaces (it travels in a header)")
+        return key
 
 
 def _read(cls, env):
@@ -141,6 +164,8 @@ def _parse(spec: dataclasses.Field, text: str) -> Any:
         if value is None or not minimum <= value <= maximum:
             raise SettingError(f"{variable}={excerpt(text)}: must be an integer from {minimum} to {maximum}")
         return value
+    if spec.type == "str | None":
+        return text
     return Path(text)
 
 

@@ -1,21 +1,25 @@
 """What every call is, whatever it came in on: parse, answer and reject in the caller's own dialect.
 
 The model's `__call__` asks `routes.incoming` once which `Call` it has. Below that nothing tells gRPC
-from HTTP; each dialect (Instill over gRPC, Instill over HTTP, and the peer APIs after it) is a small
-`Call` subclass: its wire format in, `TextToImageRequest`s to the engine, its wire format out.
+from HTTP; each dialect (Instill over gRPC and HTTP, the peer APIs, the web page) is a small `Call`
+subclass: its wire format in, `TextToImageRequest`s to the engine, its wire format out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+from collections.abc import AsyncIterator, Coroutine
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from .engine import Generation
+from .engine import Generation, Progress
 from .request import InvalidRequest, TextToImageRequest
 from .settings import Limits
+
+PROGRESS_INTERVAL_S = 0.25  # how often a streaming call reports the steps done
 
 
 class Call:
@@ -23,7 +27,11 @@ class Call:
     encodes the images."""
 
     api = "unknown"  # the dialect's name in metrics and logs
-    is_status = False  # a status ping: answered at once, with no work
+    at_once = False  # answered at once from the model's status, with no generation: pings, model lists, the page
+    streams = False  # progress events while the images are made, then the answer
+
+    def authorize(self, api_key: str | None) -> None:
+        """Refuse the call unless it carries `api_key`; gRPC needs none (Core authenticates its own users)."""
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
         raise NotImplementedError
@@ -34,15 +42,23 @@ class Call:
     def reject(self, error: InvalidRequest):
         raise NotImplementedError
 
-    def status(self, status: dict):
+    def answer_at_once(self, status: dict):
         raise NotImplementedError
 
 
 class HttpCall(Call):
-    """An HTTP request to the application's route prefix."""
+    """An HTTP request to the application's route prefix. Dialects shape their errors with `error_body`
+    (and `error_status` where theirs differ from the error's own)."""
 
     def __init__(self, request: Request):
         self.request = request
+        self.streams = "text/event-stream" in request.headers.get("accept", "")
+
+    def authorize(self, api_key: str | None) -> None:
+        sent = self.request.headers.get("authorization", "").encode("latin-1")  # as the header arrived
+        if api_key is not None and not hmac.compare_digest(sent, f"Bearer {api_key}".encode()):
+            raise InvalidRequest("authorization", "this deployment needs its API key, sent as "
+                                                  "`Authorization: Bearer <key>`", http_status=401)
 
     async def json_body(self, limits: Limits):
         """The body as JSON; a body over the size limit is refused before it is read whole, and one that does not
@@ -62,17 +78,29 @@ class HttpCall(Call):
         except ValueError:  # not UTF-8, or an integer too long to read
             raise InvalidRequest("body", "must be JSON in UTF-8") from None
 
-    def reject(self, error: InvalidRequest):
-        return JSONResponse({"error": str(error), "field": error.field}, status_code=error.http_status)
+    def error_body(self, error: InvalidRequest):
+        return {"error": str(error), "field": error.field}
 
-    def status(self, status: dict):
+    def error_status(self, error: InvalidRequest) -> int:
+        return error.http_status
+
+    def reject(self, error: InvalidRequest) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None
+        return JSONResponse(self.error_body(error), status_code=self.error_status(error), headers=headers)
+
+    def answer_at_once(self, status: dict):
         return JSONResponse(status)
+
+    def stream(self, answer: Coroutine, progress: Progress) -> StreamingResponse:
+        """Server-sent events: `progress` as the steps are done, then `result` with the body `answer` makes."""
+        return StreamingResponse(progress_events(answer, progress), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})
 
 
 class StatusPing(HttpCall):
     """A GET (or HEAD) of the route: Instill Core's scale-from-zero ping."""
 
-    api, is_status = "status", True
+    api, at_once = "status", True
 
 
 class Refused(HttpCall):
@@ -83,6 +111,9 @@ class Refused(HttpCall):
     def __init__(self, request: Request, error: InvalidRequest, allow: str | None = None):
         super().__init__(request)
         self.error, self.allow = error, allow
+
+    def authorize(self, api_key: str | None) -> None:
+        """Nothing is served here to protect: the caller learns the route is wrong, key or not."""
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
         raise self.error
@@ -117,3 +148,31 @@ def route_path(request: Request) -> str:
     if root and (path == root or path.startswith(root + "/")):
         path = path[len(root):]
     return "/" + path.strip("/")
+
+
+async def progress_events(answer: Coroutine, progress: Progress) -> AsyncIterator[str]:
+    """The events of a streaming call. Its generation runs as a task of this stream, so a caller who hangs
+    up (the stream is cancelled) stops it, as a plain call is stopped."""
+    task = asyncio.ensure_future(answer)
+    try:
+        reported = None
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=PROGRESS_INTERVAL_S)
+            now = {"stage": progress.stage, "step": progress.steps, "steps": max(progress.total, progress.steps)}
+            if now != reported:
+                yield event("progress", json.dumps(now))
+                reported = now
+            if done:
+                break
+        if task.exception() is not None:
+            yield event("error", json.dumps({"error": f"the generation failed ({type(task.exception()).__name__})"}))
+        else:
+            response: Response = task.result()
+            yield event("result", response.body.decode())
+    finally:
+        task.cancel()
+
+
+def event(name: str, data: str) -> str:
+    """One server-sent event; `data` is one line of JSON."""
+    return f"event: {name}\ndata: {data}\n\n"

@@ -15,7 +15,13 @@ import torch
 import stable_diffusion_xl.engine as engine_module
 from helpers import ROUNDING, count_unet_calls, max_pixel_difference, request
 from stable_diffusion_xl.request import TextToImageRequest
-from stable_diffusion_xl.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, SDXL_SCHEDULER_CONFIG, make_scheduler
+from stable_diffusion_xl.schedulers import (
+    DEFAULT_SCHEDULER,
+    SCHEDULERS,
+    SDXL_SCHEDULER_CONFIG,
+    make_scheduler,
+    unet_calls,
+)
 
 NAMES = list(SCHEDULERS)
 PROMPT = "a lighthouse at dusk"
@@ -118,6 +124,7 @@ def test_unet_calls_at_40_steps_are_what_the_sampler_should_make(observed, name)
     assert observed(name, 40, refiner=True).calls == {"base": base, "refiner": refiner}
     assert observed(name, 40, refiner=False).calls == {"base": alone, "refiner": 0}
     assert base + refiner == alone  # handing off costs no call and saves none
+    assert unet_calls(name, SDXL_SCHEDULER_CONFIG, 40) == alone  # what progress reports as the total
 
 
 @pytest.mark.parametrize("steps", [40, 5])
