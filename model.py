@@ -83,7 +83,10 @@ class StableDiffusionXL:
             raise
         except Exception as error:
             self.metrics.fail(call.api, error)
-            raise
+            answer = call.failed(error)
+            if answer is None:
+                raise
+            return answer
         response = call.answer(requests, generations, self.settings.jpeg_quality)
         self.metrics.record(call.api, [request.aspect_ratio for request in requests], generations)
         log.info("%d task inputs, %d images, seconds %s", len(requests), sum(len(g.images) for g in generations),

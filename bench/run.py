@@ -377,7 +377,7 @@ def total_rss(processes) -> int:
 def served(weights_root: Path, engine, runs: int, batch_runs: int, log_path: Path) -> dict:
     import grpc
 
-    from stable_diffusion_xl.encoding import to_base64_jpeg
+    from stable_diffusion_xl.encoding import to_base64
     from stable_diffusion_xl.local_serve import Application, serving
     from stable_diffusion_xl.request import TextToImageRequest
 
@@ -426,7 +426,7 @@ def served(weights_root: Path, engine, runs: int, batch_runs: int, log_path: Pat
             grpc_seconds.append(time.perf_counter() - started)
             replica_engine.append(sum(output["metadata"]["usage"]["seconds"].values()))
             direct_seconds.append(timed(direct))
-            encoded_seconds.append(timed(lambda: [to_base64_jpeg(image) for image in direct()[0].images]))
+            encoded_seconds.append(timed(lambda: [to_base64(image) for image in direct()[0].images]))
         out["overhead"] = {"grpc": summary(grpc_seconds), "engine": summary(direct_seconds),
                            "engine_plus_jpeg_base64": summary(encoded_seconds),
                            "replica_engine_stages": summary(replica_engine),

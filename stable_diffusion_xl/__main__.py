@@ -84,7 +84,7 @@ def _argument(spec: dataclasses.Field) -> dict:
 
 
 def _generate(args) -> int:
-    from .encoding import to_jpeg
+    from .encoding import encode
     from .engine import Engine
 
     fields = {spec.name: getattr(args, spec.name) for spec in PARAMETERS.values()}
@@ -95,7 +95,7 @@ def _generate(args) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     for image, seed in zip(generation.images, generation.seeds):
         path = args.output / f"sdxl-{seed}.jpg"
-        path.write_bytes(to_jpeg(image))
+        path.write_bytes(encode(image))
         print(f"{path}  seed {seed}  {generation.width}x{generation.height}")
     print("seconds: " + ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in generation.timings.items()))
     if args.demo:

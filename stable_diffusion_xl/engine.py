@@ -51,6 +51,7 @@ class Generation:
     events: Counter = field(default_factory=Counter)
     # Per image: the safety checker flagged it, and it was replaced by a black image of the same size.
     filtered: list[bool] = field(default_factory=list)
+    safety_checked: bool = False  # a safety checker looked at the images (otherwise none is flagged)
     # CLIP tokens of the prompt and of the negative prompt, weighting syntax removed: {"prompt": 213, ...}
     tokens: dict[str, int] = field(default_factory=dict)
 
@@ -197,7 +198,8 @@ class Engine:
             if problem:
                 raise InvalidRequest("high-noise-frac", problem)
         seeds = [request.seed or secrets.randbelow(MAX_SEED) + 1 for request in requests]
-        results = [Generation([], [], *self.size_of(request)) for request in requests]
+        results = [Generation([], [], *self.size_of(request), safety_checked=self.safety_checker is not None)
+                   for request in requests]
         groups: dict[tuple, list[_Job]] = defaultdict(list)
         for index, (request, seed) in enumerate(zip(requests, seeds)):
             key = (request.batch_key, self.prompts.batch_key(request.prompt, request.negative_prompt))

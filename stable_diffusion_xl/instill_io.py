@@ -6,7 +6,6 @@ input JSON to the route: one task input or a list, in the envelope or flat.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import grpc
@@ -15,7 +14,7 @@ from instill.helpers import construct_task_text_to_image_output
 from instill.protogen.model.ray.v1alpha.user_defined_pb2 import CallRequest, CallResponse
 from starlette.responses import JSONResponse
 
-from .encoding import to_base64_jpeg
+from .encoding import encode_all, to_base64
 from .engine import Generation
 from .request import InvalidRequest, TextToImageRequest, parse_all, parse_json, parse_task_input
 from .settings import Limits
@@ -80,11 +79,7 @@ def plain(value: Any) -> Any:
 
 def build_output(call, requests: list[TextToImageRequest], generations: list[Generation], jpeg_quality: int):
     """The SDK's TASK_TEXT_TO_IMAGE outputs (a CallResponse for gRPC, a list for HTTP), n choices each."""
-    images = []
-    for generation in generations:
-        started = time.perf_counter()
-        images.append([to_base64_jpeg(image, jpeg_quality) for image in generation.images])
-        generation.timings["jpeg"] = time.perf_counter() - started
+    images = encode_all(generations, to_base64, "jpeg", jpeg_quality)
     # A flagged image is a black image of the same size: the schema requires one in every choice.
     finish_reasons = [["content_filtered" if unsafe else "success" for unsafe in generation.filtered]
                       for generation in generations]

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from .azure_ml import AzureScore
+from .cog_predictions import CogHealth, CogPrediction
 from .instill_io import InstillGrpc, InstillHttp
+from .openai_images import OpenAIImages, OpenAIModels
 from .page import PAGE_FILES, PageFile
+from .plain_predict import PlainPredict
 from .request import InvalidRequest, excerpt
 from .transport import Call, Refused, StatusPing, route_path
 
 # path -> {method: dialect}; a GET of the route itself is the status ping Instill Core sends.
 HTTP_ROUTES = {
     "/": {"POST": InstillHttp, "GET": StatusPing, "HEAD": StatusPing},
+    "/v1/images/generations": {"POST": OpenAIImages},
+    "/v1/models": {"GET": OpenAIModels},
+    "/score": {"POST": AzureScore},
+    "/predictions": {"POST": CogPrediction},
+    "/health-check": {"GET": CogHealth},
+    "/predict": {"POST": PlainPredict},
     **{path: {"GET": PageFile, "HEAD": PageFile} for path in PAGE_FILES},
 }
 

@@ -42,6 +42,10 @@ class Call:
     def reject(self, error: InvalidRequest):
         raise NotImplementedError
 
+    def failed(self, error: Exception):
+        """The dialect's answer to a generation that failed, or None to let the server report the failure."""
+        return None
+
     def answer_at_once(self, status: dict):
         raise NotImplementedError
 

@@ -12,6 +12,8 @@ import urllib.request
 MODEL = "users_6f1c0e2a_stable-diffusion-xl_v1"
 SMALL = "users_6f1c0e2a_stable-diffusion-xl-small_v1"  # the same model with max n = 1 and one resident LoRA
 FILTERED = "users_6f1c0e2a_stable-diffusion-xl-filtered_v1"  # with a safety checker that flags one known image
+KEYED = "users_6f1c0e2a_stable-diffusion-xl-keyed_v1"  # the same model, whose HTTP routes need API_KEY
+API_KEY = "sk-test-4f9d2c7a1e"
 FLAGGED_SEED = 51  # image 0 of n=2 at this seed (TINY, the default prompt) is the one FILTERED's checker flags
 FAST = {"steps": 5}
 TINY = {"steps": 1, "refiner": False}  # one UNet call: for inputs that only need to be accepted
@@ -50,16 +52,18 @@ def scrape(cluster) -> str:
         return response.read().decode()
 
 
-def metric_total(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+def metric_total(text: str, name: str, label: str = "") -> float:
+    """The sum of metric `name` over its series, or over those with `label` (such as 'api="plain"')."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and label in line.partition(" ")[0])
 
 
-def wait_for_metric(cluster, name: str, at_least: float, timeout: float = 60) -> str:
+def wait_for_metric(cluster, name: str, at_least: float, timeout: float = 60, label: str = "") -> str:
     """The metrics text once `name` totals `at_least` (Ray exports them every second or so)."""
     deadline = time.monotonic() + timeout
     while True:
         text = scrape(cluster)
-        if metric_total(text, name) >= at_least or time.monotonic() > deadline:
+        if metric_total(text, name, label) >= at_least or time.monotonic() > deadline:
             return text
         time.sleep(1)
 

@@ -28,7 +28,7 @@ def test_grpc_call_with_n_seed_negative_prompt_and_aspect_ratio(served):
     assert len(images) == 2 and all(image.size == (336, 192) for image in images)  # 1344x768 at demo scale
     usage = outputs[0]["metadata"]["usage"]
     assert usage["seeds"] == [42, 43] and (usage["width"], usage["height"]) == (336, 192)
-    assert set(usage["seconds"]) == {"text_encoders", "base", "refiner", "vae_decode", "jpeg"}
+    assert set(usage["seconds"]) == {"text_encoders", "base", "refiner", "vae_decode", "encode"}
     again = grpc_call(channel, MODEL, call)[0]
     assert again["data"] == outputs[0]["data"]  # same seed, same bytes
 
@@ -138,7 +138,7 @@ def test_custom_metrics_count_images_stages_and_rejections(cluster):
     assert any('field="n"' in line for line in text.splitlines() if line.startswith("ray_sdxl_rejected_inputs"))
     stages = {line.split('stage="')[1].split('"')[0] for line in text.splitlines()
               if line.startswith("ray_sdxl_stage_seconds_count")}
-    assert stages >= {"text_encoders", "base", "refiner", "vae_decode", "jpeg"}
+    assert stages >= {"text_encoders", "base", "refiner", "vae_decode", "encode"}
 
 
 def test_logs_carry_request_ids_and_timings_but_no_prompts(cluster):
