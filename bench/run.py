@@ -458,6 +458,10 @@ def served(weights_root: Path, engine, runs: int, batch_runs: int, log_path: Pat
         out["batching"] = {name: {"seconds": summary(values), "images_per_second": summary([4 / v for v in values])}
                            for name, values in batching.items()}
 
+        # 7. The peer APIs' adapters against the Instill HTTP path: the same image, interleaved.
+        log(f"peer APIs: {runs} rounds of the same request through each HTTP dialect, steps={SERVE_STEPS}")
+        out["peer_apis"] = peer_api_overhead(ports.http, runs)
+
         # 5. Peak RSS during a default request (40 steps) and an n=4 one.
         # Sampled only now, so that the sampling thread cannot slow the timed rows above.
         log("replica memory: one default 40-step request and one n=4 request, RSS sampled every 5 ms")
@@ -477,6 +481,39 @@ def served(weights_root: Path, engine, runs: int, batch_runs: int, log_path: Pat
             out["rss"]["serving_stack_after_bytes"] = total_rss([driver, *driver.children(recursive=True)])
         log("stopping Ray Serve ...")
     return out
+
+
+# The same request (prompt, seed, steps, 1:1, one JPEG) in each HTTP dialect: path -> body.
+PEER_REQUESTS = {
+    "": {"prompt": PROMPT, "seed": SEED, "steps": SERVE_STEPS},
+    "v1/images/generations": {"prompt": PROMPT, "seed": SEED, "steps": SERVE_STEPS, "output_format": "jpeg"},
+    "score": {"input_data": {"data": [PROMPT]}, "parameters": {"seed": SEED, "num_inference_steps": SERVE_STEPS}},
+    "predictions": {"input": {"prompt": PROMPT, "seed": SEED, "num_inference_steps": SERVE_STEPS}},
+    "predict": {"prompt": PROMPT, "seed": SEED, "num_inference_steps": SERVE_STEPS},
+}
+
+
+def peer_api_overhead(http_port: int, runs: int) -> dict:
+    """Seconds per request through Ray Serve's HTTP proxy, each dialect in turn, rounds interleaved."""
+    import urllib.request
+
+    def post(path: str) -> float:
+        request = urllib.request.Request(f"http://127.0.0.1:{http_port}/{path}",
+                                         data=json.dumps(PEER_REQUESTS[path]).encode(),
+                                         headers={"Content-Type": "application/json"})
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=300) as response:
+            assert response.status == 200
+            response.read()
+        return time.perf_counter() - started
+
+    timings: dict[str, list[float]] = {path: [] for path in PEER_REQUESTS}
+    for path in PEER_REQUESTS:  # warm-up
+        post(path)
+    for index in range(runs):
+        for path, _ in _alternate(dict.fromkeys(PEER_REQUESTS), index):
+            timings[path].append(post(path))
+    return {path or "instill-http": summary(values) for path, values in timings.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- table
@@ -571,6 +608,15 @@ def table(results: dict) -> str:
              f"first reply {cold['first_reply_seconds']:.2f} s",
              "one sample"),
         ]
+    if srv and "peer_apis" in srv:
+        instill = srv["peer_apis"]["instill-http"]
+        peers = {path: value for path, value in srv["peer_apis"].items() if path != "instill-http"}
+        rows.append(("7", f"peer APIs through the HTTP proxy, the same request (steps={SERVE_STEPS}), "
+                          f"{instill['n']} interleaved rounds",
+                     f"Instill HTTP: {seconds(instill, 'ms')}",
+                     "; ".join(f"{path}: {seconds(value, 'ms')}" for path, value in peers.items()),
+                     ", ".join(f"{(value['median'] - instill['median']) * 1000:+.0f} ms"
+                               for value in peers.values()) + " (each - Instill)"))
     load = results["load"]
     warm = (f"; Engine.warm_up() (every aspect ratio, 2 steps): {results['warm_up_seconds']:.2f} s"
             if "warm_up_seconds" in results else "")

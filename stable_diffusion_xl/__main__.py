@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="images per UNet batch")
 
     serve = commands.add_parser("serve", help="serve the Instill model on a local Ray Serve (HTTP, gRPC) until Ctrl-C")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1 (default: 8000)")
+    serve.add_argument("--grpc-port", type=int, default=9000, help="gRPC port on 127.0.0.1 (default: 9000)")
     try_ = commands.add_parser("try", help="serve the Instill model, POST one input as `instill run -i` does, "
                                "save the images")
     try_.add_argument("-i", "--input", default='{"prompt": "cat napping"}', help="the input JSON, flat or enveloped")
@@ -103,6 +105,16 @@ def _generate(args) -> int:
     return 0
 
 
+# What `serve` lists: each API's route below the application's route prefix.
+SERVED_APIS = {
+    "Instill task inputs (POST)": "/",
+    "OpenAI Images (SDK base_url)": "/v1",
+    "Azure ML online endpoint (POST)": "/score",
+    "cog predictions (POST)": "/predictions",
+    "plain body (POST)": "/predict",
+}
+
+
 def _model_env(args) -> tuple[dict[str, str], Settings]:
     """The replica's SDXL_* variables and its settings, checked here so that a mistake fails at once, with the
     fix, rather than in a Ray replica; the other SDXL_* variables of this shell reach the replica as they are."""
@@ -117,8 +129,10 @@ def _serve(args) -> int:
     from .local_serve import Application, Ports, run
 
     env, _ = _model_env(args)
-    application, ports = Application("default", env), Ports()
+    application, ports = Application("default", env), Ports(http=args.port, grpc=args.grpc_port)
     print(f"serving on http://127.0.0.1:{ports.http}/ and gRPC 127.0.0.1:{ports.grpc} (application 'default')")
+    for api, path in SERVED_APIS.items():
+        print(f"  {api:<34} http://127.0.0.1:{ports.http}{path}")
     run([application], ports)
     return 0
 

@@ -268,5 +268,35 @@ def test_any_http_body_is_answered_or_a_4xx_never_a_5xx(cluster, body):
     assert status == 200 or (400 <= status < 500 and len(reply["error"]) < SHORT), (status, reply)
 
 
+# The peer APIs: their own field names, with hostile values; one UNet step when they are valid.
+ONE_STEP = {"num_inference_steps": 1, "refiner": False}
+peer_fields = st.dictionaries(
+    st.sampled_from(["prompt", "negative_prompt", "n", "size", "seed", "width", "height", "num_outputs", "scheduler",
+                     "refine", "num_images", "guidance_scale", "response_format", "output_format", "lora"])
+    | st.text(max_size=20),
+    struct_values | st.integers(-2, 2_000) | st.sampled_from(["1344x768", "K_EULER", "no_refiner", "url", "webp"]),
+    max_size=4,
+)
+PEER_BODIES = {
+    "v1/images/generations": st.builds(lambda fields: {"prompt": "a cat", "steps": 1, "refiner": False, **fields},
+                                       peer_fields),
+    "score": st.builds(lambda data, fields: {"input_data": {"data": data}, "parameters": {**fields, **ONE_STEP}},
+                       st.lists(struct_values | st.just("a cat"), max_size=3), peer_fields),
+    "predictions": st.builds(lambda fields: {"input": {"prompt": "a cat", "num_inference_steps": 1, **fields}},
+                             peer_fields),
+    "predict": st.builds(lambda fields: {"prompt": "a cat", **ONE_STEP, **fields}, peer_fields),
+}
+
+
+@HYPOTHESIS
+@given(st.data())
+@pytest.mark.parametrize("route", PEER_BODIES)
+def test_any_body_to_a_peer_api_is_answered_or_a_4xx_never_a_5xx(cluster, route, data):
+    body = data.draw(PEER_BODIES[route] | http_bodies)
+    status, reply, _ = http(cluster.ports, f"{MODEL}/{route}", body if isinstance(body, dict) else None,
+                            data=None if isinstance(body, dict) else body)
+    assert status == 200 or (400 <= status < 500 and len(json.dumps(reply)) < 2 * SHORT), (status, reply)
+
+
 def test_after_the_property_runs_the_replica_still_serves(cluster):
     still_serving(cluster)
