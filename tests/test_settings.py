@@ -39,3 +39,32 @@ def test_a_long_or_multiline_value_is_quoted_short_and_escaped():
     with pytest.raises(SettingError) as caught:
         Settings.from_env({"SDXL_MAX_N": "1\n" * 10_000})
     assert len(str(caught.value)) < 120 and "\n" not in str(caught.value)
+
+
+def test_the_api_key_comes_from_the_variable_or_a_file_and_is_kept_out_of_the_repr(tmp_path):
+    assert Settings.from_env({}).http_api_key() is None
+    assert Settings.from_env({"SDXL_API_KEY": "sk-one"}).http_api_key() == "sk-one"
+    secret = tmp_path / "key"
+    secret.write_text("  sk-two\n")
+    read = Settings.from_env({"SDXL_API_KEY_FILE": str(secret)})
+    assert read.http_api_key() == "sk-two"
+    assert "sk-one" not in repr(Settings.from_env({"SDXL_API_KEY": "sk-one"}))
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"SDXL_API_KEY": "sk-one", "SDXL_API_KEY_FILE": "/run/secrets/key"}, "are both set"),
+    ({"SDXL_API_KEY_FILE": "/nonexistent/key"}, 'SDXL_API_KEY_FILE="/nonexistent/key": cannot be read'),
+    ({"SDXL_API_KEY": "sk one"}, "SDXL_API_KEY: the key must be printable ASCII without spaces"),
+    ({"SDXL_API_KEY": "sk-clé"}, "SDXL_API_KEY: the key must be printable ASCII without spaces"),
+])
+def test_a_bad_api_key_setting_fails_the_start_without_showing_the_key(env, message):
+    with pytest.raises(SettingError) as caught:
+        Settings.from_env(env).http_api_key()
+    assert message in str(caught.value) and "sk-" not in str(caught.value)
+
+
+def test_an_empty_key_file_fails_the_start(tmp_path):
+    empty = tmp_path / "key"
+    empty.write_text("\n")
+    with pytest.raises(SettingError, match="the key must be printable ASCII"):
+        Settings.from_env({"SDXL_API_KEY_FILE": str(empty)}).http_api_key()
