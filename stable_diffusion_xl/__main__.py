@@ -119,6 +119,7 @@ def _serve(args) -> int:
     env, _ = _model_env(args)
     application, ports = Application("default", env), Ports()
     print(f"serving on http://127.0.0.1:{ports.http}/ and gRPC 127.0.0.1:{ports.grpc} (application 'default')")
+    print(f"try it in a browser: http://127.0.0.1:{ports.http}/ui")
     run([application], ports)
     return 0
 
