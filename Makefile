@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench image install
+.PHONY: demo test test-fast lint bench image install browser
 
 install: $(VENV)/.installed
 
@@ -18,8 +18,14 @@ weights/demo/README.md: stable_diffusion_xl/demo_weights.py | install  # rebuilt
 demo: install weights/demo/README.md
 	$(PYTHON) -m stable_diffusion_xl try -i '{"prompt": "cat napping"}' --demo -o out/
 
-test: lint
+test: lint browser
 	$(PYTHON) -m pytest -q
+
+# The page's tests drive Debian's headless Chromium (tests/browser.py); installed once, as root or through sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	    { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # Everything but the tests that start Ray Serve, subprocesses or fresh environments: seconds, not minutes.
 test-fast: lint

@@ -112,6 +112,7 @@ SERVED_APIS = {
     "Azure ML online endpoint (POST)": "/score",
     "cog predictions (POST)": "/predictions",
     "plain body (POST)": "/predict",
+    "try it in a browser": "/ui",
 }
 
 

@@ -1,0 +1,338 @@
+// The try-it page. It offers what the deployment's status says it has, POSTs the form to the same HTTP API
+// every client calls (flat Instill JSON), follows the call's server-sent progress events, and keeps the last
+// generations in local storage. It checks no value itself: the API's own errors are shown beside their fields.
+"use strict";
+
+const API = new URL(".", document.baseURI); // the application's route: <base> is set to it by the server
+const HISTORY_KEY = "sdxl-history";
+const HISTORY_LENGTH = 8;
+const THUMBNAIL_SIZE = 128; // longest side of a history thumbnail, in pixels
+const API_KEY = "sdxl-api-key"; // in session storage only: gone when the tab is closed
+const NUMBER_FIELDS = ["n", "seed", "steps", "guidance-scale"];
+const STAGES = { base: "Base", refiner: "Refiner" }; // as progress events name them
+const STAGE_NAMES = { // usage.seconds' stages, in words
+  text_encoders: "text encoders", vae_decode: "VAE decode", jpeg: "JPEG", safety_checker: "safety check",
+};
+
+const $ = (id) => document.getElementById(id);
+let running = null; // the AbortController of the call under way
+
+function element(tag, properties = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), properties);
+  node.append(...children);
+  return node;
+}
+
+// --- What the deployment offers ---
+
+async function loadStatus() {
+  let status;
+  try {
+    status = await (await fetch(API)).json();
+  } catch {
+    $("status").textContent = "The model did not answer. Reload this page once it is running.";
+    return;
+  }
+  const largest = Math.max(...Object.values(status.sizes).flat());
+  const shapes = Object.entries(status.sizes).map(([ratio, size]) => shape(ratio, size, largest));
+  $("aspect-ratio").replaceChildren(...shapes);
+  $("scheduler").replaceChildren(...status.schedulers.map((name) => element("option", { value: name }, name)));
+  $("scheduler-field").hidden = status.schedulers.length === 0;
+  $("lora").replaceChildren(...status.loras.available.map((name) => element("label", { className: "check" },
+    element("input", { type: "checkbox", name: "lora", value: name }), ` ${name}`)));
+  $("lora-field").hidden = status.loras.available.length === 0;
+  $("key-field").hidden = !status.api_key_required;
+  $("authorization").value = sessionStorage.getItem(API_KEY) ?? "";
+  $("status").textContent = status.demo_weights ? "Ready, with the demo weights: their images are noise." : "Ready.";
+  $("generate").disabled = false;
+}
+
+// One aspect ratio as a radio button, drawn to its proportions (sized from script: the page allows no inline style).
+function shape(ratio, [width, height], largest) {
+  const box = element("span", { className: "box" });
+  box.style.width = `${(3 * width) / largest}rem`;
+  box.style.height = `${(3 * height) / largest}rem`;
+  const input = element("input", { type: "radio", name: "aspect-ratio", value: ratio, checked: ratio === "1:1" });
+  return element("label", { className: "shape" }, input, box, element("span", {}, ratio),
+    element("span", { className: "size" }, `${width}×${height}`));
+}
+
+// --- The request ---
+
+function requestBody() {
+  const ratio = document.querySelector("[name=aspect-ratio]:checked").value;
+  const body = { prompt: $("prompt").value, "aspect-ratio": ratio };
+  if ($("negative-prompt").value) body["negative-prompt"] = $("negative-prompt").value;
+  for (const name of NUMBER_FIELDS) setNumber(body, name);
+  body.refiner = $("refiner").checked;
+  if (body.refiner) setNumber(body, "high-noise-frac");
+  if (!$("scheduler-field").hidden) body.scheduler = $("scheduler").value;
+  const loras = [...document.querySelectorAll("[name=lora]:checked")].map((box) => box.value);
+  if (loras.length) {
+    body.lora = loras;
+    setNumber(body, "lora-scale");
+  }
+  return body;
+}
+
+// An empty field takes the API's default; text that is no number is sent as it is, for the API to name.
+function setNumber(body, name) {
+  const text = $(name).value.trim();
+  if (text) body[name] = Number.isFinite(Number(text)) ? Number(text) : text;
+}
+
+function randomSeed() {
+  return crypto.getRandomValues(new Uint32Array(1))[0] || 1; // 0 would ask the API to draw one we never see
+}
+
+// --- A call ---
+
+async function generate(event) {
+  event.preventDefault();
+  clearErrors();
+  if (!$("keep-seed").checked) $("seed").value = randomSeed();
+  const body = requestBody();
+  const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
+  if ($("authorization").value) headers.Authorization = `Bearer ${$("authorization").value}`;
+  running = new AbortController();
+  setRunning(true);
+  showProgress({ stage: "waiting" });
+  $("request-id").textContent = "";
+  try {
+    const response = await fetch(API, { method: "POST", headers, body: JSON.stringify(body), signal: running.signal });
+    const requestId = response.headers.get("x-request-id"); // Ray Serve's id of the call in its logs
+    if (requestId) $("request-id").textContent = `Request id: ${requestId}`;
+    if (!response.ok) {
+      await showRejection(response);
+      $("progress-text").textContent = "Not generated: see the message in the form.";
+      return;
+    }
+    const [output] = await follow(response);
+    showResults(output);
+    await remember(body, output);
+  } catch (error) {
+    if (error.name === "AbortError") {
+      const bar = $("progress");
+      $("progress-text").textContent = bar.hasAttribute("value") ? `Cancelled at step ${bar.value} of ${bar.max}.`
+        : "Cancelled before the first step.";
+    } else {
+      $("progress-text").textContent = "Failed.";
+      showError("form", error.message);
+    }
+  } finally {
+    running = null;
+    setRunning(false);
+  }
+}
+
+function setRunning(on) {
+  $("generate").disabled = on;
+  $("cancel").disabled = !on;
+  $("results").setAttribute("aria-busy", on);
+}
+
+// The call's events until its result: progress moves the bar, an error ends the call.
+async function follow(response) {
+  for await (const { name, data } of serverSentEvents(response)) {
+    if (name === "progress") showProgress(data);
+    else if (name === "result") return data;
+    else if (name === "error") throw new Error(data.error);
+  }
+  throw new Error("the connection closed before the images came");
+}
+
+// Server-sent events read from a fetch body (EventSource cannot POST); each event's data is one line of JSON.
+async function* serverSentEvents(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const lines = buffer.slice(0, end).split("\n");
+      buffer = buffer.slice(end + 2);
+      const field = (key) => lines.find((line) => line.startsWith(`${key}:`))?.slice(key.length + 1).trim();
+      yield { name: field("event"), data: JSON.parse(field("data")) };
+    }
+  }
+}
+
+function showProgress({ stage, step, steps }) {
+  const bar = $("progress");
+  if (stage in STAGES) {
+    bar.max = steps;
+    bar.value = step;
+    $("progress-text").textContent = `${STAGES[stage]}: step ${step} of ${steps}`;
+  } else {
+    bar.removeAttribute("value"); // indeterminate while the call waits for the engine or encodes the prompt
+    $("progress-text").textContent = "Waiting for the engine…";
+  }
+}
+
+// --- Errors, beside the field the API names ---
+
+async function showRejection(response) {
+  const text = await response.text();
+  let error;
+  try {
+    error = JSON.parse(text);
+  } catch {
+    error = { error: `The server answered ${response.status}: ${text.slice(0, 200)}` };
+  }
+  if (error.field === "authorization") {
+    error.error = $("authorization").value ? "This is not the deployment's API key."
+      : "This deployment needs its API key.";
+  }
+  showError(error.field, error.error);
+}
+
+// The API's message in the page's words: without the field's name (it stands beside the field), as a sentence.
+function showError(field, message) {
+  const input = $(field);
+  const place = $(`${field}-error`) ?? $("form-error");
+  if (place.id === `${field}-error`) message = message.replace(`${field}: `, "");
+  place.textContent = `${message.charAt(0).toUpperCase()}${message.slice(1)}${message.endsWith(".") ? "" : "."}`;
+  if (place.id !== "form-error") {
+    // A group (aspect ratio, adapters) is focused at its checked control.
+    const control = input.matches("input, textarea, select") ? input
+      : input.querySelector("input:checked") ?? input.querySelector("input");
+    control.setAttribute("aria-invalid", "true");
+    control.focus();
+  }
+}
+
+function clearErrors() {
+  for (const place of document.querySelectorAll(".error")) place.textContent = "";
+  for (const input of document.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+}
+
+// --- Results ---
+
+function showResults(output) {
+  const usage = output.metadata.usage;
+  const count = output.data.choices.length;
+  $("results").replaceChildren(...output.data.choices.map((choice, index) =>
+    figure(choice, usage.seeds[index], `Image ${index + 1} of ${count}`)));
+  const seconds = Object.entries(usage.seconds).map(([stage, s]) => `${STAGE_NAMES[stage] ?? stage} ${s.toFixed(2)}`);
+  $("timings").textContent = `${usage.width}×${usage.height}. Seconds: ${seconds.join(", ")}.`;
+  $("progress-text").textContent = `Done: ${count} ${count === 1 ? "image" : "images"}.`;
+}
+
+function figure(choice, seed, name) {
+  const filtered = choice["finish-reason"] === "content_filtered";
+  const reuse = element("button", { type: "button", className: "reuse" }, "Reuse seed");
+  reuse.setAttribute("aria-label", `Reuse seed ${seed}`);
+  reuse.addEventListener("click", () => reuseSeed(seed));
+  const download = element("a", { href: choice.image, download: `sdxl-${seed}.jpg` }, "Download");
+  download.setAttribute("aria-label", `Download the image of seed ${seed}`);
+  return element("figure", { className: "image" },
+    element("img", { src: choice.image, alt: `${name}, seed ${seed}` }),
+    element("figcaption", {}, `Seed ${seed}${filtered ? " (withheld by the safety checker)" : ""}`),
+    element("div", { className: "inline" }, reuse, download));
+}
+
+function reuseSeed(seed) {
+  $("seed").value = seed;
+  $("keep-seed").checked = true;
+  $("seed").focus();
+}
+
+// --- History, in local storage: small thumbnails, so that a few generations fit in its few megabytes ---
+
+function readHistory() {
+  try {
+    return JSON.parse(localStorage.getItem(HISTORY_KEY)) ?? [];
+  } catch {
+    return [];
+  }
+}
+
+// `settings` as sent, to put back into the form; `usage` says what ran, defaults included.
+async function remember(settings, output) {
+  const usage = output.metadata.usage;
+  const thumbnails = await Promise.all(output.data.choices.map((choice) => thumbnail(choice.image)));
+  const entries = [{ settings, usage, thumbnails }, ...readHistory()].slice(0, HISTORY_LENGTH);
+  // A full storage drops the oldest entries, never the newest.
+  while (entries.length) {
+    try {
+      localStorage.setItem(HISTORY_KEY, JSON.stringify(entries));
+      break;
+    } catch {
+      entries.pop();
+    }
+  }
+  showHistory();
+}
+
+async function thumbnail(source) {
+  const image = new Image();
+  image.src = source;
+  await image.decode();
+  const scale = Math.min(1, THUMBNAIL_SIZE / Math.max(image.width, image.height));
+  const width = Math.round(image.width * scale), height = Math.round(image.height * scale);
+  const canvas = element("canvas", { width, height });
+  canvas.getContext("2d").drawImage(image, 0, 0, width, height);
+  return canvas.toDataURL("image/jpeg", 0.8);
+}
+
+function showHistory() {
+  $("history").replaceChildren(...readHistory().map(({ settings, usage, thumbnails }) => {
+    const use = element("button", { type: "button" }, "Use these settings");
+    use.addEventListener("click", () => fillForm(settings));
+    return element("li", { className: "card" },
+      element("div", { className: "thumbnails" },
+        ...thumbnails.map((source, index) => element("img", { src: source, alt: `Seed ${usage.seeds[index]}` }))),
+      element("p", { className: "prompt" }, settings.prompt),
+      element("p", { className: "help" }, summary(settings, usage)),
+      use);
+  }));
+}
+
+function summary(settings, usage) {
+  const parts = [`${settings["aspect-ratio"]} (${usage.width}×${usage.height})`, `seeds ${usage.seeds.join(", ")}`,
+                 `${usage.steps} steps`, `guidance ${usage["guidance-scale"]}`, usage.scheduler,
+                 usage.refiner ? `refiner from ${usage["high-noise-frac"]}` : "no refiner"];
+  const adapters = usage.lora.map((name, index) => `${name} × ${usage["lora-scale"][index]}`);
+  if (adapters.length) parts.push(`LoRA ${adapters.join(", ")}`);
+  if (settings["negative-prompt"]) parts.push(`not: ${settings["negative-prompt"]}`);
+  return parts.join(" · ");
+}
+
+// A past generation's settings back in the form; what it left out goes back to the API's default.
+function fillForm(settings) {
+  for (const name of ["prompt", "negative-prompt", ...NUMBER_FIELDS, "high-noise-frac", "lora-scale"]) {
+    $(name).value = settings[name] ?? "";
+  }
+  document.querySelector(`[name=aspect-ratio][value="${settings["aspect-ratio"]}"]`).checked = true;
+  $("refiner").checked = settings.refiner;
+  if (settings.scheduler) $("scheduler").value = settings.scheduler;
+  for (const box of document.querySelectorAll("[name=lora]")) box.checked = settings.lora?.includes(box.value) ?? false;
+  $("keep-seed").checked = true;
+  $("refiner").dispatchEvent(new Event("change"));
+  $("prompt").focus();
+}
+
+// --- Wiring ---
+
+$("form").addEventListener("submit", generate);
+$("cancel").addEventListener("click", () => running?.abort()); // the server stops the generation at its next step
+$("random-seed").addEventListener("click", () => {
+  $("seed").value = randomSeed();
+  $("keep-seed").checked = true;
+});
+$("seed").addEventListener("input", () => { $("keep-seed").checked = true; }); // a typed seed is meant to be used
+$("refiner").addEventListener("change", () => { $("high-noise-frac").disabled = !$("refiner").checked; });
+// The API's own default: an adapter's subject or style is lost on the refiner, which never saw it.
+$("lora").addEventListener("change", () => {
+  $("refiner").checked = !document.querySelector("[name=lora]:checked");
+  $("refiner").dispatchEvent(new Event("change"));
+});
+$("authorization").addEventListener("input", () => sessionStorage.setItem(API_KEY, $("authorization").value));
+$("clear-history").addEventListener("click", () => {
+  localStorage.removeItem(HISTORY_KEY);
+  showHistory();
+});
+showHistory();
+loadStatus();
