@@ -42,8 +42,8 @@ def settings_table() -> str:
             default = "on" if spec.default else "off"
         else:
             default = str(spec.default)
-        allowed = {"bool": "1, 0 (or true/false, yes/no, on/off)", "Path": "a folder",
-                   "Path | None": "a folder"}.get(spec.type) or \
+        allowed = meta["allowed"] or {"bool": "1, 0 (or true/false, yes/no, on/off)", "Path": "a folder",
+                                      "Path | None": "a folder"}.get(spec.type) or \
             f"{meta['minimum']} to {meta['maximum']}"
         rows.append(f"| `{meta['variable']}` | {default} | {allowed} | {meta['meaning']} |")
     return "\n".join(rows)

@@ -30,11 +30,12 @@ class SettingError(ValueError):
 
 
 def setting(variable: str, default: Any, meaning: str, *, minimum: int | None = None, maximum: int | None = None,
-            shown: str | None = None, secret: bool = False):
-    """A dataclass field read from `variable`; `shown` is the default as README writes it. A secret is
-    left out of the settings' repr, so that no log line can print it."""
+            shown: str | None = None, allowed: str | None = None, secret: bool = False):
+    """A dataclass field read from `variable`; `shown` is the default and `allowed` the values as README writes
+    them, where the type does not say. A secret is left out of the settings' repr, so that no log line prints it."""
     return field(default=default, repr=not secret, metadata={"variable": variable, "meaning": meaning,
-                                                             "minimum": minimum, "maximum": maximum, "shown": shown})
+                                                             "minimum": minimum, "maximum": maximum, "shown": shown,
+                                                             "allowed": allowed})
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,9 @@ class Settings:
                             "reports ready")
     api_key: str | None = setting("SDXL_API_KEY", None, "the key every generating HTTP route requires as "
                                   "`Authorization: Bearer <key>`; the GET ping and gRPC stay open", shown="none: open",
-                                  secret=True)
+                                  allowed="printable ASCII, no spaces", secret=True)
     api_key_file: Path | None = setting("SDXL_API_KEY_FILE", None, "a file holding that key instead (a mounted "
-                                        "secret); surrounding whitespace is ignored", shown="none")
+                                        "secret); surrounding whitespace is ignored", shown="none", allowed="a file")
     limits: Limits = field(default_factory=Limits, metadata={"group": True})
     # Ray Serve: a replica makes one image batch at a time, so it holds one request running and one
     # ready; the rest wait in Serve's queue, where autoscaling sees them.
