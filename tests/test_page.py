@@ -15,7 +15,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from browser import chromium, console_errors, requested_urls
 from helpers import pixels
-from served import MODEL, http, serve_log_lines
+from served import API_KEY, KEYED, MODEL, http, serve_log_lines
 
 pytestmark = pytest.mark.slow
 STOPPED = r"instill-http call abandoned by its caller: cancelled at step (\d+); stopped after step (\d+)"
@@ -109,7 +109,7 @@ def test_a_generation_moves_the_progress_bar_by_real_steps_and_shows_the_images_
         assert (image["width"], image["height"]) == (width, height)
         assert image["caption"] == f"Seed {image_seed}"
         assert image["href"].startswith("data:image/jpeg;base64,") and image["file"] == f"sdxl-{image_seed}.jpg"
-    stages = r"text encoders [\d.]+, base [\d.]+, refiner [\d.]+, VAE decode [\d.]+, JPEG [\d.]+"
+    stages = r"text encoders [\d.]+, base [\d.]+, refiner [\d.]+, VAE decode [\d.]+, encoding [\d.]+"
     assert re.fullmatch(rf"{width}×{height}\. Seconds: {stages}\.", by_id(page, "timings").text)
 
     # "Reuse seed" puts the second image's seed into the form; generating it alone gives the same image, up to
@@ -207,3 +207,20 @@ def test_every_control_is_labelled_the_keyboard_picks_a_shape_and_a_phone_gets_o
         assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     finally:
         page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_a_deployment_with_a_key_asks_for_it_and_the_page_keeps_it_for_the_session_only(browser, cluster):
+    browser.get(f"http://127.0.0.1:{cluster.ports.http}/{KEYED}/ui")
+    WebDriverWait(browser, 30).until(lambda _: by_id(browser, "generate").is_enabled())
+    assert by_id(browser, "authorization").is_displayed()
+    browser.find_element(By.ID, "prompt").send_keys("a cat")
+    fill(browser, {"steps": 2, "authorization": "sk-test-wrong"})
+    by_id(browser, "generate").click()
+    WebDriverWait(browser, 30).until(lambda _: by_id(browser, "authorization-error").text)
+    assert by_id(browser, "authorization-error").text == "This is not the deployment's API key."
+
+    fill(browser, {"authorization": API_KEY})
+    generate(browser, images=1)
+    assert by_id(browser, "authorization-error").text == ""
+    stored = browser.execute_script("return [sessionStorage.getItem('sdxl-api-key'), JSON.stringify(localStorage)]")
+    assert stored[0] == API_KEY and API_KEY not in stored[1]

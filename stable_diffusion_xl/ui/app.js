@@ -11,7 +11,7 @@ const API_KEY = "sdxl-api-key"; // in session storage only: gone when the tab is
 const NUMBER_FIELDS = ["n", "seed", "steps", "guidance-scale"];
 const STAGES = { base: "Base", refiner: "Refiner" }; // as progress events name them
 const STAGE_NAMES = { // usage.seconds' stages, in words
-  text_encoders: "text encoders", vae_decode: "VAE decode", jpeg: "JPEG", safety_checker: "safety check",
+  text_encoders: "text encoders", vae_decode: "VAE decode", encode: "encoding", safety_checker: "safety check",
 };
 
 const $ = (id) => document.getElementById(id);
