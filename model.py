@@ -100,6 +100,7 @@ def apply_serve_settings(deployment: InstillDeployable, settings: Settings) -> I
     deployment._update_max_concurrent_requests(settings.max_ongoing_requests)
     deployment._update_target_ongoing_requests(settings.target_ongoing_requests)
     deployment._update_upscale_delay(settings.upscale_delay_s)
+    deployment._update_downscale_delay(settings.downscale_delay_s)
     return deployment
 
 
