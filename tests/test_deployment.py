@@ -51,6 +51,16 @@ def test_serve_options_follow_our_variables_and_instills(load_model):
     assert autoscaling.downscale_delay_s == 5
 
 
+def test_a_minimum_of_replicas_above_one_is_taken(load_model):
+    """The SDK sets the minimum first, while its initial and maximum replicas are 1, and Serve refused the
+    minimum: RAY_NUM_OF_MIN_REPLICAS=2 failed every deployment. A maximum below the minimum still fails."""
+    _, _, config = options(load_model(RAY_NUM_OF_MIN_REPLICAS="2", RAY_NUM_OF_MAX_REPLICAS="3"))
+    autoscaling = config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.initial_replicas, autoscaling.max_replicas) == (2, 2, 3)
+    with pytest.raises(ValueError, match=r"max_replicas \(1\) must be greater than or equal to min_replicas \(2\)"):
+        load_model(RAY_NUM_OF_MIN_REPLICAS="2", RAY_NUM_OF_MAX_REPLICAS="1")
+
+
 def test_our_serve_settings_win_over_the_sdks_high_scale_preset(load_model):
     """RAY_IS_HIGH_SCALE_MODEL=true makes the SDK's constructor set 6 ongoing requests and a target of 4; a
     replica that makes one batch at a time would only queue them inside itself."""
