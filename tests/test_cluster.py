@@ -22,7 +22,7 @@ from stable_diffusion_xl.settings import Settings
 
 pytestmark = pytest.mark.slow
 
-# Seconds where the defaults are minutes. Load for longer than MEASURE_S adds a replica.
+# Seconds where the defaults are minutes; the upscale delay is longer than MEASURE_S, the one-replica window.
 UPSCALE_DELAY_S, DOWNSCALE_DELAY_S = 10, 5
 CALL = task_input("a lighthouse at dusk", seed=7, steps=4, refiner=False)  # a fixed seed makes a retry safe
 CLIENTS = 4  # two per replica when there are two: one generating, one ready (SDXL_MAX_ONGOING_REQUESTS)
