@@ -98,9 +98,20 @@ class StableDiffusionXL:
             raise RuntimeError("a device error left the engine unusable: this replica must be replaced")
 
 
+class ReplicaBounds(InstillDeployable):
+    """The SDK's deployment, able to take RAY_NUM_OF_MIN_REPLICAS above 1: its constructor sets the minimum
+    before the maximum, and Serve refuses a minimum above the SDK's initial and maximum replicas, 1 until
+    then. The maximum set next is checked against the minimum as usual."""
+
+    def _update_min_replicas(self, num_replicas: int):
+        for bound in ("initial_replicas", "max_replicas"):
+            self._autoscaling_config[bound] = max(num_replicas, self._autoscaling_config[bound])
+        return super()._update_min_replicas(num_replicas)
+
+
 def deployable(settings: Settings) -> InstillDeployable:
     """Instill's deployment (replicas and resources from RAY_*), with SDXL's Serve settings on top."""
-    deployment = InstillDeployable(StableDiffusionXL.options(max_queued_requests=settings.max_queued_requests))
+    deployment = ReplicaBounds(StableDiffusionXL.options(max_queued_requests=settings.max_queued_requests))
     return apply_serve_settings(deployment, settings)
 
 
@@ -112,6 +123,7 @@ def apply_serve_settings(deployment: InstillDeployable, settings: Settings) -> I
     deployment._update_max_concurrent_requests(settings.max_ongoing_requests)
     deployment._update_target_ongoing_requests(settings.target_ongoing_requests)
     deployment._update_upscale_delay(settings.upscale_delay_s)
+    deployment._update_downscale_delay(settings.downscale_delay_s)
     return deployment
 
 

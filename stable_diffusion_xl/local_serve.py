@@ -89,7 +89,6 @@ def deploy_dir(root: Path) -> Path:
 def run(applications: list[Application], ports: Ports, timeout: float = 300, ray_dir: str | None = None) -> None:
     """Start Ray and Serve in this process, deploy, say READY on stdout, and serve until SIGINT/SIGTERM."""
     import ray
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     with tempfile.TemporaryDirectory(prefix="sdxl-serve-") as tmp:
         root = deploy_dir(Path(tmp))
@@ -105,9 +104,8 @@ def run(applications: list[Application], ports: Ports, timeout: float = 300, ray
             signal.signal(stop, signal.default_int_handler)
         try:
             dashboard = f"http://127.0.0.1:{ports.dashboard}"
-            ServeSubmissionClient(dashboard).deploy_applications(serve_config(applications, ports))
             try:
-                wait_until_running(dashboard, [app.name for app in applications], timeout)
+                deploy(dashboard, applications, ports, timeout)
             except DeployFailed as failed:
                 print(f"{FAILED} {json.dumps(str(failed))}", flush=True)  # one line, for `serving`
                 raise
@@ -122,6 +120,15 @@ def run(applications: list[Application], ports: Ports, timeout: float = 300, ray
 
             serve.shutdown()
             ray.shutdown()
+
+
+def deploy(dashboard: str, applications: list[Application], ports: Ports, timeout: float) -> None:
+    """Deploy to the Ray cluster behind `dashboard` through its REST API, as Core does; return once every
+    application is RUNNING."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    ServeSubmissionClient(dashboard).deploy_applications(serve_config(applications, ports))
+    wait_until_running(dashboard, [app.name for app in applications], timeout)
 
 
 def application_statuses(dashboard: str) -> dict[str, dict]:

@@ -116,6 +116,9 @@ class Settings:
                                            "replicas average more than this", minimum=1, maximum=1000)
     upscale_delay_s: int = setting("SDXL_UPSCALE_DELAY_S", 30, "seconds of load before a replica is added (the "
                                    "SDK's default is 600)", minimum=0, maximum=86400)
+    downscale_delay_s: int = setting("SDXL_DOWNSCALE_DELAY_S", 1800, "seconds of lower load before a replica is "
+                                     "removed, down to RAY_NUM_OF_MIN_REPLICAS (0 unless set)", minimum=0,
+                                     maximum=86400)
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:

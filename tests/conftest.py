@@ -18,6 +18,21 @@ from stable_diffusion_xl.weights import WeightPaths
 # Two threads on a two-core machine shared with other work were up to 60x slower than one.
 torch.set_num_threads(1)
 
+MEASURED = pytest.StashKey[dict[str, dict[str, str]]]()
+
+
+@pytest.fixture(scope="session")
+def measured(pytestconfig) -> dict[str, dict[str, str]]:
+    """Tables of what tests measured, {title: {row: value}}, printed after the results (with or without -s)."""
+    return pytestconfig.stash.setdefault(MEASURED, {})
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    for title, rows in config.stash.get(MEASURED, {}).items():
+        terminalreporter.write_sep("-", title)
+        for line in ["| measured | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows.items())]:
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture(scope="session")
 def weights_dir(tmp_path_factory):

@@ -38,15 +38,27 @@ def test_one_request_running_and_one_ready_per_replica_by_default(load_model):
     assert (ongoing, queued) == (2, 100)
     assert config.autoscaling_config.target_ongoing_requests == 1
     assert config.autoscaling_config.upscale_delay_s == 30
+    assert config.autoscaling_config.downscale_delay_s == 1800
 
 
 def test_serve_options_follow_our_variables_and_instills(load_model):
     module = load_model(SDXL_MAX_ONGOING_REQUESTS="3", SDXL_MAX_QUEUED_REQUESTS="7", SDXL_TARGET_ONGOING_REQUESTS="2",
-                        RAY_NUM_OF_MIN_REPLICAS="1", RAY_NUM_OF_MAX_REPLICAS="5")
+                        SDXL_DOWNSCALE_DELAY_S="5", RAY_NUM_OF_MIN_REPLICAS="1", RAY_NUM_OF_MAX_REPLICAS="5")
     ongoing, queued, config = options(module)
     assert (ongoing, queued) == (3, 7)
     autoscaling = config.autoscaling_config
     assert (autoscaling.target_ongoing_requests, autoscaling.min_replicas, autoscaling.max_replicas) == (2, 1, 5)
+    assert autoscaling.downscale_delay_s == 5
+
+
+def test_a_minimum_of_replicas_above_one_is_taken(load_model):
+    """The SDK sets the minimum first, while its initial and maximum replicas are 1, and Serve refused the
+    minimum: RAY_NUM_OF_MIN_REPLICAS=2 failed every deployment. A maximum below the minimum still fails."""
+    _, _, config = options(load_model(RAY_NUM_OF_MIN_REPLICAS="2", RAY_NUM_OF_MAX_REPLICAS="3"))
+    autoscaling = config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.initial_replicas, autoscaling.max_replicas) == (2, 2, 3)
+    with pytest.raises(ValueError, match=r"max_replicas \(1\) must be greater than or equal to min_replicas \(2\)"):
+        load_model(RAY_NUM_OF_MIN_REPLICAS="2", RAY_NUM_OF_MAX_REPLICAS="1")
 
 
 def test_our_serve_settings_win_over_the_sdks_high_scale_preset(load_model):
@@ -55,7 +67,7 @@ def test_our_serve_settings_win_over_the_sdks_high_scale_preset(load_model):
     ongoing, _, config = options(load_model(RAY_IS_HIGH_SCALE_MODEL="true"))
     assert ongoing == 2 and config.autoscaling_config.target_ongoing_requests == 1
     assert config.autoscaling_config.upscale_delay_s == 30
-    assert config.autoscaling_config.downscale_delay_s == 600  # the preset we do not set stays the SDK's
+    assert config.autoscaling_config.downscale_delay_s == 1800  # ours too, not the preset's 600
     ongoing, _, _ = options(load_model(RAY_IS_HIGH_SCALE_MODEL="true", SDXL_MAX_ONGOING_REQUESTS="5"))
     assert ongoing == 5
 
