@@ -90,6 +90,8 @@ class Settings:
                                  "fallback")
     max_batch_size: int = setting("SDXL_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an "
                                   "out-of-memory batch is split and retried)", minimum=1, maximum=64)
+    compile: bool = setting("SDXL_COMPILE", False, "`1` compiles both UNets and the VAE decoder (torch.compile) during "
+                            "the warm-up, which then takes minutes; no LoRA adapters")
     safety_checker: bool = setting("SDXL_SAFETY_CHECKER", False, "filter unsafe images: a flagged image comes back "
                                    "black as `content_filtered`; needs `fetch-weights --safety-checker`")
     safety_checker_dir: Path | None = setting("SDXL_SAFETY_CHECKER_DIR", None, "folder of the safety checker",
@@ -109,6 +111,11 @@ class Settings:
                                            "replicas average more than this", minimum=1, maximum=1000)
     upscale_delay_s: int = setting("SDXL_UPSCALE_DELAY_S", 30, "seconds of load before a replica is added (the "
                                    "SDK's default is 600)", minimum=0, maximum=86400)
+
+    def __post_init__(self):
+        if self.compile and not self.warm_up:
+            raise SettingError("SDXL_COMPILE=1 needs SDXL_WARM_UP=1: the compiler runs during the warm-up, or else "
+                               "during the first requests")
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
