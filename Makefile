@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench image install browser
+.PHONY: demo test test-fast lint bench bench-gpu image install browser
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ lint: install
 
 bench: install
 	$(PYTHON) bench/run.py
+
+# On a CUDA GPU with the real weights (fetch-weights): eager against compiled, batch 1, 2 and 4, at 1024².
+bench-gpu: install
+	$(PYTHON) bench/gpu.py
 
 # `make image IMAGE=<namespace>/<model-id>:<version>` runs `instill build` in a clean folder, out/image.
 # `instill build` copies its whole working folder into a temporary build context (following symlinks)

@@ -16,7 +16,9 @@ machine they were measured on, to bench/results/<date>.json. What it measures:
 6. Users' models and prompts: a LoRA adapter switched per request against loading it or reloading the
    pipelines, long-prompt encoding (compel) against diffusers' encode_prompt, and the safety checker's
    share of a generation.
-Plus GPU figures on paper (bench/on_paper.py), labelled as not measured.
+7. Compiled against eager (SDXL_COMPILE=1): our recipe's time per image, and the compiled engine's warm-up, which
+   runs the compiler (`--no-compile` skips these rows: they take about six minutes on 2 cores).
+Plus GPU figures on paper (bench/on_paper.py), labelled as not measured; bench/gpu.py measures them on a GPU.
 
 Timings are CPU timings of the demo weights with one torch thread (the replica also runs one):
 they compare recipes and serving paths on this machine, not SDXL's speed on a GPU.
@@ -161,35 +163,41 @@ class UNetMeter:
             hook.remove()
 
 
-def recipes(engine):
-    """Our engine, the raw diffusers pipelines doing the same ensemble of experts, and the upstream recipe."""
-    from stable_diffusion_xl.request import TextToImageRequest
+def recipes(engine, n: int = 1):
+    """Our engine, the raw diffusers pipelines doing the same ensemble of experts, and the upstream recipe, each
+    making `n` images of one prompt in one batch. All three decode with Engine.decode, as the pipelines do in fp32;
+    on a GPU without the fp16-fix VAE the pipelines would hand their fp16 latents to the fp32 VAE."""
+    from stable_diffusion_xl.request import TextToImageRequest, nth_seed
 
-    request = TextToImageRequest(prompt=PROMPT, seed=SEED, steps=DEFAULT_STEPS, guidance_scale=GUIDANCE,
+    request = TextToImageRequest(prompt=PROMPT, seed=SEED, n=n, steps=DEFAULT_STEPS, guidance_scale=GUIDANCE,
                                  high_noise_frac=HIGH_NOISE_FRAC)
     width, height = engine.size_of(request)
-    common = {"prompt": PROMPT, "num_inference_steps": DEFAULT_STEPS, "guidance_scale": GUIDANCE}
+    common = {"prompt": [PROMPT] * n, "num_inference_steps": DEFAULT_STEPS, "guidance_scale": GUIDANCE,
+              "output_type": "latent"}
+
+    def generators():  # one per image, as the engine seeds them
+        return [torch.Generator("cpu").manual_seed(nth_seed(SEED, i)) for i in range(n)]
 
     def ours():
-        return engine.generate([request])[0].images[0]
+        return engine.generate([request])[0].images
 
     def raw_diffusers():
         # diffusers' documented "ensemble of experts": base until 0.8 of the schedule, refiner from there.
-        generator = torch.Generator("cpu").manual_seed(SEED)
+        seeded = generators()
         with torch.inference_mode():
             latents = engine.base(**common, width=width, height=height, denoising_end=HIGH_NOISE_FRAC,
-                                  generator=generator, output_type="latent").images
-            return engine.refiner(**common, image=latents, denoising_start=HIGH_NOISE_FRAC,
-                                  generator=generator).images[0]
+                                  generator=seeded).images
+            latents = engine.refiner(**common, image=latents, denoising_start=HIGH_NOISE_FRAC, generator=seeded).images
+            return engine.decode(latents)[0]
 
     def upstream():
         # instill-ai/models stable-diffusion-xl/v0.1.0/model.py: the base for all steps, then the refiner as
         # img2img on the finished latents at its default strength (0.3): int(40 * 0.3) = 12 more UNet calls.
-        generator = torch.Generator("cpu").manual_seed(SEED)
+        seeded = generators()
         with torch.inference_mode():
-            latents = engine.base(**common, width=width, height=height, generator=generator,
-                                  output_type="latent").images
-            return engine.refiner(**common, image=latents, strength=UPSTREAM_STRENGTH, generator=generator).images[0]
+            latents = engine.base(**common, width=width, height=height, generator=seeded).images
+            latents = engine.refiner(**common, image=latents, strength=UPSTREAM_STRENGTH, generator=seeded).images
+            return engine.decode(latents)[0]
 
     return {"ours": ours, "raw_diffusers": raw_diffusers, "upstream": upstream}, (width, height)
 
@@ -210,7 +218,7 @@ def work_per_image(engine, runs: int) -> dict:
     try:
         for name, run in runners.items():  # warm-up, and the images for the same-output check
             meter.reset()
-            images[name] = run()
+            images[name] = run()[0]
             results[name]["unet_calls"] = dict(meter.calls)
             log(f"  {name}: {meter.calls['base']} base + {meter.calls['refiner']} refiner UNet calls")
         for index in range(runs):  # interleaved, alternating order: drift on a shared machine hits every recipe alike
@@ -298,6 +306,36 @@ def safety_checker_share(weights_root: Path, runs: int) -> dict:
         checker.append(generation.timings["safety_checker"] / 2)
         rest.append((sum(generation.timings.values()) - generation.timings["safety_checker"]) / 2)
     return {"checker_per_image": summary(checker), "rest_per_image": summary(rest)}
+
+
+# ------------------------------------------------------------------------------------------- 7. compilation
+
+def compiled_vs_eager(weights_root: Path, runs: int) -> dict:
+    """Our recipe on an eager engine and on a compiled one (SDXL_COMPILE=1), interleaved, and the two warm-ups: the
+    compiled one runs the compiler, here from an empty cache. Neither has adapters (compiling refuses them)."""
+    import numpy as np
+    from torch._inductor.utils import fresh_cache
+
+    from stable_diffusion_xl.compile import compiled_graphs
+    from stable_diffusion_xl.engine import Engine
+
+    with tempfile.TemporaryDirectory(prefix="sdxl-no-adapters-") as no_adapters, fresh_cache():
+        engines = {mode: Engine.load(weights_root, demo=True, lora_dir=Path(no_adapters), compile=mode == "compiled")
+                   for mode in ("eager", "compiled")}
+        graphs = compiled_graphs()
+        warm_up = {mode: timed(engine.warm_up) for mode, engine in engines.items()}
+        graphs = compiled_graphs() - graphs
+        log(f"  warm-up: eager {warm_up['eager']:.1f} s, compiled {warm_up['compiled']:.1f} s ({graphs} graphs)")
+        runners = {mode: recipes(engine)[0]["ours"] for mode, engine in engines.items()}
+        images = {mode: np.asarray(run()[0], dtype=np.int16) for mode, run in runners.items()}
+        seconds = {mode: [] for mode in runners}
+        for index in range(runs):
+            for mode, run in _alternate(runners, index):
+                seconds[mode].append(timed(run))
+            log(f"  run {index + 1}/{runs}: " + ", ".join(f"{m} {v[-1]:.2f} s" for m, v in seconds.items()))
+    return {"warm_up_seconds": warm_up, "graphs_compiled": graphs, "max_batch_size": engines["compiled"].max_batch_size,
+            **{mode: summary(values) for mode, values in seconds.items()},
+            "max_pixel_difference": int(np.abs(images["compiled"] - images["eager"]).max())}
 
 
 # ------------------------------------------------------------------------------------------- 3-5. serving
@@ -654,6 +692,19 @@ def table(results: dict) -> str:
                           f"{sc['checker_per_image']['n']} runs)", seconds(sc["checker_per_image"], "ms"),
                      f"the rest of the same generations: {seconds(sc['rest_per_image'])}",
                      f"{100 * sc['checker_per_image']['median'] / sc['rest_per_image']['median']:.2f}% of it"))
+    if "compiled" in results:
+        co = results["compiled"]
+        rows += [
+            ("7", f"compiled (SDXL_COMPILE=1) vs eager: wall time per image, CPU, demo weights {w}×{h}, "
+                  f"{co['compiled']['n']} interleaved runs", seconds(co["compiled"]),
+             f"eager: {seconds(co['eager'])}; max pixel difference {co['max_pixel_difference']}",
+             _ratio(co["eager"], co["compiled"], "eager / compiled")),
+            ("7", f"what compiling costs at start-up: Engine.warm_up() compiling every network (empty cache), "
+                  f"max batch {co['max_batch_size']}",
+             f"{co['warm_up_seconds']['compiled']:.0f} s ({co['graphs_compiled']} graphs)",
+             f"eager warm-up: {co['warm_up_seconds']['eager']:.1f} s",
+             f"+{co['warm_up_seconds']['compiled'] - co['warm_up_seconds']['eager']:.0f} s"),
+        ]
     po, pu = paper["ours"], paper["upstream"]
     def a100(p):
         half = [v for k, v in p["a100_scaled_seconds"].items() if not k.startswith("fp32")]
@@ -672,6 +723,10 @@ def table(results: dict) -> str:
     rows.append(("P", "on paper: weights in GPU memory (both recipes load the same five networks)",
                  f"{weights['fp16_vae_fp32'] / 1e9:.1f} GB (fp16, VAE fp32)",
                  f"{weights['all_fp16'] / 1e9:.1f} GB all fp16 (with the fp16-fix VAE)", "activations extra"))
+    return markdown(rows)
+
+
+def markdown(rows: list[tuple]) -> str:
     head = ["#", "measurement", "ours", "compared with", "ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -699,6 +754,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-runs", type=int, default=7, help="timed rounds of the batching rows (default 7)")
     parser.add_argument("--weights", type=Path, default=None, help="weights root holding demo/ (default: weights/)")
     parser.add_argument("--no-serve", action="store_true", help="skip the Ray Serve rows (3, 4 and most of 5)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled-engine rows (7), which compile "
+                        "for about six minutes on 2 CPU cores")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
     args = parser.parse_args(argv)
     os.chdir(REPO)  # the serving child runs `python -m stable_diffusion_xl.local_serve` from here
@@ -747,6 +804,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as error:  # keep the rows measured so far; say why the serving rows are missing
                 log(f"the Ray Serve rows failed: {type(error).__name__}: {error} (log: {log_path})")
                 results["serving_error"] = f"{type(error).__name__}: {error}"
+        if not args.no_compile:  # last: compiling changes process-wide torch settings and leaves compile workers
+            log(f"compiled against eager: both warm-ups, then our recipe, {args.runs} runs each")
+            results["compiled"] = compiled_vs_eager(weights_root, args.runs)
 
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["total_seconds"] = time.perf_counter() - STARTED

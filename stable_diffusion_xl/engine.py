@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import logging
 import math
 import secrets
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .compile import compile_pipelines, compiled_graphs, refuse_adapters
 from .loras import ResidentAdapters
 from .request import MAX_SEED, InvalidRequest, TextToImageRequest, nth_seed
 from .safety import SafetyChecker
@@ -134,16 +136,21 @@ class Engine:
         # Each sampler is built from the checkpoint's own scheduler config (its training noise schedule).
         self.scheduler_configs = {"base": base.scheduler.config, "refiner": refiner.scheduler.config}
         self.healthy = True  # False after a device error that leaves the GPU unusable
+        self.compiled = False
         self.set_progress_bars(False)
 
     @classmethod
     def load(cls, weights_dir=DEFAULT_WEIGHTS_DIR, *, demo: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
              device: str | None = None, lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS,
-             safety_checker: bool = False, safety_checker_dir: Path | None = None) -> Engine:
-        """Load base and refiner from disk (safetensors only), sharing text_encoder_2, tokenizer_2 and the VAE."""
+             safety_checker: bool = False, safety_checker_dir: Path | None = None, compile: bool = False) -> Engine:
+        """Load base and refiner from disk (safetensors only), sharing text_encoder_2, tokenizer_2 and the VAE.
+        With `compile`, their networks are compiled on their first calls: run warm_up() before serving."""
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
         paths = WeightPaths.locate(weights_dir, demo=demo)
+        lora_dir = lora_dir or paths.loras
+        if compile:
+            refuse_adapters(lora_dir)  # before the weights are read, not after
         device, dtype = (device, torch.float16 if device == "cuda" else torch.float32) if device else choose_device()
         if demo:
             log.warning("loading the DEMO weights from %s: tiny random models, their images are noise", paths.base)
@@ -170,17 +177,37 @@ class Engine:
         # The safety checker, when asked for, must be there: a deployment that filters never runs without it.
         checker = SafetyChecker.load(safety_checker_dir or paths.safety_checker, device, dtype) if safety_checker \
             else None
-        return cls(base, refiner, device=device, max_batch_size=max_batch_size, demo=demo,
-                   lora_dir=lora_dir or paths.loras, max_loras=max_loras, safety_checker=checker)
+        engine = cls(base, refiner, device=device, max_batch_size=max_batch_size, demo=demo, lora_dir=lora_dir,
+                     max_loras=max_loras, safety_checker=checker)
+        if compile:
+            engine._compile()
+        return engine
+
+    def _compile(self) -> None:
+        """Compile both UNets and the VAE decoder (stable_diffusion_xl/compile.py); the compiler runs on their first
+        calls, which warm_up() makes."""
+        # The NaN re-decode's fp32 VAE stays eager and is copied now: a copy of a compiled module calls the original.
+        self._fp32_vae = _fp32_copy(self.vae)
+        compile_pipelines(self.base, self.refiner, self.device)
+        self.compiled = True
 
     def set_progress_bars(self, enabled: bool) -> None:
         self.base.set_progress_bar_config(disable=not enabled, desc="base")
         self.refiner.set_progress_bar_config(disable=not enabled, desc="refiner")
 
     def warm_up(self) -> None:
-        """One tiny generation per aspect ratio, so no user waits for first-call kernel selection."""
-        self.generate([TextToImageRequest(prompt="warm-up", aspect_ratio=ratio, steps=2, high_noise_frac=0.5, seed=1)
-                       for ratio in ASPECT_RATIOS])
+        """One tiny generation per aspect ratio, so no user waits for first-call kernel selection. Compiled, one per
+        shape a request can give the networks (every aspect ratio, batch size and guidance on and off), so no user
+        waits for the compiler either."""
+        batch_sizes = range(1, self.max_batch_size + 1) if self.compiled else (1,)
+        guidances = (7.5, 1.0) if self.compiled else (7.5,)  # guidance doubles the UNets' batch
+        started, graphs = time.perf_counter(), compiled_graphs()
+        for ratio, n, guidance in itertools.product(ASPECT_RATIOS, batch_sizes, guidances):
+            self.generate([TextToImageRequest(prompt="warm-up", aspect_ratio=ratio, n=n, guidance_scale=guidance,
+                                              steps=2, high_noise_frac=0.5, seed=1)])
+        if self.compiled:
+            log.info("compiled %d graphs of the UNets and the VAE decoder while warming up in %.1f s",
+                     compiled_graphs() - graphs, time.perf_counter() - started)
 
     def size_of(self, request: TextToImageRequest) -> tuple[int, int]:
         return image_size(request.aspect_ratio, self.resolution)
@@ -323,7 +350,11 @@ class Engine:
 
     @functools.cached_property
     def _fp32_vae(self):
-        return self.vae if self.vae.dtype == torch.float32 else copy.deepcopy(self.vae).to(torch.float32)
+        return _fp32_copy(self.vae)
+
+
+def _fp32_copy(vae):
+    return vae if vae.dtype == torch.float32 else copy.deepcopy(vae).to(torch.float32)
 
 
 def _decode_with(vae, latents: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,8 @@ class Settings:
                                  "fallback")
     max_batch_size: int = setting("SDXL_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an "
                                   "out-of-memory batch is split and retried)", minimum=1, maximum=64)
+    compile: bool = setting("SDXL_COMPILE", False, "`1` compiles both UNets and the VAE decoder (torch.compile) during "
+                            "the warm-up, which then takes minutes; no LoRA adapters")
     safety_checker: bool = setting("SDXL_SAFETY_CHECKER", False, "filter unsafe images: a flagged image comes back "
                                    "black as `content_filtered`; needs `fetch-weights --safety-checker`")
     safety_checker_dir: Path | None = setting("SDXL_SAFETY_CHECKER_DIR", None, "folder of the safety checker",
@@ -119,6 +121,11 @@ class Settings:
     downscale_delay_s: int = setting("SDXL_DOWNSCALE_DELAY_S", 1800, "seconds of lower load before a replica is "
                                      "removed, down to RAY_NUM_OF_MIN_REPLICAS (0 unless set)", minimum=0,
                                      maximum=86400)
+
+    def __post_init__(self):
+        if self.compile and not self.warm_up:
+            raise SettingError("SDXL_COMPILE=1 needs SDXL_WARM_UP=1: the compiler runs during the warm-up, or else "
+                               "during the first requests")
 
     @classmethod
     def from_env(cls, env=os.environ) -> Settings:
