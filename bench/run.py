@@ -18,6 +18,7 @@ machine they were measured on, to bench/results/<date>.json. What it measures:
    share of a generation.
 7. Compiled against eager (SDXL_COMPILE=1): our recipe's time per image, and the compiled engine's warm-up, which
    runs the compiler (`--no-compile` skips these rows: they take about six minutes on 2 cores).
+8. The peer APIs (OpenAI, Azure ML, cog, plain) against the Instill HTTP path: the same request, interleaved.
 Plus GPU figures on paper (bench/on_paper.py), labelled as not measured; bench/gpu.py measures them on a GPU.
 
 Timings are CPU timings of the demo weights with one torch thread (the replica also runs one):
@@ -496,7 +497,7 @@ def served(weights_root: Path, engine, runs: int, batch_runs: int, log_path: Pat
         out["batching"] = {name: {"seconds": summary(values), "images_per_second": summary([4 / v for v in values])}
                            for name, values in batching.items()}
 
-        # 7. The peer APIs' adapters against the Instill HTTP path: the same image, interleaved.
+        # 8. The peer APIs' adapters against the Instill HTTP path: the same image, interleaved.
         log(f"peer APIs: {runs} rounds of the same request through each HTTP dialect, steps={SERVE_STEPS}")
         out["peer_apis"] = peer_api_overhead(ports.http, runs)
 
@@ -649,7 +650,7 @@ def table(results: dict) -> str:
     if srv and "peer_apis" in srv:
         instill = srv["peer_apis"]["instill-http"]
         peers = {path: value for path, value in srv["peer_apis"].items() if path != "instill-http"}
-        rows.append(("7", f"peer APIs through the HTTP proxy, the same request (steps={SERVE_STEPS}), "
+        rows.append(("8", f"peer APIs through the HTTP proxy, the same request (steps={SERVE_STEPS}), "
                           f"{instill['n']} interleaved rounds",
                      f"Instill HTTP: {seconds(instill, 'ms')}",
                      "; ".join(f"{path}: {seconds(value, 'ms')}" for path, value in peers.items()),
