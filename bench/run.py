@@ -537,7 +537,7 @@ def peer_api_overhead(http_port: int, runs: int) -> dict:
     import urllib.request
 
     def post(path: str) -> float:
-        request = urllib.request.Request(f"http://127.0.0.1:{http_port}/{path}",
+        request = urllib.request.Request(f"http://127.0.0.1:{http_port}/{APPLICATION}/{path}",
                                          data=json.dumps(PEER_REQUESTS[path]).encode(),
                                          headers={"Content-Type": "application/json"})
         started = time.perf_counter()

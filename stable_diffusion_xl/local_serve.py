@@ -40,10 +40,18 @@ class DeployFailed(RuntimeError):
     """An application reached DEPLOY_FAILED; the message is Ray's own, which says why."""
 
 
+# Ports Ray binds by default whatever it is told (GCS, dashboard, client server, dashboard agent): a free port
+# picked for Serve must not be one of them, or Ray takes it first and the proxy fails to bind.
+RAY_DEFAULT_PORTS = {6379, 8265, 10001, 52365}
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 @dataclass
