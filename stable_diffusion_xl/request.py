@@ -50,8 +50,13 @@ class InvalidRequest(ValueError):
 def excerpt(value: Any) -> str:
     """A value as an error may quote it: short, escaped, ASCII; containers are only described."""
     if isinstance(value, str):
-        quoted = json.dumps(value[:EXCERPT_CHARS])  # escapes control characters and lone surrogates
-        return quoted if len(value) <= EXCERPT_CHARS else f"{quoted[:-1]}...\" ({len(value)} characters)"
+        shown = value[:EXCERPT_CHARS]
+        # Escaped (control characters, lone surrogates, anything not ASCII), a character can take 12: keep the
+        # excerpt itself short too.
+        while len(json.dumps(shown)) > 2 * EXCERPT_CHARS + 2:
+            shown = shown[:-1]
+        quoted = json.dumps(shown)
+        return quoted if shown == value else f"{quoted[:-1]}...\" ({len(value)} characters)"
     if isinstance(value, list):
         return f"a list of {len(value)} items"
     if isinstance(value, dict):

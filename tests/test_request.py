@@ -182,3 +182,11 @@ def test_every_reported_seed_is_a_valid_request_seed():
     assert [nth_seed(7, i) for i in range(3)] == [7, 8, 9]
     for seed in (nth_seed(MAX_SEED, i) for i in range(3)):
         assert TextToImageRequest(prompt="a cat", seed=seed).seed == seed
+
+
+def test_an_excerpt_of_characters_that_escape_long_stays_short():
+    """An emoji escapes to 12 ASCII characters: an unknown key of them once made a 400-character error."""
+    with pytest.raises(InvalidRequest) as caught:
+        parse_json([{"prompt": "a cat"}, {"prompt": "a cat", "\U0001f600" * 60: 1}], Limits())
+    assert len(str(caught.value)) < 300 and str(caught.value).isascii()
+    assert excerpt("\U0001f600" * 60) == '"' + "\\ud83d\\ude00" * 4 + '..." (60 characters)'
