@@ -12,7 +12,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	touch $@
 
-weights/demo/README.md: stable_diffusion_xl/demo_weights.py | install  # rebuilt when the builder changes
+weights/demo/README.md: stable_diffusion_xl/weights/demo.py | install  # rebuilt when the builder changes
 	$(PYTHON) -m stable_diffusion_xl demo-weights
 
 demo: install weights/demo/README.md

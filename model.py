@@ -12,13 +12,13 @@ import time
 
 from instill.helpers.ray_config import InstillDeployable, instill_deployment
 
-from stable_diffusion_xl.engine import Cancelled, Engine, Progress
-from stable_diffusion_xl.metrics import ReplicaMetrics
-from stable_diffusion_xl.request import InvalidRequest
-from stable_diffusion_xl.routes import incoming
-from stable_diffusion_xl.schedulers import SCHEDULERS
-from stable_diffusion_xl.settings import Settings
-from stable_diffusion_xl.sizes import ASPECT_RATIOS, image_size
+from stable_diffusion_xl.apis.routes import incoming
+from stable_diffusion_xl.generation.engine import Cancelled, Engine, Progress
+from stable_diffusion_xl.generation.request import InvalidRequest
+from stable_diffusion_xl.generation.schedulers import SCHEDULERS
+from stable_diffusion_xl.generation.sizes import ASPECT_RATIOS, image_size
+from stable_diffusion_xl.serving.metrics import ReplicaMetrics
+from stable_diffusion_xl.serving.settings import Settings
 
 # Ray Serve stamps this logger's lines with the request id. No caller's text goes into a line.
 log = logging.getLogger("ray.serve")

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from bench import flops as flop_count  # noqa: E402
 from bench import run as cpu_bench  # noqa: E402  (its recipes, statistics and table format)
-from stable_diffusion_xl.weights import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, WeightPaths, WeightsMissing  # noqa: E402
+from stable_diffusion_xl.weights.layout import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, WeightPaths, WeightsMissing  # noqa: E402
 
 BATCHES = (1, 2, 4)
 MODES = ("eager", "compiled")
@@ -57,8 +57,8 @@ def missing(weights_dir: Path) -> str | None:
 
 def measure(weights_dir: Path, compiled: bool, runs: int) -> dict:
     """One engine's cold start, then the three recipes at each batch size."""
-    from stable_diffusion_xl.compile import compiled_graphs
-    from stable_diffusion_xl.engine import Engine
+    from stable_diffusion_xl.generation.compile import compiled_graphs
+    from stable_diffusion_xl.generation.engine import Engine
 
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="sdxl-no-adapters-") as no_adapters:  # compiling refuses adapters

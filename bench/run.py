@@ -53,7 +53,7 @@ torch.set_num_threads(1)  # as the replica does with the demo weights; see tests
 
 from bench import flops as flop_count  # noqa: E402
 from bench import on_paper  # noqa: E402
-from stable_diffusion_xl.client import grpc_call, task_input  # noqa: E402
+from stable_diffusion_xl.serving.client import grpc_call, task_input  # noqa: E402
 
 PROMPT = "a cat napping on a windowsill, golden hour"
 SEED = 1234
@@ -122,8 +122,8 @@ def machine() -> dict:
 @contextmanager
 def demo_weights(weights_dir: Path | None):
     """A weights root holding demo weights: the given or default one if built, else a temporary one."""
-    from stable_diffusion_xl import demo_weights as builder
-    from stable_diffusion_xl.weights import DEFAULT_WEIGHTS_DIR, WeightPaths, WeightsMissing
+    from stable_diffusion_xl.weights import demo as builder
+    from stable_diffusion_xl.weights.layout import DEFAULT_WEIGHTS_DIR, WeightPaths, WeightsMissing
 
     root = (weights_dir or DEFAULT_WEIGHTS_DIR).resolve()
     try:
@@ -168,7 +168,7 @@ def recipes(engine, n: int = 1):
     """Our engine, the raw diffusers pipelines doing the same ensemble of experts, and the upstream recipe, each
     making `n` images of one prompt in one batch. All three decode with Engine.decode, as the pipelines do in fp32;
     on a GPU without the fp16-fix VAE the pipelines would hand their fp16 latents to the fp32 VAE."""
-    from stable_diffusion_xl.request import TextToImageRequest, nth_seed
+    from stable_diffusion_xl.generation.request import TextToImageRequest, nth_seed
 
     request = TextToImageRequest(prompt=PROMPT, seed=SEED, n=n, steps=DEFAULT_STEPS, guidance_scale=GUIDANCE,
                                  high_noise_frac=HIGH_NOISE_FRAC)
@@ -245,7 +245,7 @@ def work_per_image(engine, runs: int) -> dict:
 
 
 def load_times(weights_root: Path, runs: int) -> dict:
-    from stable_diffusion_xl.engine import Engine
+    from stable_diffusion_xl.generation.engine import Engine
 
     return summary([timed(lambda: Engine.load(weights_root, demo=True)) for _ in range(runs)])
 
@@ -255,7 +255,7 @@ def load_times(weights_root: Path, runs: int) -> dict:
 def adapter_switching(engine, weights_root: Path, runs: int) -> dict:
     """Per-request LoRA switching, interleaved: between two resident adapters; loading one from disk each time
     (a limit of one resident adapter); and reloading the pipelines, what a server without adapters would do."""
-    from stable_diffusion_xl.engine import Engine
+    from stable_diffusion_xl.generation.engine import Engine
 
     names = engine.adapters.names[:2]
     one_resident = Engine.load(weights_root, demo=True, max_loras=1)
@@ -297,8 +297,8 @@ def prompt_encoding(engine, runs: int) -> dict:
 
 def safety_checker_share(weights_root: Path, runs: int) -> dict:
     """The safety checker's seconds per image against the rest of the same generations (usage's stages)."""
-    from stable_diffusion_xl.engine import Engine
-    from stable_diffusion_xl.request import TextToImageRequest
+    from stable_diffusion_xl.generation.engine import Engine
+    from stable_diffusion_xl.generation.request import TextToImageRequest
 
     engine = Engine.load(weights_root, demo=True, safety_checker=True)
     checker, rest = [], []
@@ -317,8 +317,8 @@ def compiled_vs_eager(weights_root: Path, runs: int) -> dict:
     import numpy as np
     from torch._inductor.utils import fresh_cache
 
-    from stable_diffusion_xl.compile import compiled_graphs
-    from stable_diffusion_xl.engine import Engine
+    from stable_diffusion_xl.generation.compile import compiled_graphs
+    from stable_diffusion_xl.generation.engine import Engine
 
     with tempfile.TemporaryDirectory(prefix="sdxl-no-adapters-") as no_adapters, fresh_cache():
         engines = {mode: Engine.load(weights_root, demo=True, lora_dir=Path(no_adapters), compile=mode == "compiled")
@@ -372,7 +372,7 @@ def serving_processes(grpc_port: int):
 
     for process in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
-        if "stable_diffusion_xl.local_serve" in cmdline and f'"grpc": {grpc_port}' in cmdline:
+        if "stable_diffusion_xl.serving.local_serve" in cmdline and f'"grpc": {grpc_port}' in cmdline:
             descendants = process.children(recursive=True)
             replicas = [p for p in descendants if "ServeReplica" in " ".join(_cmdline(p)) and APPLICATION in
                         " ".join(_cmdline(p))]
@@ -416,9 +416,9 @@ def total_rss(processes) -> int:
 def served(weights_root: Path, engine, runs: int, batch_runs: int, log_path: Path) -> dict:
     import grpc
 
-    from stable_diffusion_xl.encoding import to_base64
-    from stable_diffusion_xl.local_serve import Application, serving
-    from stable_diffusion_xl.request import TextToImageRequest
+    from stable_diffusion_xl.generation.request import TextToImageRequest
+    from stable_diffusion_xl.serving.encoding import to_base64
+    from stable_diffusion_xl.serving.local_serve import Application, serving
 
     env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_root)}
     fast = {"steps": SERVE_STEPS}
@@ -759,12 +759,12 @@ def main(argv: list[str] | None = None) -> int:
                         "for about six minutes on 2 CPU cores")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
     args = parser.parse_args(argv)
-    os.chdir(REPO)  # the serving child runs `python -m stable_diffusion_xl.local_serve` from here
+    os.chdir(REPO)  # the serving child runs `python -m stable_diffusion_xl.serving.local_serve` from here
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from stable_diffusion_xl.engine import Engine
+    from stable_diffusion_xl.generation.engine import Engine
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()

@@ -15,9 +15,11 @@ import os
 import sys
 from pathlib import Path
 
-from .request import PARAMETERS, InvalidRequest, TextToImageRequest
-from .settings import DEFAULT_MAX_BATCH_SIZE, SettingError, Settings
-from .weights import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, LORA_SUBDIR, WeightPaths, WeightsMissing
+from .generation.engine import DEFAULT_MAX_BATCH_SIZE
+from .generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
+from .serving.environment import SettingError
+from .serving.settings import Settings
+from .weights.layout import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, LORA_SUBDIR, WeightPaths, WeightsMissing
 
 DEMO_NOTE = f"(demo weights: these images are noise; fetch the real weights with `{FETCH_COMMAND}`)"
 DEMO_HELP = "use the tiny random demo weights: their images are noise"
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
 
     args = parser.parse_args(argv)
-    from .local_serve import DeployFailed
+    from .serving.local_serve import DeployFailed
 
     try:
         handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo}
@@ -86,8 +88,8 @@ def _argument(spec: dataclasses.Field) -> dict:
 
 
 def _generate(args) -> int:
-    from .encoding import encode
-    from .engine import Engine
+    from .generation.engine import Engine
+    from .serving.encoding import encode
 
     fields = {spec.name: getattr(args, spec.name) for spec in PARAMETERS.values()}
     request = TextToImageRequest(prompt=args.prompt, **fields)
@@ -127,7 +129,7 @@ def _model_env(args) -> tuple[dict[str, str], Settings]:
 
 
 def _serve(args) -> int:
-    from .local_serve import Application, Ports, run
+    from .serving.local_serve import Application, Ports, run
 
     env, _ = _model_env(args)
     application, ports = Application("default", env), Ports(http=args.port, grpc=args.grpc_port)
@@ -145,7 +147,7 @@ def _try(args) -> int:
     import urllib.error
     import urllib.request
 
-    from .local_serve import Application, serving
+    from .serving.local_serve import Application, serving
 
     body = args.input.encode()
     env, settings = _model_env(args)
@@ -175,7 +177,7 @@ def _try(args) -> int:
 
 
 def _fetch(args) -> int:
-    from .weights import fetch, fetch_lora
+    from .weights.fetch import fetch, fetch_lora
 
     try:
         if args.lora:
@@ -194,7 +196,7 @@ def _fetch(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo_weights import build
+    from .weights.demo import build
 
     root = build(args.weights)
     size = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from .request import MAX_PROMPT_CHARS, PARAMETERS
-from .settings import settings
+from .generation.request import MAX_PROMPT_CHARS, PARAMETERS
+from .serving.environment import declared
+from .serving.settings import Settings
 
 _JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "bool | None": "boolean",
                "tuple[str, ...]": "string or array", "tuple[float, ...]": "number or array"}
@@ -34,7 +35,7 @@ def parameter_table() -> str:
 def settings_table() -> str:
     """The SDXL_* variables: from Settings and Limits."""
     rows = ["| variable | default | allowed | meaning |", "|---|---|---|---|"]
-    for spec in settings():
+    for spec in declared(Settings):
         meta = spec.metadata
         if meta["shown"]:
             default = meta["shown"]

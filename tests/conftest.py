@@ -10,10 +10,10 @@ import torch
 from helpers import request, write_flagging_checker
 from image_build import check_build, run_instill_build
 from served import API_KEY, FILTERED, FLAGGED_SEED, KEYED, MODEL, SMALL, TINY
-from stable_diffusion_xl import demo_weights
-from stable_diffusion_xl.engine import Engine
-from stable_diffusion_xl.local_serve import Application, serving
-from stable_diffusion_xl.weights import WeightPaths
+from stable_diffusion_xl.generation.engine import Engine
+from stable_diffusion_xl.serving.local_serve import Application, serving
+from stable_diffusion_xl.weights import demo as demo_weights
+from stable_diffusion_xl.weights.layout import WeightPaths
 
 # Two threads on a two-core machine shared with other work were up to 60x slower than one.
 torch.set_num_threads(1)

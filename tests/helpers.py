@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stable_diffusion_xl.request import TextToImageRequest
-from stable_diffusion_xl.safety import SafetyChecker
+from stable_diffusion_xl.generation.request import TextToImageRequest
+from stable_diffusion_xl.generation.safety import SafetyChecker
 
 FAST = {"steps": 5}  # 4 base + 1 refiner step: enough to exercise both experts quickly
 ROUNDING = 2  # pixel levels that batched float kernels may move an image by

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from dockerignore import dockerignore_rules, dockerignored
-from stable_diffusion_xl.weights import load_manifest
+from stable_diffusion_xl.weights.layout import load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the project venv's console scripts: instill, serve

@@ -9,7 +9,7 @@ import io
 import jsonschema
 from PIL import Image
 
-from stable_diffusion_xl import client
+from stable_diffusion_xl.serving import client
 
 OUTPUT_SCHEMA = {
     "$schema": "http://json-schema.org/draft-07/schema#",

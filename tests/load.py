@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from stable_diffusion_xl.client import grpc_call
+from stable_diffusion_xl.serving.client import grpc_call
 
 OK = grpc.StatusCode.OK.name
 LOST = grpc.StatusCode.DEADLINE_EXCEEDED.name  # neither answered nor failed within the call's deadline

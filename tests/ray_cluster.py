@@ -29,7 +29,7 @@ import psutil
 from ray.util.state import list_nodes
 from ray.util.state.exception import RayStateApiException
 
-from stable_diffusion_xl.local_serve import PROTOGEN_DIR, Ports, deploy_dir, free_port
+from stable_diffusion_xl.serving.local_serve import PROTOGEN_DIR, Ports, deploy_dir, free_port
 
 RAY = Path(sys.executable).parent / "ray"
 T = TypeVar("T")

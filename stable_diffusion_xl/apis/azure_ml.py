@@ -1,0 +1,81 @@
+"""Azure ML's online endpoint for SDXL: `POST /score`.
+
+    {"input_data": {"columns": ["prompt"], "data": ["a photo of ..."], "index": [0]},
+     "parameters": {"num_inference_steps": 40, "guidance_scale": 7.5}}
+
+`data` holds one row per image: a prompt string, or a list of values in the order of `columns` (`prompt`,
+and `negative_prompt` when given). The answer has one object per row: {"prompt", "generated_image": bare
+base64 JPEG, "nsfw_content_detected": the safety filter's verdict, null when it is off}. Errors have the
+Azure REST shape {"error": {"code", "message", "target"}}.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from starlette.responses import JSONResponse
+
+from ..generation.request import InvalidRequest, TextToImageRequest, excerpt, key_name
+from ..serving.encoding import encode_all, to_base64
+from ..serving.limits import Limits
+from ..serving.transport import HttpCall
+from .vocabulary import Vocabulary, json_object
+
+COLUMNS = ("prompt", "negative_prompt")
+VOCABULARY = Vocabulary({"num_inference_steps": "steps"}, without=["n"],  # one image per row
+                        own=["input_data", "columns", "index", "parameters"])
+
+
+class AzureScore(HttpCall):
+    api = "azure-ml"
+
+    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+        body = json_object(await self.json_body(limits), "body")
+        unknown = sorted(set(body) - {"input_data", "parameters"})
+        if unknown:
+            raise InvalidRequest(key_name(unknown[0]), "unknown key; the body has input_data and parameters")
+        parameters = json_object(body.get("parameters", {}), "parameters")
+        clash = sorted(set(parameters) & set(COLUMNS))
+        if clash:
+            raise InvalidRequest(f"parameters.{clash[0]}", "is a column: give it in input_data")
+        columns, rows = _columns_and_rows(json_object(body.get("input_data"), "input_data"))
+        requests = []
+        for index, row in enumerate(rows):
+            values = row if isinstance(row, list) else [row] if len(columns) == 1 else None
+            if values is None or len(values) != len(columns):
+                raise InvalidRequest(f"input_data.data[{index}]", f"must hold a value per column ({len(columns)})")
+            try:
+                requests.append(VOCABULARY.request({**parameters, **dict(zip(columns, values))}, limits, len(requests)))
+            except InvalidRequest as error:
+                raise error.within(f"input_data.data[{index}]." if error.field in COLUMNS else "parameters.") from None
+        return requests
+
+    def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
+        images = encode_all(generations, to_base64, "jpeg", jpeg_quality)
+        return JSONResponse([
+            {"prompt": request.prompt, "generated_image": image,
+             "nsfw_content_detected": generation.filtered[0] if generation.safety_checked else None}
+            for request, generation, (image,) in zip(requests, generations, images)
+        ])
+
+    def error_body(self, error: InvalidRequest) -> dict:
+        code = HTTPStatus(error.http_status).phrase.replace(" ", "")  # BadRequest, Unauthorized, ...
+        return {"error": {"code": code, "message": str(error), "target": error.field}}
+
+
+def _columns_and_rows(input_data: dict) -> tuple[list[str], list]:
+    """pandas' "split" orientation, as Azure ML sends it; the row labels (`index`) must match but are not used."""
+    unknown = sorted(set(input_data) - {"columns", "data", "index"})
+    if unknown:
+        raise InvalidRequest(f"input_data.{key_name(unknown[0])}", "unknown key; it has columns, data and index")
+    columns, rows = input_data.get("columns", ["prompt"]), input_data.get("data")
+    if (not isinstance(columns, list) or not all(isinstance(column, str) for column in columns)
+            or "prompt" not in columns or not set(columns) <= set(COLUMNS) or len(set(columns)) < len(columns)):
+        raise InvalidRequest("input_data.columns", f"must list prompt, and negative_prompt when given; got "
+                                                   f"{excerpt(columns)}")
+    if not isinstance(rows, list) or not rows:
+        raise InvalidRequest("input_data.data", "must be a list with a row per image")
+    labels = input_data.get("index", rows)
+    if not isinstance(labels, list) or len(labels) != len(rows):
+        raise InvalidRequest("input_data.index", "must be a list with an item per row of data")
+    return columns, rows

@@ -1,0 +1,105 @@
+"""Replicate's cog container API, with cog-sdxl's input names: `POST /predictions` and `GET /health-check`.
+
+    {"input": {"prompt": ..., "width": 1344, "height": 768, "num_outputs": 2, "scheduler": "K_EULER", ...}}
+
+The answer is {"status": "succeeded", "output": [data URIs], "metrics": {"predict_time"}, "logs"}, or
+{"status": "failed", "error"} when the generation fails or every image is flagged (cog-sdxl leaves flagged
+images out). Invalid input is 422 with the {"detail": [{"loc", "msg", "type"}]} of cog's FastAPI server.
+Defaults are this deployment's (40 steps, the refiner ensemble), not cog-sdxl's.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
+from ..generation.schedulers import SCHEDULERS
+from ..generation.sizes import NATIVE_SIZES
+from ..serving.encoding import encode_all, to_data_uri
+from ..serving.limits import Limits
+from ..serving.transport import HttpCall
+from .vocabulary import Vocabulary, choose, json_object
+
+# cog-sdxl's scheduler names (PNDM and KLMS have no counterpart here); ours are taken too.
+COG_SCHEDULERS = {"K_EULER": "euler", "K_EULER_ANCESTRAL": "euler-a", "DDIM": "ddim",
+                  "DPMSolverMultistep": "dpm++-2m", "KarrasDPM": "dpm++-2m-karras", "HeunDiscrete": "heun"}
+REFINE = {"expert_ensemble_refiner": True, "no_refiner": False}  # base_image_refiner is img2img: not served
+SIZES = {size: ratio for ratio, size in NATIVE_SIZES.items()}
+# cog-sdxl inputs for image-to-image, inpainting and weights fetched by URL: this deployment makes images from text.
+UNSUPPORTED = ("image", "mask", "prompt_strength", "refine_steps", "replicate_weights")
+# No watermark is added; and the deployment's safety filter is not the caller's to disable.
+IGNORED = ("apply_watermark", "disable_safety_checker")
+VOCABULARY = Vocabulary({"num_outputs": "n", "num_inference_steps": "steps", "refine": "refiner"},
+                        without=["aspect-ratio"], own=["input", "id", "width", "height", *UNSUPPORTED, *IGNORED])
+NSFW = "NSFW content detected. Try running it again, or try a different prompt."
+
+
+class CogPrediction(HttpCall):
+    api = "cog"
+
+    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+        body = json_object(await self.json_body(limits), "body")
+        unknown = sorted(set(body) - {"input", "id"})
+        if unknown:
+            raise InvalidRequest("body", "unknown key; a prediction has input (and id); webhooks are not served")
+        self.id = body.get("id")
+        if not isinstance(self.id, (str, type(None))):
+            raise InvalidRequest("id", f"must be a string, got {excerpt(self.id)}")
+        try:
+            return [self._request(dict(json_object(body.get("input"), "input")), limits)]
+        except InvalidRequest as error:
+            raise error.within("input.") from None
+
+    @staticmethod
+    def _request(fields: dict, limits: Limits) -> TextToImageRequest:
+        for name in UNSUPPORTED:
+            if name in fields:
+                raise InvalidRequest(name, "is not served: this deployment makes images from text")
+        for name in IGNORED:
+            if not isinstance(fields.pop(name, False), bool):
+                raise InvalidRequest(name, "must be true or false")
+        size = (fields.pop("width", 1024), fields.pop("height", 1024))
+        if not all(type(side) is int for side in size) or size not in SIZES:
+            allowed = ", ".join(f"{width}x{height}" for width, height in SIZES)
+            raise InvalidRequest("width", f"width x height must be one of {allowed}; got {excerpt(size[0])}x"
+                                          f"{excerpt(size[1])}")
+        if "scheduler" in fields:
+            name = choose(fields["scheduler"], "scheduler", [*COG_SCHEDULERS, *SCHEDULERS])
+            fields["scheduler"] = COG_SCHEDULERS.get(name, name)
+        if "refine" in fields:
+            fields["refine"] = REFINE[choose(fields["refine"], "refine", REFINE)]
+        return VOCABULARY.request(fields, limits, settled={"aspect-ratio": SIZES[size]})
+
+    def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
+        (generation,) = generations
+        (images,) = encode_all(generations, to_data_uri, "jpeg", jpeg_quality)
+        kept = [image for image, unsafe in zip(images, generation.filtered) if not unsafe]
+        logs = "".join(f"Using seed: {seed}\n" for seed in generation.seeds)
+        logs += "".join(f"NSFW content detected in image {index}\n"
+                        for index, unsafe in enumerate(generation.filtered) if unsafe)
+        outcome = {"status": "succeeded", "output": kept} if kept else {"status": "failed", "error": NSFW}
+        return self._prediction(outcome, logs, sum(generation.timings.values()))
+
+    def failed(self, error: Exception) -> JSONResponse:
+        return self._prediction({"status": "failed", "error": f"the generation failed ({type(error).__name__})"})
+
+    def _prediction(self, outcome: dict, logs: str = "", seconds: float | None = None) -> JSONResponse:
+        metrics = {"predict_time": round(seconds, 4)} if seconds is not None else {}
+        return JSONResponse({**({"id": self.id} if self.id else {}), **outcome, "logs": logs, "metrics": metrics})
+
+    def error_status(self, error: InvalidRequest) -> int:
+        return 422 if error.http_status == 400 else error.http_status
+
+    def error_body(self, error: InvalidRequest) -> dict:
+        if error.http_status != 400:
+            return {"detail": str(error)}
+        return {"detail": [{"loc": ["body", *error.field.split(".")], "msg": error.reason, "type": "value_error"}]}
+
+
+class CogHealth(HttpCall):
+    """`GET /health-check`, which cog clients poll before they predict."""
+
+    api, at_once = "cog", True
+
+    def answer_at_once(self, status: dict) -> JSONResponse:
+        return JSONResponse({"status": "READY", "setup": {"status": "succeeded"}})

@@ -1,0 +1,77 @@
+"""The OpenAI Images API: `POST /v1/images/generations` and `GET /v1/models`, so that the OpenAI SDKs work
+against this deployment once their base URL points at it.
+
+SDXL's own parameters (negative_prompt, seed, steps, guidance_scale, scheduler, lora, ...) are extra body
+fields, which the SDKs send with `extra_body`. Errors have OpenAI's shape, so that an SDK raises its own
+BadRequestError (AuthenticationError for a key) with our message.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.responses import JSONResponse
+
+from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
+from ..generation.sizes import NATIVE_SIZES
+from ..serving.encoding import encode_all, to_base64, to_data_uri
+from ..serving.limits import Limits
+from ..serving.transport import HttpCall
+from .vocabulary import Vocabulary, choose, json_object
+
+SIZES = {f"{width}x{height}": ratio for ratio, (width, height) in NATIVE_SIZES.items()}
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+RESPONSE_FORMATS = ("b64_json", "url")  # a url is a data: URL: the deployment hosts no files
+# OpenAI's parameters that mean nothing to SDXL, taken so that a client's existing call works unchanged.
+IGNORED = ("model", "user", "quality", "style", "background", "moderation")
+VOCABULARY = Vocabulary({}, without=["aspect-ratio"], own=["size", "response_format", "output_format",
+                                                            "output_compression", "stream", *IGNORED])
+SDXL_RELEASED = 1690329600  # 2023-07-26, SDXL 1.0's release: the model's "created" time
+
+
+class OpenAIImages(HttpCall):
+    """`POST /v1/images/generations`: {"created", "data": [{"b64_json"} or {"url"}], "size", "output_format",
+    "seeds"}."""
+
+    api = "openai"
+
+    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+        fields = dict(json_object(await self.json_body(limits), "body"))
+        self.response_format = choose(fields.pop("response_format", "b64_json"), "response_format", RESPONSE_FORMATS)
+        self.output_format = choose(fields.pop("output_format", "png"), "output_format", OUTPUT_FORMATS)
+        self.quality = fields.pop("output_compression", None)  # None: the deployment's JPEG quality
+        if self.quality is not None and (type(self.quality) is not int or not 0 <= self.quality <= 100):
+            raise InvalidRequest("output_compression", f"must be an integer from 0 to 100, got {excerpt(self.quality)}")
+        if fields.pop("stream", False) is not False:
+            raise InvalidRequest("stream", "must be false: this deployment answers with the finished images")
+        for name in IGNORED:
+            if not isinstance(fields.pop(name, ""), str):
+                raise InvalidRequest(name, "must be a string")
+        size = choose(fields.pop("size", "auto"), "size", ["auto", *SIZES])
+        return [VOCABULARY.request(fields, limits, settled={"aspect-ratio": SIZES.get(size, "1:1")})]
+
+    def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
+        (generation,) = generations
+        encoder = to_data_uri if self.response_format == "url" else to_base64
+        quality = jpeg_quality if self.quality is None else self.quality
+        (images,) = encode_all(generations, encoder, self.output_format, quality)
+        body = {"created": int(time.time()), "data": [{self.response_format: image} for image in images],
+                "size": f"{generation.width}x{generation.height}", "output_format": self.output_format,
+                "seeds": generation.seeds}
+        if generation.safety_checked:  # flagged images are black
+            body["content_filtered"] = [index for index, unsafe in enumerate(generation.filtered) if unsafe]
+        return JSONResponse(body)
+
+    def error_body(self, error: InvalidRequest) -> dict:
+        code = "invalid_api_key" if error.http_status == 401 else None
+        return {"error": {"message": str(error), "type": "invalid_request_error", "param": error.field, "code": code}}
+
+
+class OpenAIModels(HttpCall):
+    """`GET /v1/models`: the one model this deployment serves."""
+
+    api, at_once = "openai", True
+
+    def answer_at_once(self, status: dict) -> JSONResponse:
+        model = {"id": status["model"], "object": "model", "created": SDXL_RELEASED, "owned_by": "stabilityai"}
+        return JSONResponse({"object": "list", "data": [model]})

@@ -1,0 +1,3 @@
+"""Images from requests, without Ray: the typed request (request), the engine that batches and runs base and
+refiner (engine), and what it drives: image sizes (sizes), samplers (schedulers), long weighted prompts
+(prompts), LoRA adapters (adapters), the safety filter (safety) and torch.compile (compile)."""

@@ -1,0 +1,379 @@
+"""SDXL base + refiner as an ensemble of experts, loaded once, generating batches of requests.
+
+The base denoises the high-noise part of the schedule (`denoising_end=high_noise_frac`) and
+hands its latents to the refiner, which finishes the low-noise part
+(`denoising_start=high_noise_frac`): 40 UNet calls for 40 steps, not the 52 of refining a
+finished image. Usable without Ray: `Engine.load(...).generate([TextToImageRequest(...)])`.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import logging
+import math
+import secrets
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..weights.layout import DEFAULT_WEIGHTS_DIR, WeightPaths
+from .adapters import DEFAULT_MAX_LORAS, ResidentAdapters
+from .compile import compile_pipelines, compiled_graphs, refuse_adapters
+from .request import MAX_SEED, InvalidRequest, TextToImageRequest, nth_seed
+from .safety import SafetyChecker
+from .schedulers import hand_off_problem, make_scheduler, unet_calls
+from .sizes import ASPECT_RATIOS, image_size
+
+log = logging.getLogger(__name__)
+STAGES = ("text_encoders", "base", "refiner", "vae_decode")
+DEFAULT_MAX_BATCH_SIZE = 4  # images per UNet batch
+# diffusers logs the part of a prompt beyond CLIP's 77 tokens, at WARNING. Prompts stay out of the logs.
+for _pipeline in ("pipeline_stable_diffusion_xl", "pipeline_stable_diffusion_xl_img2img"):
+    logging.getLogger(f"diffusers.pipelines.stable_diffusion_xl.{_pipeline}").setLevel(logging.ERROR)
+
+
+@dataclass
+class Generation:
+    """The images of one request, the seed each was made with, where the time went (seconds), and
+    what had to be recovered on the way (NaN re-decodes, out-of-memory batch splits)."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    width: int
+    height: int
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    events: Counter = field(default_factory=Counter)
+    # Per image: the safety checker flagged it, and it was replaced by a black image of the same size.
+    filtered: list[bool] = field(default_factory=list)
+    safety_checked: bool = False  # a safety checker looked at the images (otherwise none is flagged)
+    # CLIP tokens of the prompt and of the negative prompt, weighting syntax removed: {"prompt": 213, ...}
+    tokens: dict[str, int] = field(default_factory=dict)
+
+
+class OutOfMemory(RuntimeError):
+    """Even one image does not fit. Instill Core reports "failed to allocate memory" as out of memory."""
+
+
+class NaNImage(RuntimeError):
+    """An image decoded to NaN even in fp32: its latents are broken, and a black image is no answer."""
+
+
+class Cancelled(RuntimeError):
+    """The caller cancelled: the generation stopped at the next denoising step."""
+
+
+class Progress:
+    """What a caller shares with its generation: the denoising steps done so far (one per UNet batch call)
+    out of the `total` planned, the stage running them, and `cancel()`, which stops the generation at the
+    end of the step under way. Read from other threads, to report progress while the images are made."""
+
+    def __init__(self):
+        self.steps = 0
+        self.total = 0  # planned when the generation starts (an out-of-memory split adds steps)
+        self.stage = "waiting"  # then "base" and "refiner", batch by batch
+        self._stop = threading.Event()
+        self._cancelled_at_step: int | None = None
+
+    def cancel(self) -> None:
+        if not self._stop.is_set():
+            self._cancelled_at_step = self.steps
+            self._stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    def stop_if_cancelled(self) -> None:
+        if self.cancelled:
+            raise Cancelled(f"cancelled at step {self._cancelled_at_step}; stopped after step {self.steps}")
+
+    def on_step_end(self, pipeline, step: int, timestep, tensors: dict) -> dict:
+        """diffusers' step-end callback: count the step, and interrupt the pipeline once cancelled."""
+        self.steps += 1
+        if self.cancelled:
+            pipeline._interrupt = True  # diffusers' way to skip the remaining steps of a pipeline call
+        return {}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One image to make: the index of its request, and its own prompt, negative prompt and seed."""
+
+    request_index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+
+
+def choose_device() -> tuple[str, torch.dtype]:
+    """fp16 on a GPU; fp32 on the CPU, where fp16 is slow and poorly supported."""
+    return ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
+
+
+class Engine:
+    def __init__(self, base, refiner, *, device: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, demo: bool = False,
+                 lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS, safety_checker=None):
+        self.base, self.refiner, self.device = base, refiner, device
+        self.max_batch_size, self.demo = max_batch_size, demo
+        self.safety_checker = safety_checker  # a SafetyChecker (stable_diffusion_xl/safety.py) or None: off
+        # LoRA adapters live in the base only: the refiner never saw their subject or style.
+        self.adapters = ResidentAdapters(base, lora_dir, max_loras)
+        self.vae = base.vae
+        from .prompts import PromptEncoder  # compel: long prompts and weighting syntax
+
+        self.prompts = PromptEncoder(base, refiner)
+        # The native square size the UNet was trained at: 1024 for SDXL, 256 for the demo weights.
+        self.resolution = base.unet.config.sample_size * base.vae_scale_factor
+        self._lock = threading.Lock()  # one generation at a time: the pipelines keep scheduler state
+        # Each sampler is built from the checkpoint's own scheduler config (its training noise schedule).
+        self.scheduler_configs = {"base": base.scheduler.config, "refiner": refiner.scheduler.config}
+        self.healthy = True  # False after a device error that leaves the GPU unusable
+        self.compiled = False
+        self.set_progress_bars(False)
+
+    @classmethod
+    def load(cls, weights_dir=DEFAULT_WEIGHTS_DIR, *, demo: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+             device: str | None = None, lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS,
+             safety_checker: bool = False, safety_checker_dir: Path | None = None, compile: bool = False) -> Engine:
+        """Load base and refiner from disk (safetensors only), sharing text_encoder_2, tokenizer_2 and the VAE.
+        With `compile`, their networks are compiled on their first calls: run warm_up() before serving."""
+        from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+        paths = WeightPaths.locate(weights_dir, demo=demo)
+        lora_dir = lora_dir or paths.loras
+        if compile:
+            refuse_adapters(lora_dir)  # before the weights are read, not after
+        device, dtype = (device, torch.float16 if device == "cuda" else torch.float32) if device else choose_device()
+        if demo:
+            log.warning("loading the DEMO weights from %s: tiny random models, their images are noise", paths.base)
+            if device == "cpu":
+                torch.set_num_threads(1)  # models this small only lose time to thread synchronisation
+        if dtype == torch.float16 and (paths.vae_fp16_fix / "config.json").is_file():
+            vae = AutoencoderKL.from_pretrained(paths.vae_fp16_fix, dtype=dtype, use_safetensors=True)
+        else:
+            # SDXL's own VAE overflows in fp16 (what diffusers' force_upcast is for): decode in fp32.
+            vae = AutoencoderKL.from_pretrained(
+                paths.base, subfolder="vae", dtype=torch.float32, variant="fp16", use_safetensors=True
+            )
+        base = StableDiffusionXLPipeline.from_pretrained(
+            paths.base, dtype=dtype, variant="fp16", use_safetensors=True, vae=vae
+        )
+        refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+            paths.refiner, dtype=dtype, variant="fp16", use_safetensors=True,
+            text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2, vae=base.vae,
+        )
+        base.to(device)
+        refiner.to(device)
+        # Decode one image at a time: a batch of 1024² decodes would need several GB at once.
+        base.vae.enable_slicing()
+        # The safety checker, when asked for, must be there: a deployment that filters never runs without it.
+        checker = SafetyChecker.load(safety_checker_dir or paths.safety_checker, device, dtype) if safety_checker \
+            else None
+        engine = cls(base, refiner, device=device, max_batch_size=max_batch_size, demo=demo, lora_dir=lora_dir,
+                     max_loras=max_loras, safety_checker=checker)
+        if compile:
+            engine._compile()
+        return engine
+
+    def _compile(self) -> None:
+        """Compile both UNets and the VAE decoder (stable_diffusion_xl/compile.py); the compiler runs on their first
+        calls, which warm_up() makes."""
+        # The NaN re-decode's fp32 VAE stays eager and is copied now: a copy of a compiled module calls the original.
+        self._fp32_vae = _fp32_copy(self.vae)
+        compile_pipelines(self.base, self.refiner, self.device)
+        self.compiled = True
+
+    def set_progress_bars(self, enabled: bool) -> None:
+        self.base.set_progress_bar_config(disable=not enabled, desc="base")
+        self.refiner.set_progress_bar_config(disable=not enabled, desc="refiner")
+
+    def warm_up(self) -> None:
+        """One tiny generation per aspect ratio, so no user waits for first-call kernel selection. Compiled, one per
+        shape a request can give the networks (every aspect ratio, batch size and guidance on and off), so no user
+        waits for the compiler either."""
+        batch_sizes = range(1, self.max_batch_size + 1) if self.compiled else (1,)
+        guidances = (7.5, 1.0) if self.compiled else (7.5,)  # guidance doubles the UNets' batch
+        started, graphs = time.perf_counter(), compiled_graphs()
+        for ratio, n, guidance in itertools.product(ASPECT_RATIOS, batch_sizes, guidances):
+            self.generate([TextToImageRequest(prompt="warm-up", aspect_ratio=ratio, n=n, guidance_scale=guidance,
+                                              steps=2, high_noise_frac=0.5, seed=1)])
+        if self.compiled:
+            log.info("compiled %d graphs of the UNets and the VAE decoder while warming up in %.1f s",
+                     compiled_graphs() - graphs, time.perf_counter() - started)
+
+    def size_of(self, request: TextToImageRequest) -> tuple[int, int]:
+        return image_size(request.aspect_ratio, self.resolution)
+
+    def generate(self, requests: Sequence[TextToImageRequest], progress: Progress | None = None) -> list[Generation]:
+        """Images for each request, in order. Requests with the same batch key share UNet batches.
+
+        `progress.cancel()`, from any thread, stops the generation at the end of the step under way
+        and raises Cancelled, also while the call still waits for the engine.
+        """
+        progress = progress or Progress()
+        for request in requests:  # the deployment checks this when it parses; other callers get it here
+            problem = request.refiner and hand_off_problem(
+                request.scheduler, self.scheduler_configs["base"], request.steps, request.high_noise_frac)
+            if problem:
+                raise InvalidRequest("high-noise-frac", problem)
+        seeds = [request.seed or secrets.randbelow(MAX_SEED) + 1 for request in requests]
+        results = [Generation([], [], *self.size_of(request), safety_checked=self.safety_checker is not None)
+                   for request in requests]
+        groups: dict[tuple, list[_Job]] = defaultdict(list)
+        for index, (request, seed) in enumerate(zip(requests, seeds)):
+            key = (request.batch_key, self.prompts.batch_key(request.prompt, request.negative_prompt))
+            groups[key] += [
+                _Job(index, request.prompt, request.negative_prompt, nth_seed(seed, i)) for i in range(request.n)
+            ]
+        with self._lock, torch.inference_mode():
+            progress.total = sum(
+                math.ceil(len(jobs) / self.max_batch_size)
+                * unet_calls(requests[jobs[0].request_index].scheduler, self.scheduler_configs["base"],
+                             requests[jobs[0].request_index].steps)
+                for jobs in groups.values()
+            )
+            try:
+                for jobs in groups.values():
+                    for start in range(0, len(jobs), self.max_batch_size):
+                        progress.stop_if_cancelled()
+                        self._run_or_split(requests, jobs[start : start + self.max_batch_size], results, progress)
+            except Exception as error:
+                if _is_device_failure(error):
+                    self.healthy = False
+                raise
+        return results
+
+    def _run_or_split(self, requests, chunk: list[_Job], results: list[Generation], progress: Progress) -> None:
+        """Run one batch; when it does not fit in memory, run each half instead, down to one image."""
+        try:
+            images, timings, redecoded, flagged = self._run(requests[chunk[0].request_index], chunk, progress)
+        except torch.cuda.OutOfMemoryError:
+            self._free_memory()
+            if len(chunk) == 1:
+                width, height = self.size_of(requests[chunk[0].request_index])
+                raise OutOfMemory(
+                    f"failed to allocate memory for one {width}x{height} image on {self.device}"
+                ) from None
+            log.warning("out of memory on a batch of %d images: splitting it", len(chunk))
+            for index in {job.request_index for job in chunk}:
+                results[index].events["oom_splits"] += 1
+            half = len(chunk) // 2
+            self._run_or_split(requests, chunk[:half], results, progress)
+            self._run_or_split(requests, chunk[half:], results, progress)
+            return
+        for position, (job, image, unsafe) in enumerate(zip(chunk, images, flagged)):
+            results[job.request_index].images.append(image)
+            results[job.request_index].seeds.append(job.seed)
+            results[job.request_index].filtered.append(unsafe)
+            results[job.request_index].events["nan_redecodes"] += position in redecoded
+        for index in {job.request_index for job in chunk}:
+            results[index].tokens = self.prompts.token_counts(requests[index].prompt, requests[index].negative_prompt)
+            for stage, seconds in timings.items():
+                results[index].timings[stage] = results[index].timings.get(stage, 0.0) + seconds
+
+    def _free_memory(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    def _run(self, batch: TextToImageRequest, jobs: list[_Job], progress: Progress
+             ) -> tuple[list[Image.Image], dict, set[int], list[bool]]:
+        """One UNet batch: every job shares `batch`'s size, steps, guidance and hand-off (its batch key).
+        Returns the images (black where the safety checker flagged one), the seconds per stage, which images
+        were decoded again, and which were flagged."""
+        width, height = self.size_of(batch)
+        # A CPU generator per image makes image i depend on its own seed only, on any device and batch.
+        generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
+        use_refiner, guidance = batch.refiner, batch.guidance_scale
+        self.adapters.use(batch.lora, batch.lora_scale)  # before encoding: an adapter may train the text encoders
+        self.base.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["base"],
+                                             denoising_end=batch.high_noise_frac if use_refiner else None)
+        self.refiner.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["refiner"])
+        clock = _Clock(self.device)
+
+        base_embeds = self._encode(self.base, jobs, guidance)
+        refiner_embeds = self._encode(self.refiner, jobs, guidance) if use_refiner else None
+        clock.lap("text_encoders")
+
+        progress.stage = "base"
+        latents = self.base(
+            **base_embeds, width=width, height=height, num_inference_steps=batch.steps,
+            guidance_scale=guidance, denoising_end=batch.high_noise_frac if use_refiner else None,
+            generator=generators, output_type="latent", callback_on_step_end=progress.on_step_end,
+        ).images
+        progress.stop_if_cancelled()
+        clock.lap("base")
+        if use_refiner:
+            progress.stage = "refiner"
+            latents = self.refiner(
+                **refiner_embeds, image=latents, num_inference_steps=batch.steps, guidance_scale=guidance,
+                denoising_start=batch.high_noise_frac, generator=generators, output_type="latent",
+                callback_on_step_end=progress.on_step_end,
+            ).images
+            progress.stop_if_cancelled()
+        clock.lap("refiner")
+        images, redecoded = self.decode(latents)
+        clock.lap("vae_decode")
+        flagged = [False] * len(images)
+        if self.safety_checker:  # the whole batch at once, on the pipelines' device
+            flagged = self.safety_checker.flagged(images)
+            images = [Image.new("RGB", image.size) if unsafe else image for image, unsafe in zip(images, flagged)]
+            clock.lap("safety_checker")
+        return images, clock.laps, redecoded, flagged
+
+    def _encode(self, pipeline, jobs: list[_Job], guidance: float) -> dict[str, torch.Tensor]:
+        # Without a negative prompt, None lets the base use zero embeddings, as SDXL was trained.
+        negatives = [job.negative_prompt for job in jobs] if jobs[0].negative_prompt else None
+        return self.prompts.encode(pipeline, [job.prompt for job in jobs], negatives, guidance > 1)
+
+    def decode(self, latents: torch.Tensor) -> tuple[list[Image.Image], set[int]]:
+        """Latents to PIL images, and which of them had NaNs and were decoded again in fp32.
+
+        A fp16 VAE can overflow to NaN, which postprocessing turns into a black image.
+        """
+        pixels = _decode_with(self.vae, latents)
+        broken = torch.isnan(pixels).flatten(1).any(dim=1)
+        if broken.any():
+            log.warning("%d image(s) decoded to NaN: decoding them again in fp32", int(broken.sum()))
+            pixels[broken] = _decode_with(self._fp32_vae, latents[broken]).to(pixels.dtype)
+            if torch.isnan(pixels[broken]).any():
+                raise NaNImage("the latents of an image are NaN; it cannot be decoded (try another seed)")
+        redecoded = {int(i) for i in broken.nonzero().flatten()}
+        return self.base.image_processor.postprocess(pixels, output_type="pil"), redecoded
+
+    @functools.cached_property
+    def _fp32_vae(self):
+        return _fp32_copy(self.vae)
+
+
+def _fp32_copy(vae):
+    return vae if vae.dtype == torch.float32 else copy.deepcopy(vae).to(torch.float32)
+
+
+def _decode_with(vae, latents: torch.Tensor) -> torch.Tensor:
+    return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+
+
+def _is_device_failure(error: Exception) -> bool:
+    """CUDA errors other than out-of-memory leave the context unusable: the replica must be replaced."""
+    return isinstance(error, getattr(torch, "AcceleratorError", ())) or "CUDA error" in str(error)
+
+
+class _Clock:
+    """Wall time per stage; waits for the GPU so a stage is charged for its own kernels."""
+
+    def __init__(self, device: str):
+        self.device, self.laps, self._last = device, {}, time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.laps[stage], self._last = now - self._last, now

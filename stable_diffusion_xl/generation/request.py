@@ -1,0 +1,224 @@
+"""One typed text-to-image request: its fields, defaults, ranges, parsing and validation.
+
+Every surface (gRPC task inputs, HTTP JSON, the CLI) builds a `TextToImageRequest`; the
+dataclass checks its own fields, so an invalid request cannot reach the engine. The field
+metadata is also what the CLI flags and README's parameter table are written from.
+
+Errors quote user values only as short, escaped excerpts, so an error fits in a gRPC status
+and a hostile value is never sent back, logged or used as a metric label whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from .sizes import ASPECT_RATIOS
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 4000
+EXCERPT_CHARS = 24
+
+
+class InvalidRequest(ValueError):
+    """A request field is missing, of the wrong type or out of range; `http_status` is 400 unless the
+    whole HTTP request is refused (404 route, 405 method, 413 body size)."""
+
+    def __init__(self, field_name: str, reason: str, http_status: int = 400):
+        super().__init__(f"{field_name}: {reason}")
+        self.field, self.reason, self.http_status = field_name, reason, http_status
+
+    def within(self, prefix: str) -> InvalidRequest:
+        """The same error, with the field named from an enclosing object."""
+        return InvalidRequest(f"{prefix}{self.field}", self.reason, self.http_status)
+
+    @property
+    def label(self) -> str:
+        """The field's name for logs and metric labels: a known name, never user text."""
+        leaf = re.sub(r"\[\d+\]", "", self.field).rsplit(".", 1)[-1]
+        return leaf if leaf in KNOWN_FIELDS else "unknown-key"
+
+
+def excerpt(value: Any) -> str:
+    """A value as an error may quote it: short, escaped, ASCII; containers are only described."""
+    if isinstance(value, str):
+        shown = value[:EXCERPT_CHARS]
+        # Escaped (control characters, lone surrogates, anything not ASCII), a character can take 12: keep the
+        # excerpt itself short too.
+        while len(json.dumps(shown)) > 2 * EXCERPT_CHARS + 2:
+            shown = shown[:-1]
+        quoted = json.dumps(shown)
+        return quoted if shown == value else f"{quoted[:-1]}...\" ({len(value)} characters)"
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"an object with {len(value)} keys"
+    if isinstance(value, int) and value.bit_length() > 64:  # Python's int() refuses to print past 4300 digits
+        return f"an integer of {value.bit_length()} bits"
+    text = json.dumps(value)  # numbers, true/false, null; NaN and Infinity as JavaScript spells them
+    return text if len(text) <= EXCERPT_CHARS else f"{text[:EXCERPT_CHARS]}... ({len(text)} digits)"
+
+
+def key_name(name: str) -> str:
+    """A key of the caller's, as an error names it: plain names as they are, anything else excerpted."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name) else excerpt(name)
+
+
+def _option(default, description, *, minimum=None, maximum=None, choices=None, shown=None):
+    """A request field; `shown` is its default as README writes it, where the value itself would not say."""
+    return field(
+        default=default,
+        metadata={"description": description, "minimum": minimum, "maximum": maximum, "choices": choices,
+                  "shown": shown},
+    )
+
+
+@dataclass(frozen=True)
+class TextToImageRequest:
+    prompt: str = field(metadata={"description": "What the image should show."})
+    negative_prompt: str = _option("", "What the image should not show.")
+    aspect_ratio: str = _option("1:1", "Shape of the image, mapped to SDXL's native ~1 MP size.", choices=ASPECT_RATIOS)
+    n: int = _option(1, "How many images to generate for the prompt.", minimum=1)
+    seed: int = _option(
+        0, f"Seed of image 0; image i uses seed + i, wrapping from {MAX_SEED} to 1. 0 picks a random seed. "
+        "Every seed reported back regenerates its image alone.",
+        minimum=0, maximum=MAX_SEED,
+    )
+    steps: int = _option(40, "Denoising steps, shared between base and refiner.", minimum=1, maximum=100)
+    guidance_scale: float = _option(7.5, "Classifier-free guidance; 1 turns it off.", minimum=1.0, maximum=20.0)
+    high_noise_frac: float = _option(
+        0.8, "Where the refiner takes over, as a fraction of the noise schedule: the base denoises the noisiest "
+        "part. Each expert must get a step.", minimum=0.05, maximum=0.95,
+    )
+    refiner: bool | None = _option(
+        None, "Hand the low-noise steps to the refiner; false runs the base alone. With a LoRA the default is "
+        "false: the refiner never saw the adapter's subject or style.", shown="true (false with a LoRA)",
+    )
+    scheduler: str = _option(DEFAULT_SCHEDULER, "Sampler of base and refiner, by its A1111/ComfyUI name.",
+                             choices=tuple(SCHEDULERS))
+    lora: tuple[str, ...] = _option(
+        (), "LoRA adapters by name (the file stems in the deployment's LoRA folder): one, or a list to stack.",
+        shown="none",
+    )
+    lora_scale: tuple[float, ...] = _option(
+        (), "Strength of the adapters: one number for all, or a list with one per adapter.", minimum=0.0,
+        maximum=2.0, shown="1.0 each",
+    )
+
+    def __post_init__(self):
+        # lora and lora-scale take one value or a list, kept as a tuple (the batch key must be hashable).
+        for name in ("lora", "lora_scale"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
+        if self.refiner is None:
+            object.__setattr__(self, "refiner", not self.lora)
+        for spec in dataclasses.fields(self):
+            _check_field(spec, getattr(self, spec.name))
+        self._resolve_lora_scales()
+        if not self.prompt.strip():
+            raise InvalidRequest("prompt", "must not be empty")
+        for name, text in (("prompt", self.prompt), ("negative-prompt", self.negative_prompt)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise InvalidRequest(name, f"is limited to {MAX_PROMPT_CHARS} characters, got {len(text)}")
+
+    def _resolve_lora_scales(self) -> None:
+        if len(set(self.lora)) < len(self.lora):
+            raise InvalidRequest("lora", "names an adapter more than once")
+        scales = self.lora_scale or (1.0,)
+        if len(scales) == 1:
+            scales *= len(self.lora)
+        if len(scales) != len(self.lora):
+            raise InvalidRequest("lora-scale", f"has {len(self.lora_scale)} scales for {len(self.lora)} adapters; "
+                                               "give one number, or one per adapter")
+        object.__setattr__(self, "lora_scale", tuple(float(scale) for scale in scales))
+
+    @property
+    def batch_key(self) -> tuple:
+        """What must match for two requests to share one UNet batch."""
+        return (self.aspect_ratio, self.steps, self.guidance_scale, self.high_noise_frac, self.refiner,
+                bool(self.negative_prompt), self.scheduler, self.lora, self.lora_scale)
+
+
+
+def nth_seed(first_seed: int, index: int) -> int:
+    """Image `index`'s seed: first_seed + index, wrapped into 1..MAX_SEED so that it can be sent back."""
+    return 1 + (first_seed - 1 + index) % MAX_SEED
+
+
+def wire_name(spec: dataclasses.Field) -> str:
+    return spec.name.replace("_", "-")
+
+
+PARAMETERS = {wire_name(spec): spec for spec in dataclasses.fields(TextToImageRequest) if spec.name != "prompt"}
+# Every name an error's field may end in; anything else is the caller's text (see InvalidRequest.label).
+KNOWN_FIELDS = {*PARAMETERS, "prompt", "model", "data", "parameter", "task input", "task_inputs", "body",
+                "method", "path"}
+
+
+def _check_field(spec: dataclasses.Field, value: Any) -> None:
+    if spec.type.startswith("tuple["):  # each item as a value of the item type
+        for item in value:
+            _check_value(spec, item, _ITEM_TYPES[spec.type])
+    else:
+        _check_value(spec, value, spec.type)
+
+
+def _check_value(spec: dataclasses.Field, value: Any, type_name: str) -> None:
+    name, kind = wire_name(spec), _KINDS[type_name]
+    # bool is an int in Python; a JSON true must not pass as n=1.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise InvalidRequest(name, f"must be {_KIND_NAMES[spec.type]}, got {excerpt(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(name, f"must be a finite number, got {excerpt(value)}")
+    if isinstance(value, str):
+        check_text(name, value)
+    choices, minimum, maximum = (spec.metadata.get(key) for key in ("choices", "minimum", "maximum"))
+    if choices and value not in choices:
+        raise InvalidRequest(name, f"must be one of {', '.join(choices)}; got {excerpt(value)}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise InvalidRequest(name, f"must be {bounds}, got {excerpt(value)}")
+
+
+def check_text(name: str, text: str) -> None:
+    """JSON can carry half of a UTF-16 pair ("\\ud800"), which no tokenizer can read."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(name, "must be valid Unicode text; it holds a lone surrogate (e.g. \\ud800)") from None
+
+
+# Field annotations are strings under `from __future__ import annotations`.
+_KINDS = {"str": str, "int": int, "float": (int, float), "bool": bool, "bool | None": bool}
+_ITEM_TYPES = {"tuple[str, ...]": "str", "tuple[float, ...]": "float"}
+_KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+               "bool | None": "true or false", "tuple[str, ...]": "a string or a list of strings",
+               "tuple[float, ...]": "a number or a list of numbers"}
+
+
+def _from_json(spec: dataclasses.Field, value: Any) -> Any:
+    """JSON and protobuf Struct carry every number as a double: take 2.0 as the integer 2."""
+    if spec.type == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if spec.type == "float" and isinstance(value, int) and not isinstance(value, bool) and value.bit_length() < 64:
+        return float(value)  # larger integers stay integers, for the range check to name (float() would overflow)
+    return value
+
+
+def from_fields(prompt: Any, parameters: dict, where: str = "") -> TextToImageRequest:
+    """Build a request from a prompt and wire-named parameters, rejecting unknown keys."""
+    unknown = sorted(set(parameters) - set(PARAMETERS))
+    if unknown:
+        raise InvalidRequest(f"{where}{key_name(unknown[0])}", f"unknown parameter; known: {', '.join(PARAMETERS)}")
+    if prompt is None:
+        raise InvalidRequest(f"{where}prompt", "is required")
+    values = {PARAMETERS[key].name: _from_json(PARAMETERS[key], value) for key, value in parameters.items()}
+    try:
+        return TextToImageRequest(prompt=prompt, **values)
+    except InvalidRequest as error:
+        raise error.within(where) from None

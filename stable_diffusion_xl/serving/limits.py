@@ -1,0 +1,58 @@
+"""What one call may ask of this deployment: checked for every request, after its own fields."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..generation.adapters import DEFAULT_MAX_LORAS
+from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
+from ..generation.schedulers import hand_off_problem
+from ..weights.layout import SDXL_SCHEDULER_CONFIG
+from ..weights.lora_files import is_plain_name
+from .environment import setting
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one call may ask of this deployment; Instill's schema sets no maximum for n."""
+
+    max_n: int = setting("SDXL_MAX_N", 4, "largest `n` per task input", minimum=1, maximum=64)
+    max_images_per_call: int = setting("SDXL_MAX_IMAGES_PER_CALL", 8, "images per call, over all task inputs",
+                                       minimum=1, maximum=256)
+    max_body_bytes: int = setting("SDXL_MAX_BODY_BYTES", 1 << 20, "largest HTTP body or gRPC CallRequest, in bytes; "
+                                  "a larger one is refused (HTTP 413) before it is read", minimum=1024,
+                                  maximum=64 << 20)
+    body_timeout_s: int = setting("SDXL_BODY_TIMEOUT_S", 10, "seconds an HTTP body may take to arrive; a slower one "
+                                  "is refused (HTTP 408), so stalled uploads cannot hold a replica", minimum=1,
+                                  maximum=600)
+    max_loras: int = setting("SDXL_MAX_LORAS", DEFAULT_MAX_LORAS, "LoRA adapters a replica keeps loaded (the least "
+                             "recently used is unloaded past it); also the most one request may stack", minimum=1,
+                             maximum=64)
+    # Not settings: found when the replica starts, the adapters in its LoRA folder and its weights' scheduler
+    # config (base and refiner split a sampler's steps by its timesteps).
+    lora_names: tuple[str, ...] = ()
+    scheduler_config: Mapping[str, Any] = field(default_factory=lambda: SDXL_SCHEDULER_CONFIG)
+
+    def check(self, request: TextToImageRequest, images_before: int, where: str) -> None:
+        """One input against the deployment, with the images of the call before it; errors name the input's own
+        fields (`where` is its parameters' prefix: "parameter." or "")."""
+        n = request.n
+        if n > self.max_n:
+            raise InvalidRequest(f"{where}n", f"must be from 1 to {self.max_n} on this deployment, got {excerpt(n)}")
+        if images_before + n > self.max_images_per_call:
+            raise InvalidRequest(f"{where}n", f"takes the call to {excerpt(images_before + n)} images; this deployment "
+                                              f"makes at most {self.max_images_per_call} per call")
+        if len(request.lora) > self.max_loras:
+            raise InvalidRequest(f"{where}lora", f"stacks {len(request.lora)} adapters; this deployment keeps at most "
+                                                 f"{self.max_loras} loaded")
+        if request.refiner:
+            problem = hand_off_problem(request.scheduler, self.scheduler_config, request.steps, request.high_noise_frac)
+            if problem:
+                raise InvalidRequest(f"{where}high-noise-frac", problem)
+        for name in request.lora:
+            if not is_plain_name(name) or name not in self.lora_names:
+                shown = ", ".join(self.lora_names[:20]) + (", ..." if len(self.lora_names) > 20 else "")
+                raise InvalidRequest(f"{where}lora", f"no adapter named {excerpt(name)} on this deployment; "
+                                                     f"available: {shown or 'none'}")

@@ -1,0 +1,82 @@
+"""The deployment's settings: its SDXL_* environment variables (serving/environment.py declares and reads them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..generation.engine import DEFAULT_MAX_BATCH_SIZE
+from ..generation.request import excerpt
+from ..weights.layout import DEFAULT_WEIGHTS_DIR
+from .encoding import DEFAULT_JPEG_QUALITY
+from .environment import SettingError, read, setting
+from .limits import Limits
+
+
+@dataclass(frozen=True)
+class Settings:
+    weights_dir: Path = setting("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR, "folder with the fetched weights",
+                                shown="`weights/` beside model.py")
+    lora_dir: Path | None = setting("SDXL_LORA_DIR", None, "folder of LoRA adapters, `<name>.safetensors` each "
+                                    "(read at start-up)", shown="`loras/` beside the models")
+    demo_weights: bool = setting("SDXL_DEMO_WEIGHTS", False, "`1` loads `weights/demo` (noise); never a silent "
+                                 "fallback")
+    max_batch_size: int = setting("SDXL_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an "
+                                  "out-of-memory batch is split and retried)", minimum=1, maximum=64)
+    compile: bool = setting("SDXL_COMPILE", False, "`1` compiles both UNets and the VAE decoder (torch.compile) during "
+                            "the warm-up, which then takes minutes; no LoRA adapters")
+    safety_checker: bool = setting("SDXL_SAFETY_CHECKER", False, "filter unsafe images: a flagged image comes back "
+                                   "black as `content_filtered`; needs `fetch-weights --safety-checker`")
+    safety_checker_dir: Path | None = setting("SDXL_SAFETY_CHECKER_DIR", None, "folder of the safety checker",
+                                              shown="`stable-diffusion-safety-checker/` beside the models")
+    jpeg_quality: int = setting("SDXL_JPEG_QUALITY", DEFAULT_JPEG_QUALITY, "JPEG quality of the returned images",
+                                minimum=1, maximum=100)
+    warm_up: bool = setting("SDXL_WARM_UP", True, "one tiny generation per aspect ratio before the replica "
+                            "reports ready")
+    api_key: str | None = setting("SDXL_API_KEY", None, "the key every generating HTTP route requires as "
+                                  "`Authorization: Bearer <key>`; the GET ping and gRPC stay open", shown="none: open",
+                                  allowed="printable ASCII, no spaces", secret=True)
+    api_key_file: Path | None = setting("SDXL_API_KEY_FILE", None, "a file holding that key instead (a mounted "
+                                        "secret); surrounding whitespace is ignored", shown="none", allowed="a file")
+    limits: Limits = field(default_factory=Limits, metadata={"group": Limits})
+    # Ray Serve: a replica makes one image batch at a time, so it holds one request running and one
+    # ready; the rest wait in Serve's queue, where autoscaling sees them.
+    max_ongoing_requests: int = setting("SDXL_MAX_ONGOING_REQUESTS", 2, "calls a replica holds: one generating, "
+                                        "one ready to start", minimum=1, maximum=1000)
+    max_queued_requests: int = setting("SDXL_MAX_QUEUED_REQUESTS", 100, "calls waiting in Serve's queue before new "
+                                       "ones are refused as busy", minimum=1, maximum=1_000_000)
+    target_ongoing_requests: int = setting("SDXL_TARGET_ONGOING_REQUESTS", 1, "autoscaling adds a replica when "
+                                           "replicas average more than this", minimum=1, maximum=1000)
+    upscale_delay_s: int = setting("SDXL_UPSCALE_DELAY_S", 30, "seconds of load before a replica is added (the "
+                                   "SDK's default is 600)", minimum=0, maximum=86400)
+    downscale_delay_s: int = setting("SDXL_DOWNSCALE_DELAY_S", 1800, "seconds of lower load before a replica is "
+                                     "removed, down to RAY_NUM_OF_MIN_REPLICAS (0 unless set)", minimum=0,
+                                     maximum=86400)
+
+    def __post_init__(self):
+        if self.compile and not self.warm_up:
+            raise SettingError("SDXL_COMPILE=1 needs SDXL_WARM_UP=1: the compiler runs during the warm-up, or else "
+                               "during the first requests")
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> Settings:
+        """Read every setting; an unset or empty variable takes the default."""
+        return read(cls, env)
+
+    def http_api_key(self) -> str | None:
+        """The key HTTP callers must send, from SDXL_API_KEY or the file SDXL_API_KEY_FILE names; None when
+        HTTP is open. Errors name the variable and the file, never the key."""
+        if self.api_key_file is None:
+            key, variable = self.api_key, "SDXL_API_KEY"
+        elif self.api_key is not None:
+            raise SettingError("SDXL_API_KEY and SDXL_API_KEY_FILE are both set: set one")
+        else:
+            variable = f"SDXL_API_KEY_FILE={excerpt(str(self.api_key_file))}"
+            try:
+                key = self.api_key_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as error:
+                raise SettingError(f"{variable}: cannot be read ({type(error).__name__})") from None
+        if key is not None and not (key and key.isascii() and key.isprintable() and " " not in key):
+            raise SettingError(f"{variable}: the key must be printable ASCII without spaces (it travels in a header)")
+        return key

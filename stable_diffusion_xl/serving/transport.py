@@ -1,0 +1,182 @@
+"""What every call is, whatever it came in on: parse, answer and reject in the caller's own dialect.
+
+The model's `__call__` asks `routes.incoming` once which `Call` it has. Below that nothing tells gRPC
+from HTTP; each dialect (Instill over gRPC and HTTP, the peer APIs, the web page) is a small `Call`
+subclass: its wire format in, `TextToImageRequest`s to the engine, its wire format out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator, Coroutine
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..generation.engine import Generation, Progress
+from ..generation.request import InvalidRequest, TextToImageRequest
+from .limits import Limits
+
+PROGRESS_INTERVAL_S = 0.25  # how often a streaming call reports the steps done
+
+
+class Call:
+    """One call in one dialect. `answer` runs in a worker thread, with the generation, because it
+    encodes the images."""
+
+    api = "unknown"  # the dialect's name in metrics and logs
+    at_once = False  # answered at once from the model's status, with no generation: pings, model lists, the page
+    streams = False  # progress events while the images are made, then the answer
+
+    def authorize(self, api_key: str | None) -> None:
+        """Refuse the call unless it carries `api_key`; gRPC needs none (Core authenticates its own users)."""
+
+    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+        raise NotImplementedError
+
+    def answer(self, requests: list[TextToImageRequest], generations: list[Generation], jpeg_quality: int):
+        raise NotImplementedError
+
+    def reject(self, error: InvalidRequest):
+        raise NotImplementedError
+
+    def failed(self, error: Exception):
+        """The dialect's answer to a generation that failed, or None to let the server report the failure."""
+        return None
+
+    def answer_at_once(self, status: dict):
+        raise NotImplementedError
+
+
+class HttpCall(Call):
+    """An HTTP request to the application's route prefix. Dialects shape their errors with `error_body`
+    (and `error_status` where theirs differ from the error's own)."""
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.streams = "text/event-stream" in request.headers.get("accept", "")
+
+    def authorize(self, api_key: str | None) -> None:
+        sent = self.request.headers.get("authorization", "").encode("latin-1")  # as the header arrived
+        if api_key is not None and not hmac.compare_digest(sent, f"Bearer {api_key}".encode()):
+            raise InvalidRequest("authorization", "this deployment needs its API key, sent as "
+                                                  "`Authorization: Bearer <key>`", http_status=401)
+
+    async def json_body(self, limits: Limits):
+        """The body as JSON; a body over the size limit is refused before it is read whole, and one that does not
+        arrive in time is refused (it would hold one of the replica's few call slots)."""
+        try:
+            body = await asyncio.wait_for(read_body(self.request, limits.max_body_bytes), limits.body_timeout_s)
+        except TimeoutError:
+            raise InvalidRequest("body", f"did not arrive within {limits.body_timeout_s} s", http_status=408) from None
+        except ClientDisconnect:  # nobody reads this answer; it keeps a hang-up out of the error logs
+            raise InvalidRequest("body", "the client hung up before sending it whole") from None
+        try:
+            return json.loads(body)
+        except RecursionError:
+            raise InvalidRequest("body", "is nested too deeply to be a request") from None
+        except json.JSONDecodeError as error:
+            raise InvalidRequest("body", f"must be JSON ({error.msg} at character {error.pos})") from None
+        except ValueError:  # not UTF-8, or an integer too long to read
+            raise InvalidRequest("body", "must be JSON in UTF-8") from None
+
+    def error_body(self, error: InvalidRequest):
+        return {"error": str(error), "field": error.field}
+
+    def error_status(self, error: InvalidRequest) -> int:
+        return error.http_status
+
+    def reject(self, error: InvalidRequest) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None
+        return JSONResponse(self.error_body(error), status_code=self.error_status(error), headers=headers)
+
+    def answer_at_once(self, status: dict):
+        return JSONResponse(status)
+
+    def stream(self, answer: Coroutine, progress: Progress) -> StreamingResponse:
+        """Server-sent events: `progress` as the steps are done, then `result` with the body `answer` makes."""
+        return StreamingResponse(progress_events(answer, progress), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})
+
+
+class StatusPing(HttpCall):
+    """A GET (or HEAD) of the route: Instill Core's scale-from-zero ping."""
+
+    api, at_once = "status", True
+
+
+class Refused(HttpCall):
+    """A request no route takes: an unknown path (404) or a method the path does not allow (405)."""
+
+    api = "http"
+
+    def __init__(self, request: Request, error: InvalidRequest, allow: str | None = None):
+        super().__init__(request)
+        self.error, self.allow = error, allow
+
+    def authorize(self, api_key: str | None) -> None:
+        """Nothing is served here to protect: the caller learns the route is wrong, key or not."""
+
+    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+        raise self.error
+
+    def reject(self, error: InvalidRequest):
+        response = super().reject(error)
+        if self.allow:
+            response.headers["Allow"] = self.allow
+        return response
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """At most `limit` bytes of body: a larger declared length is refused unread, a longer stream midway."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large(limit)
+    return bytes(body)
+
+
+def too_large(limit: int) -> InvalidRequest:
+    return InvalidRequest("body", f"is larger than this deployment's limit of {limit} bytes", http_status=413)
+
+
+def route_path(request: Request) -> str:
+    """The path below the application's route prefix: "/" for the prefix itself."""
+    root, path = request.scope.get("root_path", "").rstrip("/"), request.url.path
+    if root and (path == root or path.startswith(root + "/")):
+        path = path[len(root):]
+    return "/" + path.strip("/")
+
+
+async def progress_events(answer: Coroutine, progress: Progress) -> AsyncIterator[str]:
+    """The events of a streaming call. Its generation runs as a task of this stream, so a caller who hangs
+    up (the stream is cancelled) stops it, as a plain call is stopped."""
+    task = asyncio.ensure_future(answer)
+    try:
+        reported = None
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=PROGRESS_INTERVAL_S)
+            now = {"stage": progress.stage, "step": progress.steps, "steps": max(progress.total, progress.steps)}
+            if now != reported:
+                yield event("progress", json.dumps(now))
+                reported = now
+            if done:
+                break
+        if task.exception() is not None:
+            yield event("error", json.dumps({"error": f"the generation failed ({type(task.exception()).__name__})"}))
+        else:
+            response: Response = task.result()
+            yield event("result", response.body.decode())
+    finally:
+        task.cancel()
+
+
+def event(name: str, data: str) -> str:
+    """One server-sent event; `data` is one line of JSON."""
+    return f"event: {name}\ndata: {data}\n\n"

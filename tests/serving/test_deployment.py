@@ -1,0 +1,103 @@
+"""model.py's deployment: Serve options from the environment, warm-up and health, loaded as the image loads it."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from stable_diffusion_xl.serving.environment import SettingError
+from stable_diffusion_xl.weights.layout import WeightsMissing
+
+MODEL_FILE = Path(__file__).parents[2] / "model.py"
+
+
+@pytest.fixture
+def load_model(monkeypatch, weights_dir):
+    """Import model.py as `_model` (its name in the image) with the given environment."""
+
+    def load(**env):
+        for name, value in {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), **env}.items():
+            monkeypatch.setenv(name, value)
+        spec = importlib.util.spec_from_file_location("_model", MODEL_FILE)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "_model", module)  # so Ray pickles the class by reference
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+def options(module):
+    deployment = module.deployable(module.Settings.from_env())._deployment
+    return deployment.max_ongoing_requests, deployment.max_queued_requests, deployment._deployment_config
+
+
+def test_one_request_running_and_one_ready_per_replica_by_default(load_model):
+    ongoing, queued, config = options(load_model())
+    assert (ongoing, queued) == (2, 100)
+    assert config.autoscaling_config.target_ongoing_requests == 1
+    assert config.autoscaling_config.upscale_delay_s == 30
+    assert config.autoscaling_config.downscale_delay_s == 1800
+
+
+def test_serve_options_follow_our_variables_and_instills(load_model):
+    module = load_model(SDXL_MAX_ONGOING_REQUESTS="3", SDXL_MAX_QUEUED_REQUESTS="7", SDXL_TARGET_ONGOING_REQUESTS="2",
+                        SDXL_DOWNSCALE_DELAY_S="5", RAY_NUM_OF_MIN_REPLICAS="1", RAY_NUM_OF_MAX_REPLICAS="5")
+    ongoing, queued, config = options(module)
+    assert (ongoing, queued) == (3, 7)
+    autoscaling = config.autoscaling_config
+    assert (autoscaling.target_ongoing_requests, autoscaling.min_replicas, autoscaling.max_replicas) == (2, 1, 5)
+    assert autoscaling.downscale_delay_s == 5
+
+
+def test_a_minimum_of_replicas_above_one_is_taken(load_model):
+    """The SDK sets the minimum first, while its initial and maximum replicas are 1, and Serve refused the
+    minimum: RAY_NUM_OF_MIN_REPLICAS=2 failed every deployment. A maximum below the minimum still fails."""
+    _, _, config = options(load_model(RAY_NUM_OF_MIN_REPLICAS="2", RAY_NUM_OF_MAX_REPLICAS="3"))
+    autoscaling = config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.initial_replicas, autoscaling.max_replicas) == (2, 2, 3)
+    with pytest.raises(ValueError, match=r"max_replicas \(1\) must be greater than or equal to min_replicas \(2\)"):
+        load_model(RAY_NUM_OF_MIN_REPLICAS="2", RAY_NUM_OF_MAX_REPLICAS="1")
+
+
+def test_our_serve_settings_win_over_the_sdks_high_scale_preset(load_model):
+    """RAY_IS_HIGH_SCALE_MODEL=true makes the SDK's constructor set 6 ongoing requests and a target of 4; a
+    replica that makes one batch at a time would only queue them inside itself."""
+    ongoing, _, config = options(load_model(RAY_IS_HIGH_SCALE_MODEL="true"))
+    assert ongoing == 2 and config.autoscaling_config.target_ongoing_requests == 1
+    assert config.autoscaling_config.upscale_delay_s == 30
+    assert config.autoscaling_config.downscale_delay_s == 1800  # ours too, not the preset's 600
+    ongoing, _, _ = options(load_model(RAY_IS_HIGH_SCALE_MODEL="true", SDXL_MAX_ONGOING_REQUESTS="5"))
+    assert ongoing == 5
+
+
+def test_a_bad_setting_fails_the_import_with_the_variable_named(load_model):
+    with pytest.raises(SettingError, match='SDXL_MAX_N="abc": must be an integer from 1 to 64'):
+        load_model(SDXL_MAX_N="abc")
+
+
+def test_replica_warms_up_every_aspect_ratio_and_reports_a_broken_engine(load_model, monkeypatch):
+    module = load_model(SDXL_WARM_UP="1")
+    replica_class = module.StableDiffusionXL.func_or_class
+    base_calls = []
+    original_load = module.Engine.load
+
+    def load_and_count(*args, **kwargs):
+        engine = original_load(*args, **kwargs)
+        engine.base.unet.register_forward_hook(lambda *_: base_calls.append(1))
+        return engine
+
+    monkeypatch.setattr(module.Engine, "load", load_and_count)
+    replica = replica_class()
+    assert len(base_calls) == 9  # one step of the base per aspect ratio (the other goes to the refiner)
+    replica.check_health()
+    replica.engine.healthy = False
+    with pytest.raises(RuntimeError, match="must be replaced"):
+        replica.check_health()
+
+
+def test_a_replica_asked_to_filter_without_the_checker_fails_to_start_with_the_fetch_command(load_model, tmp_path):
+    module = load_model(SDXL_SAFETY_CHECKER="1", SDXL_SAFETY_CHECKER_DIR=str(tmp_path), SDXL_WARM_UP="0")
+    with pytest.raises(WeightsMissing, match="fetch-weights --safety-checker"):
+        module.StableDiffusionXL.func_or_class()

@@ -1,0 +1,40 @@
+"""Settings are checked at start-up, and whoever starts the model reads why it failed: the variable, the value
+and what is allowed, from the CLI at once and from Ray's own application message in a deployment."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from stable_diffusion_xl.serving.local_serve import Application, DeployFailed, serving
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_bad_setting_fails_the_deployment_with_rays_message_naming_it(weights_dir, tmp_path):
+    """With warm-up off, a batch size of 0 used to reach RUNNING and then fail every call."""
+    env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), "SDXL_WARM_UP": "0",
+           "SDXL_MAX_BATCH_SIZE": "0"}
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    try:
+        with pytest.raises(DeployFailed) as caught, serving([Application("default", env)],
+                                                            log_path=tmp_path / "serve.log", ray_dir=ray_dir):
+            pass
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert "application 'default' failed to deploy" in str(caught.value)
+    assert 'SDXL_MAX_BATCH_SIZE="0": must be an integer from 1 to 64' in str(caught.value)
+
+
+@pytest.mark.parametrize("command", ["serve", "try"])
+def test_the_cli_refuses_a_bad_setting_before_starting_ray(weights_dir, command):
+    env = {**os.environ, "SDXL_MAX_N": "abc"}
+    result = subprocess.run([sys.executable, "-m", "stable_diffusion_xl", command, "--demo", "--weights",
+                             str(weights_dir)], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith('error: SDXL_MAX_N="abc": must be an integer from 1 to 64')
+    assert "starting Ray" not in result.stderr and "Traceback" not in result.stderr
