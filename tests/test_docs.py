@@ -11,7 +11,7 @@ from stable_diffusion_xl.docs import parameter_table, settings_table
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
 PAGES = sorted((ROOT / "docs").glob("*.md"))
-DOCS = [README, *PAGES]
+DOCS = [README, *PAGES, ROOT / "weights" / "README.md"]  # what README links to, too
 ANCHOR = re.compile(r"[^\w\- ]")
 
 
