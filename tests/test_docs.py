@@ -64,6 +64,8 @@ def test_every_source_path_and_module_the_docs_name_exists(doc):
     for path in re.findall(r"\b(?:stable_diffusion_xl|tests|bench)/[\w./*<>-]*", text):
         if not re.search(r"[*<]", path) and not path.startswith("bench/results/"):  # results are not committed
             assert (ROOT / path.rstrip(".")).exists(), f"{doc.name} names {path}, which does not exist"
+    for path in re.findall(r"`((?:apis|serving|generation|weights)/\w+\.py)`", text):  # short for the package's
+        assert (ROOT / "stable_diffusion_xl" / path).is_file(), f"{doc.name} names {path}, which does not exist"
     for module in re.findall(r"\bstable_diffusion_xl(?:\.\w+)+", text):
         path = ROOT / module.replace(".", "/")
         assert path.with_suffix(".py").is_file() or path.is_dir(), f"{doc.name} names {module}: no such module"
