@@ -37,6 +37,7 @@ class OpenAIImages(HttpCall):
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
         fields = dict(json_object(await self.json_body(limits), "body"))
+        VOCABULARY.reject_unknown(fields)
         self.response_format = choose(fields.pop("response_format", "b64_json"), "response_format", RESPONSE_FORMATS)
         self.output_format = choose(fields.pop("output_format", "png"), "output_format", OUTPUT_FORMATS)
         self.quality = fields.pop("output_compression", None)  # None: the deployment's JPEG quality

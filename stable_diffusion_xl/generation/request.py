@@ -11,9 +11,11 @@ and a hostile value is never sent back, logged or used as a metric label whole.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,21 @@ def excerpt(value: Any) -> str:
 def key_name(name: str) -> str:
     """A key of the caller's, as an error names it: plain names as they are, anything else excerpted."""
     return name if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name) else excerpt(name)
+
+
+def unknown_key(name: str, known: Iterable[str], kind: str = "parameter") -> InvalidRequest:
+    """The error for a key nobody reads: the known names closest to it first (a typo's fix), then all of them."""
+    known = list(dict.fromkeys(known))
+    spelled = {_spelling(option): option for option in known}
+    # Long keys are hostile or no typo: no suggestion (and no quadratic comparison).
+    close = difflib.get_close_matches(_spelling(name), spelled, n=3, cutoff=0.6) if len(name) <= 40 else []
+    hint = f"did you mean {' or '.join(f'`{spelled[match]}`' for match in close)}? " if close else ""
+    return InvalidRequest(key_name(name), f"unknown {kind}; {hint}known: {', '.join(known)}")
+
+
+def _spelling(name: str) -> str:
+    """A name as a typo compares: case, dashes and underscores differ between dialects, not between meanings."""
+    return name.lower().replace("-", "_")
 
 
 def _option(default, description, *, minimum=None, maximum=None, choices=None, shown=None):
@@ -210,11 +227,12 @@ def _from_json(spec: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def from_fields(prompt: Any, parameters: dict, where: str = "") -> TextToImageRequest:
-    """Build a request from a prompt and wire-named parameters, rejecting unknown keys."""
+def from_fields(prompt: Any, parameters: dict, where: str = "", also: Iterable[str] = ()) -> TextToImageRequest:
+    """Build a request from a prompt and wire-named parameters, rejecting unknown keys; `also` are the other
+    names the caller may use in the same object (such as `prompt`), which a hint lists too."""
     unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
-        raise InvalidRequest(f"{where}{key_name(unknown[0])}", f"unknown parameter; known: {', '.join(PARAMETERS)}")
+        raise unknown_key(unknown[0], [*also, *PARAMETERS]).within(where)
     if prompt is None:
         raise InvalidRequest(f"{where}prompt", "is required")
     values = {PARAMETERS[key].name: _from_json(PARAMETERS[key], value) for key, value in parameters.items()}

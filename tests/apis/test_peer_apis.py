@@ -223,6 +223,8 @@ OPENAI_PARAM, AZURE_TARGET = (lambda reply: reply["error"]["param"]), (lambda re
     ("score", {"input_data": {"columns": ["text"], "data": [PROMPT]}}, 400, AZURE_TARGET, "input_data.columns"),
     ("predictions", {"input": {"prompt": PROMPT, "num_inference_steps": "many"}}, 422,
      lambda reply: ".".join(reply["detail"][0]["loc"]), "body.input.num_inference_steps"),
+    ("predictions", {"input": {"prompt": PROMPT, "widht": 1344, "height": 768}}, 422,
+     lambda reply: ".".join(reply["detail"][0]["loc"]), "body.input.widht"),
     ("predict", {"prompt": PROMPT, "guidance_scale": -1}, 400, lambda reply: reply["field"], "guidance_scale"),
 ])
 def test_bad_input_is_named_in_each_apis_error_shape(cluster, path, body, status, field_of, field):

@@ -8,6 +8,7 @@ from stable_diffusion_xl.apis.instill import parse_json, parse_task_input
 from stable_diffusion_xl.generation.request import (
     KNOWN_FIELDS,
     MAX_SEED,
+    PARAMETERS,
     InvalidRequest,
     TextToImageRequest,
     excerpt,
@@ -189,3 +190,21 @@ def test_an_excerpt_of_characters_that_escape_long_stays_short():
         parse_json([{"prompt": "a cat"}, {"prompt": "a cat", "\U0001f600" * 60: 1}], Limits())
     assert len(str(caught.value)) < 300 and str(caught.value).isascii()
     assert excerpt("\U0001f600" * 60) == '"' + "\\ud83d\\ude00" * 4 + '..." (60 characters)'
+
+
+@pytest.mark.parametrize(("key", "meant"), [("promt", "prompt"), ("stpes", "steps"), ("Aspect-Ratio", "aspect-ratio"),
+                                            ("negative_prompt", "negative-prompt"), ("guidance", "guidance-scale")])
+def test_an_unknown_key_suggests_the_closest_known_names_first_then_lists_them_all(key, meant):
+    with pytest.raises(InvalidRequest) as caught:
+        parse({"prompt": "a cat", key: 1} if key != "promt" else {key: "a cat"})
+    error = caught.value
+    assert error.field == key
+    hint, _, listed = error.reason.partition(" known: ")
+    assert f"`{meant}`" in hint.split(" or ")[0]
+    assert listed.split(", ") == ["prompt", "model", *PARAMETERS]
+
+
+def test_a_key_like_no_known_name_gets_the_list_without_a_guess():
+    with pytest.raises(InvalidRequest) as caught:
+        parse({"prompt": "a cat", "xyzzy": 1})
+    assert "did you mean" not in caught.value.reason and "negative-prompt" in caught.value.reason
