@@ -43,6 +43,9 @@ class AzureScore(HttpCall):
         if clash:
             raise InvalidRequest(f"parameters.{clash[0]}", "is a column: give it in input_data")
         columns, rows = _columns_and_rows(json_object(body.get("input_data"), "input_data"))
+        if len(rows) > limits.max_images_per_call:  # an image per row: the rows are what the caller must cut
+            raise InvalidRequest("input_data.data", f"has {len(rows)} rows, an image each; this deployment makes at "
+                                                    f"most {limits.max_images_per_call} per call")
         requests = []
         for index, row in enumerate(rows):
             values = row if isinstance(row, list) else [row] if len(columns) == 1 else None
