@@ -95,11 +95,11 @@ def usage(request: TextToImageRequest, generation: Generation) -> dict:
         "height": generation.height,
         "steps": request.steps,
         "guidance-scale": request.guidance_scale,
-        "refiner": request.refiner,
+        "refiner": generation.refined,  # false where the steps left the refiner none
         "scheduler": request.scheduler,
         "lora": list(request.lora),
         "lora-scale": list(request.lora_scale),
-        "high-noise-frac": request.high_noise_frac if request.refiner else None,
+        "high-noise-frac": request.high_noise_frac if generation.refined else None,
         "tokens": dict(generation.tokens),  # {"prompt": 213, "negative-prompt": 12}: CLIP tokens, syntax removed
         "content-filtered": [index for index, unsafe in enumerate(generation.filtered) if unsafe],
         "seconds": {stage: round(seconds, 4) for stage, seconds in generation.timings.items()},

@@ -110,7 +110,8 @@ class TextToImageRequest:
     guidance_scale: float = _option(7.5, "Classifier-free guidance; 1 turns it off.", minimum=1.0, maximum=20.0)
     high_noise_frac: float = _option(
         0.8, "Where the refiner takes over, as a fraction of the noise schedule: the base denoises the noisiest "
-        "part. Each expert must get a step.", minimum=0.05, maximum=0.95,
+        "part. Where the steps leave either expert none (1 step), the base makes the image alone.",
+        minimum=0.05, maximum=0.95,
     )
     refiner: bool | None = _option(
         None, "Hand the low-noise steps to the refiner; false runs the base alone. With a LoRA the default is "

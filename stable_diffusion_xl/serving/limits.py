@@ -8,7 +8,6 @@ from typing import Any
 
 from ..generation.adapters import DEFAULT_MAX_LORAS
 from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
-from ..generation.schedulers import hand_off_problem
 from ..weights.layout import SDXL_SCHEDULER_CONFIG
 from ..weights.lora_files import is_plain_name
 from .environment import setting
@@ -47,10 +46,6 @@ class Limits:
         if len(request.lora) > self.max_loras:
             raise InvalidRequest(f"{where}lora", f"stacks {len(request.lora)} adapters; this deployment keeps at most "
                                                  f"{self.max_loras} loaded")
-        if request.refiner:
-            problem = hand_off_problem(request.scheduler, self.scheduler_config, request.steps, request.high_noise_frac)
-            if problem:
-                raise InvalidRequest(f"{where}high-noise-frac", problem)
         for name in request.lora:
             if not is_plain_name(name) or name not in self.lora_names:
                 shown = ", ".join(self.lora_names[:20]) + (", ..." if len(self.lora_names) > 20 else "")
