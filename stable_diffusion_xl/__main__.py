@@ -90,10 +90,13 @@ def _argument(spec: dataclasses.Field) -> dict:
 def _generate(args) -> int:
     from .generation.engine import Engine
     from .serving.encoding import encode
+    from .serving.limits import Limits
 
     fields = {spec.name: getattr(args, spec.name) for spec in PARAMETERS.values()}
     request = TextToImageRequest(prompt=args.prompt, **fields)
     engine = Engine.load(args.weights, demo=args.demo, max_batch_size=args.max_batch_size)
+    # The adapters as a deployment checks them (n is the user's own business here): an unknown one is an error line.
+    Limits(lora_names=engine.adapters.names, max_loras=engine.adapters.limit).check_loras(request, "")
     engine.set_progress_bars(True)
     generation = engine.generate([request])[0]
     args.output.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 
@@ -28,6 +29,17 @@ def test_generate_writes_jpegs_and_reports_seeds_sizes_and_timings(weights_dir, 
 def test_generate_rejects_bad_arguments_by_name(weights_dir):
     result = run_cli("generate", "a cat", "--steps", "0", "--demo", "--weights", str(weights_dir))
     assert result.returncode == 2 and "steps: must be from 1 to 100, got 0" in result.stderr
+
+
+@pytest.mark.slow  # a subprocess that loads the demo weights
+def test_generate_with_an_adapter_it_does_not_have_ends_in_one_error_line(weights_dir, tmp_path):
+    result = run_cli("generate", "a cat", "--lora", "nope", "--demo", "--weights", str(weights_dir),
+                     "-o", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith('error: lora: no adapter named "nope" on this deployment; '
+                                                     'available: demo-')
+    assert not (tmp_path / "out").exists()
 
 
 def test_generate_without_weights_says_how_to_fetch_them(tmp_path):

@@ -43,6 +43,10 @@ class Limits:
         if images_before + n > self.max_images_per_call:
             raise InvalidRequest(f"{where}n", f"takes the call to {excerpt(images_before + n)} images; this deployment "
                                               f"makes at most {self.max_images_per_call} per call")
+        self.check_loras(request, where)
+
+    def check_loras(self, request: TextToImageRequest, where: str) -> None:
+        """The request's adapters against those the deployment found (the CLI checks these alone)."""
         if len(request.lora) > self.max_loras:
             raise InvalidRequest(f"{where}lora", f"stacks {len(request.lora)} adapters; this deployment keeps at most "
                                                  f"{self.max_loras} loaded")
