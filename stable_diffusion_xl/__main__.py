@@ -20,6 +20,7 @@ from .generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
 from .serving.environment import SettingError
 from .serving.settings import Settings
 from .weights.layout import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, LORA_SUBDIR, WeightPaths, WeightsMissing
+from .weights.library_logs import quiet_library_logs
 
 DEMO_NOTE = f"(demo weights: these images are noise; fetch the real weights with `{FETCH_COMMAND}`)"
 DEMO_HELP = "use the tiny random demo weights: their images are noise"
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
 
     args = parser.parse_args(argv)
-    from .serving.local_serve import DeployFailed
+    from .serving.local_serve import DeployFailed  # imports the Instill SDK, which sets up the root logger
+
+    quiet_library_logs()
 
     try:
         handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo}

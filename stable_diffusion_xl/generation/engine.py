@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..weights.layout import DEFAULT_WEIGHTS_DIR, WeightPaths
+from ..weights.library_logs import quiet_library_logs
 from .adapters import DEFAULT_MAX_LORAS, ResidentAdapters
 from .compile import compile_pipelines, compiled_graphs, refuse_adapters
 from .request import MAX_SEED, TextToImageRequest, nth_seed
@@ -38,6 +39,7 @@ DEFAULT_MAX_BATCH_SIZE = 4  # images per UNet batch
 # diffusers logs the part of a prompt beyond CLIP's 77 tokens, at WARNING. Prompts stay out of the logs.
 for _pipeline in ("pipeline_stable_diffusion_xl", "pipeline_stable_diffusion_xl_img2img"):
     logging.getLogger(f"diffusers.pipelines.stable_diffusion_xl.{_pipeline}").setLevel(logging.ERROR)
+quiet_library_logs()  # for every user of the engine, the CLI's and the deployment's alike
 
 
 @dataclass
