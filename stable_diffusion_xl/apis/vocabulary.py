@@ -36,13 +36,12 @@ class Vocabulary:
         # Names of the API's own are as safe in logs and metric labels as ours (InvalidRequest.label).
         KNOWN_FIELDS.update(self.fields, elsewhere)
 
-    def reject_unknown(self, fields: Mapping[str, Any], known: Iterable[str] | None = None) -> None:
+    def reject_unknown(self, fields: Mapping[str, Any]) -> None:
         """Before any other check, so that a misspelt key is what the error names (not a check its absence
-        failed): the closest of `known` (every field of the object by default) first."""
-        known = self.fields if known is None else list(known)
-        unknown = sorted(set(fields) - set(known))
+        failed), with the closest of the object's fields first."""
+        unknown = sorted(set(fields) - set(self.fields))
         if unknown:
-            raise unknown_key(unknown[0], known)
+            raise unknown_key(unknown[0], self.fields)
 
     def request(self, fields: Mapping[str, Any], limits: Limits, images_before: int = 0,
                 settled: Mapping[str, Any] | None = None) -> TextToImageRequest:
