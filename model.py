@@ -19,6 +19,9 @@ from stable_diffusion_xl.generation.schedulers import SCHEDULERS
 from stable_diffusion_xl.generation.sizes import ASPECT_RATIOS, image_size
 from stable_diffusion_xl.serving.metrics import ReplicaMetrics
 from stable_diffusion_xl.serving.settings import Settings
+from stable_diffusion_xl.weights.library_logs import quiet_library_logs
+
+quiet_library_logs()  # after the Instill SDK's import, which sets up the root logger
 
 # Ray Serve stamps this logger's lines with the request id. No caller's text goes into a line.
 log = logging.getLogger("ray.serve")

@@ -20,6 +20,7 @@ from .generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
 from .serving.environment import SettingError
 from .serving.settings import Settings
 from .weights.layout import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, LORA_SUBDIR, WeightPaths, WeightsMissing
+from .weights.library_logs import quiet_library_logs
 
 DEMO_NOTE = f"(demo weights: these images are noise; fetch the real weights with `{FETCH_COMMAND}`)"
 DEMO_HELP = "use the tiny random demo weights: their images are noise"
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
 
     args = parser.parse_args(argv)
-    from .serving.local_serve import DeployFailed
+    from .serving.local_serve import DeployFailed  # imports the Instill SDK, which sets up the root logger
+
+    quiet_library_logs()
 
     try:
         handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo}
@@ -90,10 +93,13 @@ def _argument(spec: dataclasses.Field) -> dict:
 def _generate(args) -> int:
     from .generation.engine import Engine
     from .serving.encoding import encode
+    from .serving.limits import Limits
 
     fields = {spec.name: getattr(args, spec.name) for spec in PARAMETERS.values()}
     request = TextToImageRequest(prompt=args.prompt, **fields)
     engine = Engine.load(args.weights, demo=args.demo, max_batch_size=args.max_batch_size)
+    # The adapters as a deployment checks them (n is the user's own business here): an unknown one is an error line.
+    Limits(lora_names=engine.adapters.names, max_loras=engine.adapters.limit).check_loras(request, "")
     engine.set_progress_bars(True)
     generation = engine.generate([request])[0]
     args.output.mkdir(parents=True, exist_ok=True)

@@ -59,10 +59,19 @@ class HttpCall(Call):
         self.streams = "text/event-stream" in request.headers.get("accept", "")
 
     def authorize(self, api_key: str | None) -> None:
-        sent = self.request.headers.get("authorization", "").encode("latin-1")  # as the header arrived
-        if api_key is not None and not hmac.compare_digest(sent, f"Bearer {api_key}".encode()):
-            raise InvalidRequest("authorization", "this deployment needs its API key, sent as "
-                                                  "`Authorization: Bearer <key>`", http_status=401)
+        if api_key is None:
+            return
+        sent = self.request.headers.get("authorization", "")
+        scheme, _, credentials = sent.strip().partition(" ")
+        if not sent:
+            reason = "this deployment needs its API key, sent as `Authorization: Bearer <key>`"
+        elif scheme.lower() != "bearer":  # auth schemes are case-insensitive (RFC 7235); the key is not
+            reason = "must be `Bearer <key>`: the scheme is missing or not Bearer"
+        elif not hmac.compare_digest(credentials.strip().encode("latin-1"), api_key.encode()):  # as it arrived
+            reason = "the key sent is not this deployment's API key"
+        else:
+            return
+        raise InvalidRequest("authorization", reason, http_status=401)
 
     async def json_body(self, limits: Limits):
         """The body as JSON; a body over the size limit is refused before it is read whole, and one that does not

@@ -59,8 +59,9 @@ def test_demo_weights_have_exactly_the_layout_a_fetch_brings(weights_dir):
 
 
 def test_missing_real_weights_fail_with_the_fetch_command_and_never_fall_back_to_demo(weights_dir):
-    with pytest.raises(WeightsMissing, match="python -m stable_diffusion_xl fetch-weights"):
+    with pytest.raises(WeightsMissing, match="python -m stable_diffusion_xl fetch-weights") as caught:
         Engine.load(weights_dir)  # only demo weights are there
+    assert "`--demo`" in str(caught.value) and "SDXL_DEMO_WEIGHTS=1" in str(caught.value)  # how to ask for them
 
 
 def test_fetch_without_the_hub_says_so_in_one_line(tmp_path):
