@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
+
+pytestmark = pytest.mark.slow  # each test runs the command line in a subprocess
 
 
 def run_cli(*args, timeout=300):
