@@ -27,7 +27,8 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	    { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# Everything but the tests that start Ray Serve, subprocesses or fresh environments: seconds, not minutes.
+# Everything but the tests that start Ray Serve, subprocesses or fresh environments, or make many denoising
+# steps: under a minute.
 test-fast: lint
 	$(PYTHON) -m pytest -q -m "not slow"
 

@@ -9,6 +9,8 @@ import sys
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # each test runs the command line in a subprocess
+
 
 def run_cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "stable_diffusion_xl", *args], capture_output=True, text=True,

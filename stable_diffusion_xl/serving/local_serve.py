@@ -103,7 +103,10 @@ def run(applications: list[Application], ports: Ports, timeout: float = 300, ray
         # Ray's workers inherit this environment: they import _model from the deploy folder.
         os.environ["PYTHONPATH"] = os.pathsep.join([str(root), str(PROTOGEN_DIR)])
         os.chdir(root)
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+        # The dashboard (Serve's REST API) as Ray starts it by default: ray.init does not fail when it takes more
+        # than 20 s, as its nine module processes do on a busy 2-core machine; `deploy` waits for it instead.
+        os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "120")
+        ray.init(address="local", dashboard_host="127.0.0.1",
                  dashboard_port=ports.dashboard, num_cpus=os.cpu_count(), log_to_driver=True,
                  _temp_dir=ray_dir, _metrics_export_port=ports.metrics,
                  _system_config={"metrics_report_interval_ms": 1000})
@@ -135,8 +138,23 @@ def deploy(dashboard: str, applications: list[Application], ports: Ports, timeou
     application is RUNNING."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
+    deadline = time.monotonic() + timeout
+    wait_for_dashboard(dashboard, timeout)
     ServeSubmissionClient(dashboard).deploy_applications(serve_config(applications, ports))
-    wait_until_running(dashboard, [app.name for app in applications], timeout)
+    wait_until_running(dashboard, [app.name for app in applications], deadline - time.monotonic())
+
+
+def wait_for_dashboard(dashboard: str, timeout: float) -> None:
+    """Return once Serve's REST API answers (Ray starts the dashboard in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            application_statuses(dashboard)
+            return
+        except OSError as error:  # refused, or not serving its routes yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Ray's dashboard did not answer within {timeout:.0f} s: {error}") from error
+            time.sleep(1)
 
 
 def application_statuses(dashboard: str) -> dict[str, dict]:

@@ -182,7 +182,7 @@ def test_cancel_stops_the_generation_within_a_step_and_the_page_is_ready_again(p
     WebDriverWait(page, 60).until(lambda _: int(by_id(page, "progress").get_attribute("value")) >= 3)
     by_id(page, "cancel").click()
 
-    WebDriverWait(page, 10).until(lambda _: by_id(page, "generate").is_enabled())
+    WebDriverWait(page, 30).until(lambda _: by_id(page, "generate").is_enabled())
     assert re.fullmatch(r"Cancelled at step \d+ of 100\.", by_id(page, "progress-text").text)
     assert not by_id(page, "cancel").is_enabled() and shown_images(page) == []
     request_id = by_id(page, "request-id").text.removeprefix("Request id: ")

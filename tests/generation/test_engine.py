@@ -115,6 +115,7 @@ def test_negative_prompt_changes_the_image(engine):
     assert pixels(plain).tolist() != pixels(negative).tolist()
 
 
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_a_batch_of_prompts_matches_the_prompts_one_by_one(engine):
     batch = [request("a cat napping", seed=5), request("a red fox", seed=5, n=2), request("a lighthouse", seed=9)]
     together = engine.generate(batch)

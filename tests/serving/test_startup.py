@@ -34,7 +34,7 @@ def test_a_bad_setting_fails_the_deployment_with_rays_message_naming_it(weights_
 def test_the_cli_refuses_a_bad_setting_before_starting_ray(weights_dir, command):
     env = {**os.environ, "SDXL_MAX_N": "abc"}
     result = subprocess.run([sys.executable, "-m", "stable_diffusion_xl", command, "--demo", "--weights",
-                             str(weights_dir)], capture_output=True, text=True, env=env, timeout=60)
+                             str(weights_dir)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().endswith('error: SDXL_MAX_N="abc": must be an integer from 1 to 64')
     assert "starting Ray" not in result.stderr and "Traceback" not in result.stderr
