@@ -149,6 +149,10 @@ def _try(args) -> int:
 
     from .serving.local_serve import Application, serving
 
+    try:  # a typo is reported now, not after Ray has started
+        json.loads(args.input)
+    except json.JSONDecodeError as error:
+        raise InvalidRequest("-i/--input", f"must be JSON ({error.msg} at character {error.pos})") from None
     body = args.input.encode()
     env, settings = _model_env(args)
     key = settings.http_api_key()
