@@ -31,7 +31,7 @@ class Call:
     streams = False  # progress events while the images are made, then the answer
 
     def authorize(self, api_key: str | None) -> None:
-        """Refuse the call unless it carries `api_key`; gRPC needs none (Core authenticates its own users)."""
+        """Refuse the call unless it carries `api_key` (when one is set)."""
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
         raise NotImplementedError
@@ -59,8 +59,8 @@ class HttpCall(Call):
         self.streams = "text/event-stream" in request.headers.get("accept", "")
 
     def authorize(self, api_key: str | None) -> None:
-        sent = self.request.headers.get("authorization", "").encode("latin-1")  # as the header arrived
-        if api_key is not None and not hmac.compare_digest(sent, f"Bearer {api_key}".encode()):
+        sent = self.request.headers.get("authorization", "")
+        if api_key is not None and not bearer_matches(sent, api_key):
             raise InvalidRequest("authorization", "this deployment needs its API key, sent as "
                                                   "`Authorization: Bearer <key>`", http_status=401)
 
@@ -127,6 +127,11 @@ class Refused(HttpCall):
         if self.allow:
             response.headers["Allow"] = self.allow
         return response
+
+
+def bearer_matches(sent: str, api_key: str) -> bool:
+    """Whether an `authorization` value is `Bearer <api_key>`, compared in constant time."""
+    return hmac.compare_digest(sent.encode("latin-1", "replace"), f"Bearer {api_key}".encode())
 
 
 async def read_body(request: Request, limit: int) -> bytes:
