@@ -166,9 +166,12 @@ def run(applications: list[Application], ports: Ports, timeout: float = 300, ray
         # Ray's processes and workers inherit this environment: they import _model from the deploy folder; the
         # proxies bind their ports alone (Serve's default SO_REUSEPORT would share them with another instance);
         # the dashboard's and autoscaler's metrics servers take free ports, not Ray's fixed 44227 and 44217.
+        # Ray's single-machine mode (its default on macOS and Windows) keeps a process that connects to
+        # 127.0.0.1 on 127.0.0.1: otherwise the dashboard's Serve module swaps in the machine's address, where the
+        # loopback-only GCS does not answer, and every deploy times out.
         os.environ.update(PYTHONPATH=os.pathsep.join([str(root), str(PROTOGEN_DIR)]),
                           SERVE_SOCKET_REUSE_PORT_ENABLED="0", DASHBOARD_METRIC_PORT=str(free_port()),
-                          AUTOSCALER_METRIC_PORT=str(free_port()))
+                          AUTOSCALER_METRIC_PORT=str(free_port()), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
         os.chdir(root)
         start_ray(ports, ray_dir)
         # Stop cleanly on either signal, even where a background shell made SIGINT ignored.
