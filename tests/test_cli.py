@@ -94,3 +94,12 @@ def test_try_serves_the_model_on_ray_and_writes_the_reply_images(weights_dir, tm
     assert sorted(p.name for p in out.iterdir()) == ["sdxl-11.jpg", "sdxl-12.jpg"]
     assert f"images written to {out}" in result.stdout
 
+
+
+@pytest.mark.slow
+def test_try_reports_input_that_is_not_json_before_starting_ray(weights_dir):
+    result = run_cli("try", "-i", "{prompt: cat}", "--demo", "--weights", str(weights_dir), timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error")] == [
+        "error: -i/--input: must be JSON (Expecting property name enclosed in double quotes at character 1)"]
+    assert "starting Ray" not in result.stderr

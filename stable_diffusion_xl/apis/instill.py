@@ -18,16 +18,24 @@ from ..generation.engine import Generation
 from ..generation.request import InvalidRequest, TextToImageRequest, check_text, excerpt, from_fields, unknown_key
 from ..serving.encoding import encode_all, to_base64
 from ..serving.limits import Limits
-from ..serving.transport import Call, HttpCall
+from ..serving.transport import Call, HttpCall, key_problem
 
 
 class InstillGrpc(Call):
-    """Core's `UserDefinedService/__call__`; errors are INVALID_ARGUMENT with the field in the details."""
+    """Core's `UserDefinedService/__call__`; errors are INVALID_ARGUMENT with the field in the details,
+    UNAUTHENTICATED for a missing or wrong API key."""
 
     api = "instill-grpc"
 
     def __init__(self, call: CallRequest, context: grpc.ServicerContext):
         self.call, self.context = call, context
+
+    def authorize(self, api_key: str | None) -> None:
+        """With a key set, the `authorization` metadata must be `Bearer <key>`, as HTTP's header."""
+        problem = key_problem(dict(self.context.invocation_metadata()).get("authorization", ""), api_key)
+        if problem:
+            raise InvalidRequest("authorization", f"{problem}; send it as gRPC metadata `authorization: Bearer "
+                                                  "<key>`", http_status=401)
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
         size = self.call.ByteSize()
@@ -44,7 +52,8 @@ class InstillGrpc(Call):
         return response
 
     def reject(self, error: InvalidRequest) -> CallResponse:
-        self.context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+        unauthenticated = error.http_status == 401
+        self.context.set_code(grpc.StatusCode.UNAUTHENTICATED if unauthenticated else grpc.StatusCode.INVALID_ARGUMENT)
         self.context.set_details(str(error))
         return CallResponse()
 
