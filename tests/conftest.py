@@ -49,10 +49,11 @@ def pytest_runtest_setup(item):  # before the fixtures are set up
 @pytest.fixture(autouse=True)
 def fast_tests_start_no_subprocess(request, monkeypatch):
     if not request.node.get_closest_marker("slow"):
-        def refuse(*args, **kwargs):
-            raise AssertionError(f"{request.node.nodeid} starts a subprocess: mark it @pytest.mark.slow")
+        class Refused(subprocess.Popen):  # a class still, for the libraries that subclass Popen on import (Ray)
+            def __init__(self, *args, **kwargs):
+                raise AssertionError(f"{request.node.nodeid} starts a subprocess: mark it @pytest.mark.slow")
 
-        monkeypatch.setattr(subprocess, "Popen", refuse)
+        monkeypatch.setattr(subprocess, "Popen", Refused)
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ def test_every_registered_row_has_its_own_name_and_a_number_of_the_table():
     assert {row.needs for row in ROWS} == {"nothing", "weights", "serving"}
 
 
+@pytest.mark.slow  # machine() asks git for the commit
 def test_write_results_writes_the_json_and_prints_the_table_then_a_footer_naming_the_file(tmp_path, capsys):
     results = {"machine": harness.machine(), "numbers": {"median": 1.5}}
     path = harness.write_results(results, "| # | table |", tmp_path, suffix="-check")
