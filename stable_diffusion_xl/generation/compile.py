@@ -10,17 +10,20 @@ Shapes are dynamic, so one graph per block width serves every image size, batch 
 specialises sizes of 1, so batch 1 (one image, guidance off) is a second graph of each width. The parameters' shapes
 stay static (torch's default): the kernels are specialised to each width. SDXL's base has blocks of two widths and
 its refiner two others: eight graphs, inductor's default mode. Compiling the whole UNets and the VAE decoder, as
-this module did before, took over nine minutes on an H200 and ran no faster per image on the CPU (docs/performance.md).
+this module did before, had not finished warming up after nine minutes on an H200 (docs/performance.md).
 
 SDXL_COMPILE_MODE chooses inductor's mode. max-autotune benchmarks candidate kernels for every matrix product of
 every graph: minutes more at the first start (a compile cache keeps them for the next). `max-autotune` also
 records CUDA graphs, per shape and per worker thread, at request time: more memory, and a slow first call for each
 new prompt length. On the CPU the autotuning searches C++ GEMM templates for a long time.
 
-LoRA adapters are refused: switching, stacking or scaling adapters inside compiled blocks recompiles them, and fused
-QKV projections bypass the adapters' layers. diffusers' hot-swap (`enable_lora_hotswap`) replaces one adapter's
-weights in place, padded to one rank and on the same layers, which does not fit adapters stacked and scaled per
-request.
+LoRA adapters are refused. On compiled blocks with dynamic shapes, a new adapter scale reuses the graph (torch traces
+float scales as symbols), but each new set or order of active adapters is a new graph: a folder of adapters stacked
+per request would compile at request time, without bound. diffusers' hot-swap (`enable_lora_hotswap`,
+`load_lora_weights(hotswap=True)`) replaces one adapter's weights in place, padded to one rank, on the same layers.
+Serving our requests with it would take fixed adapter slots, all active in every request (each paying every slot's
+matrix products, LoRA or not), padded to the largest rank and to the union of the adapters' layers, refilled per
+request, and unfused Q, K and V projections (adapters target them one by one; fused, they are bypassed).
 """
 
 from __future__ import annotations

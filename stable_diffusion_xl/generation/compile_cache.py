@@ -85,7 +85,9 @@ class CompileCache:
             info = torch.compiler.load_cache_artifacts(artifacts)
         except Exception as error:  # noqa: BLE001 - a cache must never stop a replica
             return self._skip(f"torch could not load it ({type(error).__name__})")
-        counts = {kind: len(keys) for kind, keys in info.artifacts.items()} if info else {}
+        if info is None or info.empty():  # torch logs what it could not read, and returns nothing
+            return self._skip("torch could not load it (no artifacts read)")
+        counts = {kind: len(keys) for kind, keys in info.artifacts.items()}
         log.info("compile cache: loaded %s (%.1f MB) from %s", counts, len(artifacts) / 1e6, self.folder)
         self.loaded = True
         return True
