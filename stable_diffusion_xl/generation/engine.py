@@ -139,6 +139,7 @@ class Engine:
         self.scheduler_configs = {"base": base.scheduler.config, "refiner": refiner.scheduler.config}
         self.healthy = True  # False after a device error that leaves the GPU unusable
         self.compiled = False
+        self.compile_cache: CompileCache | None = None  # set by _compile
         self.set_progress_bars(False)
 
     @classmethod
@@ -203,13 +204,16 @@ class Engine:
         self.refiner.set_progress_bar_config(disable=not enabled, desc="refiner")
 
     def warm_up(self) -> None:
-        """One tiny generation per aspect ratio, so no user waits for first-call kernel selection. Compiled, one per
-        shape a request can give the networks (every aspect ratio, batch size and guidance on and off), so no user
-        waits for the compiler either."""
-        batch_sizes = range(1, self.max_batch_size + 1) if self.compiled else (1,)
-        guidances = (7.5, 1.0) if self.compiled else (7.5,)  # guidance doubles the UNets' batch
+        """One tiny generation per aspect ratio, so no user waits for first-call kernel selection. Compiled, also
+        every graph a request can reach, so no user waits for the compiler either: each aspect ratio with guidance
+        off (the UNets' batch 1, a graph of its own) and at the largest batch. Shapes are dynamic, so the batch
+        sizes between share the largest's graph; warming them all (72 generations at the defaults, not 27) would
+        only add the time of their generations to every start."""
+        shapes = {(1, 7.5)}  # (images, guidance): guidance doubles the UNets' batch
+        if self.compiled:
+            shapes |= {(1, 1.0), (self.max_batch_size, 7.5)}
         started, graphs, compiles = time.perf_counter(), compiled_graphs(), inductor_compiles()
-        for ratio, n, guidance in itertools.product(ASPECT_RATIOS, batch_sizes, guidances):
+        for ratio, (n, guidance) in itertools.product(ASPECT_RATIOS, sorted(shapes)):
             self.generate([TextToImageRequest(prompt="warm-up", aspect_ratio=ratio, n=n, guidance_scale=guidance,
                                               steps=2, high_noise_frac=0.5, seed=1)])
         if self.compiled:

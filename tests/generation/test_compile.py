@@ -2,7 +2,7 @@
 engine, every shape compiled during the warm-up and none at request time, and the engine's recoveries (NaN
 re-decode, out-of-memory splits, per-image seeds, cancellation) unchanged. LoRA adapters are refused.
 
-The compiled engine is built once for the module, with a maximum batch of 2. Its blocks are compiled with torch's
+The compiled engine is built once for the module, with a maximum batch of 3. Its blocks are compiled with torch's
 `aot_eager` backend: dynamo's graph capture, guards and recompiles and AOT autograd's decompositions, everything but
 inductor's code generation, which the compile cache's tests (test_compile_cache.py) run.
 `SDXL_TEST_COMPILE_BACKEND=inductor` runs these tests with inductor, as deployments compile.
@@ -32,7 +32,7 @@ def compiled(weights_dir, tmp_path_factory):
     """A compiled engine after its warm-up, how many graphs the warm-up compiled, and how long it took."""
     with pytest.MonkeyPatch.context() as patch, fresh_cache():  # inductor's caches in a temporary folder
         patch.setattr(compilation, "BACKEND", BACKEND)
-        engine = Engine.load(weights_dir, demo=True, max_batch_size=2, compile=True,
+        engine = Engine.load(weights_dir, demo=True, max_batch_size=3, compile=True,
                              lora_dir=tmp_path_factory.mktemp("no-adapters"),
                              compile_cache=tmp_path_factory.mktemp("compile-cache"))
         graphs, started = compiled_graphs(), time.perf_counter()
@@ -87,10 +87,12 @@ def test_images_equal_the_eager_engines_within_float_tolerance(engine, compiled,
 
 
 AFTER_WARM_UP = {
-    "largest batch": request(aspect_ratio="9:21", n=2),
+    "largest batch": request(aspect_ratio="9:21", n=3),
+    "a UNet batch the warm-up did not run (4)": request(aspect_ratio="16:9", n=2),
+    "another one (3, guidance off)": request(aspect_ratio="5:4", n=3, guidance_scale=1.0),
     "batch 1, guidance off": request(aspect_ratio="21:9", guidance_scale=1.0),
     "batch 2, guidance off": request(aspect_ratio="4:5", n=2, guidance_scale=1.0),
-    "batches of 2 and 1": request(n=3),
+    "batches of 3 and 1": request(n=4),
     "base alone": request(aspect_ratio="3:2", refiner=False),
     "negative prompt": request(negative_prompt="blurry"),
     "a prompt of several 75-token chunks (compel)": request("a (red)1.3 fox in deep snow under a pale moon, " * 20),
