@@ -48,6 +48,7 @@ def _lines(caplog) -> list[str]:
 def test_a_saved_entry_is_written_atomically_and_a_fresh_process_cache_loads_it(saved, caplog):
     entry = CompileCache(saved, KEY)
     assert sorted(path.name for path in entry.folder.iterdir()) == ["artifacts.bin", "key.json"]  # no temporaries
+    assert all(path.stat().st_mode & 0o777 == 0o644 for path in entry.folder.iterdir())  # readable by any replica
     with fresh_cache(), caplog.at_level(logging.INFO):  # inductor's own caches empty, as in a new replica
         assert entry.load()
         before = inductor_compiles()
