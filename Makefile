@@ -27,7 +27,8 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	    { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# Everything but the tests that start Ray Serve, subprocesses or fresh environments: seconds, not minutes.
+# Everything but the tests that start Ray Serve, subprocesses or fresh environments, or make many denoising
+# steps: under a minute.
 test-fast: lint
 	$(PYTHON) -m pytest -q -m "not slow"
 
@@ -52,16 +53,20 @@ bench-gpu: install
 IMAGE ?= admin/stable-diffusion-xl:v0.2.0
 IMAGE_DIR := out/image
 
+# The weight files the image needs: the manifest's, the optional safety checker's when it was fetched.
+IMAGE_WEIGHTS := out/image-weights.txt
+
 image: install
+	mkdir -p out && $(PYTHON) -c 'from pathlib import Path; from stable_diffusion_xl.weights.layout import load_manifest; \
+	    [print(f"{s.folder}/{name}") for s in load_manifest().values() for name in s.files \
+	     if not s.optional or Path("weights", s.folder).is_dir()]' > $(IMAGE_WEIGHTS)
+	@# Every weight file is checked before out/image is touched: a missing one leaves no half-built folder.
+	@while read -r file; do test -f "weights/$$file" || { echo "weights/$$file is missing: run $(PYTHON) -m stable_diffusion_xl fetch-weights" >&2; exit 1; }; done < $(IMAGE_WEIGHTS)
 	rm -rf $(IMAGE_DIR) && mkdir -p $(IMAGE_DIR)
 	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(IMAGE_DIR)
-	$(PYTHON) -c 'from pathlib import Path; from stable_diffusion_xl.weights import load_manifest; \
-	    [print(f"{s.folder}/{name}") for s in load_manifest().values() for name in s.files \
-	     if not s.optional or Path("weights", s.folder).is_dir()]' | \
 	while read -r file; do \
-	    test -f "weights/$$file" || { echo "weights/$$file is missing: run $(PYTHON) -m stable_diffusion_xl fetch-weights" >&2; exit 1; }; \
 	    mkdir -p "$$(dirname "$(IMAGE_DIR)/weights/$$file")" && ln -s "$(CURDIR)/weights/$$file" "$(IMAGE_DIR)/weights/$$file" || exit 1; \
-	done
+	done < $(IMAGE_WEIGHTS)
 	# LoRA adapters (weights/loras/<name>.safetensors) travel with the image; their download bookkeeping does not.
 	mkdir -p $(IMAGE_DIR)/weights/loras && for lora in weights/loras/*.safetensors; do \
 	    test -f "$$lora" && ln -s "$(CURDIR)/$$lora" "$(IMAGE_DIR)/$$lora" || true; \

@@ -19,6 +19,10 @@ from stable_diffusion_xl.generation.schedulers import SCHEDULERS
 from stable_diffusion_xl.generation.sizes import ASPECT_RATIOS, image_size
 from stable_diffusion_xl.serving.metrics import ReplicaMetrics
 from stable_diffusion_xl.serving.settings import Settings
+from stable_diffusion_xl.weights.layout import WeightPaths
+from stable_diffusion_xl.weights.library_logs import quiet_library_logs
+
+quiet_library_logs()  # after the Instill SDK's import, which sets up the root logger
 
 # Ray Serve stamps this logger's lines with the request id. No caller's text goes into a line.
 log = logging.getLogger("ray.serve")
@@ -112,7 +116,12 @@ class ReplicaBounds(InstillDeployable):
 
 
 def deployable(settings: Settings) -> InstillDeployable:
-    """Instill's deployment (replicas and resources from RAY_*), with SDXL's Serve settings on top."""
+    """Instill's deployment (replicas and resources from RAY_*), with SDXL's Serve settings on top.
+
+    The weights are looked for here, where Serve builds the application, as the settings are read: a missing
+    folder then fails the application with the fetch command in its DEPLOY_FAILED message, which Core shows.
+    Raised in a replica's constructor, Ray's application message would only say that the deployment failed."""
+    WeightPaths.locate(settings.weights_dir, demo=settings.demo_weights)
     deployment = ReplicaBounds(StableDiffusionXL.options(max_queued_requests=settings.max_queued_requests))
     return apply_serve_settings(deployment, settings)
 

@@ -20,10 +20,7 @@ name, to bench/results/<date>-gpu.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import json
-import os
 import sys
 import tempfile
 import time
@@ -36,7 +33,7 @@ if __package__ in (None, ""):  # `python bench/gpu.py`: make `bench` and `stable
 import torch  # noqa: E402
 
 from bench import flops as flop_count  # noqa: E402
-from bench import run as cpu_bench  # noqa: E402  (its recipes, statistics and table format)
+from bench import harness, workload  # noqa: E402  (timing, table, results file; bench/run.py's three recipes)
 from stable_diffusion_xl.weights.layout import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, WeightPaths, WeightsMissing  # noqa: E402
 
 BATCHES = (1, 2, 4)
@@ -66,24 +63,24 @@ def measure(weights_dir: Path, compiled: bool, runs: int) -> dict:
         engine = Engine.load(weights_dir, compile=compiled, lora_dir=Path(no_adapters))
         load = time.perf_counter() - started
     graphs = compiled_graphs()
-    warm_up = cpu_bench.timed(engine.warm_up)
+    warm_up = harness.timed(engine.warm_up)
     out = {"load_seconds": load, "warm_up_seconds": warm_up, "graphs_compiled": compiled_graphs() - graphs,
            "peak_memory_warm_up_bytes": torch.cuda.max_memory_allocated()}
-    cpu_bench.log(f"  load {load:.1f} s, warm-up {warm_up:.1f} s ({out['graphs_compiled']} graphs compiled)")
+    harness.log(f"  load {load:.1f} s, warm-up {warm_up:.1f} s ({out['graphs_compiled']} graphs compiled)")
     for batch in BATCHES:
-        runners, _ = cpu_bench.recipes(engine, batch)
+        runners, _ = workload.recipes(engine, batch)
         for run in runners.values():  # first calls of each recipe at this size
             run()
         times, peaks = {name: [] for name in runners}, dict.fromkeys(runners, 0)
         for index in range(runs):
-            for name, run in cpu_bench._alternate(runners, index):
+            for name, run in harness.alternate(runners, index):
                 torch.cuda.reset_peak_memory_stats()
-                times[name].append(cpu_bench.timed(run))  # each recipe ends with its images on the CPU
+                times[name].append(harness.timed(run))  # each recipe ends with its images on the CPU
                 peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
-            cpu_bench.log(f"  batch {batch}, run {index + 1}/{runs}: "
-                          + ", ".join(f"{name} {values[-1] / batch:.2f} s/image" for name, values in times.items()))
-        out[f"batch_{batch}"] = {name: {"seconds_per_image": cpu_bench.summary([t / batch for t in values]),
-                                        "images_per_second": cpu_bench.summary([batch / t for t in values]),
+            harness.log(f"  batch {batch}, run {index + 1}/{runs}: "
+                        + ", ".join(f"{name} {values[-1] / batch:.2f} s/image" for name, values in times.items()))
+        out[f"batch_{batch}"] = {name: {"seconds_per_image": harness.summary([t / batch for t in values]),
+                                        "images_per_second": harness.summary([batch / t for t in values]),
                                         "peak_memory_bytes": peaks[name]}
                                  for name, values in times.items()}
     return out
@@ -91,13 +88,13 @@ def measure(weights_dir: Path, compiled: bool, runs: int) -> dict:
 
 def table(results: dict) -> str:
     eager, compiled, flops = results["eager"], results["compiled"], results["flops"]
-    seconds, rows = cpu_bench.seconds, []
+    seconds, rows = harness.seconds, []
     for mode in MODES:
         for batch in BATCHES:
             case = results[mode][f"batch_{batch}"]
             ours, up, raw = (case[name]["seconds_per_image"] for name in ("ours", "upstream", "raw_diffusers"))
-            throughput = cpu_bench.rate(case["ours"]["images_per_second"])
-            rows.append(("G", f"seconds per image, 1024², {cpu_bench.DEFAULT_STEPS} steps, batch {batch}, {mode}, "
+            throughput = harness.rate(case["ours"]["images_per_second"])
+            rows.append(("G", f"seconds per image, 1024², {workload.DEFAULT_STEPS} steps, batch {batch}, {mode}, "
                               f"{ours['n']} runs", f"{seconds(ours)}; {throughput}",
                          f"upstream: {seconds(up)}; raw diffusers: {seconds(raw)}",
                          f"{up['median'] / ours['median']:.2f}× (upstream / ours)"))
@@ -120,7 +117,7 @@ def table(results: dict) -> str:
                  f"({compiled['graphs_compiled']} graphs)",
                  f"eager: {eager['load_seconds']:.0f} s + {eager['warm_up_seconds']:.0f} s",
                  f"+{compiled['warm_up_seconds'] - eager['warm_up_seconds']:.0f} s of warm-up"))
-    return cpu_bench.markdown(rows)
+    return harness.markdown(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each recipe at each batch (default 3)")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="the real weights (default: "
                         "weights/)")
-    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results", help="folder for the JSON")
+    parser.add_argument("--output", type=Path, default=harness.RESULTS, help="folder for the JSON")
     args = parser.parse_args(argv)
     problem = missing(args.weights)
     if problem:
@@ -138,28 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     from torch._inductor.utils import fresh_cache
 
     diffusers_logging.disable_progress_bar()
-    results: dict = {"machine": cpu_bench.machine(), "weights": str(args.weights.resolve()), "batches": list(BATCHES),
+    results: dict = {"machine": harness.machine(), "weights": str(args.weights.resolve()), "batches": list(BATCHES),
                      "gpu_memory_bytes": torch.cuda.get_device_properties(0).total_memory}
-    cpu_bench.log(f"GPU: {results['machine']['gpu']}; FLOPs of the real networks on the meta device ...")
+    harness.log(f"GPU: {results['machine']['gpu']}; FLOPs of the real networks on the meta device ...")
     results["flops"] = flop_count.count()
     with fresh_cache():  # compiling from an empty cache, as a new replica does
         for mode in MODES:
-            cpu_bench.log(f"{mode}: Engine.load, Engine.warm_up(), then {args.runs} runs of each recipe at batch "
-                          f"{', '.join(map(str, BATCHES))}")
+            harness.log(f"{mode}: Engine.load, Engine.warm_up(), then {args.runs} runs of each recipe at batch "
+                        f"{', '.join(map(str, BATCHES))}")
             results[mode] = measure(args.weights, mode == "compiled", args.runs)
             gc.collect()  # the engine is gone: give its GPU memory back before the next one loads
             torch.cuda.empty_cache()
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    results["total_seconds"] = time.perf_counter() - cpu_bench.STARTED
-    results["table"] = table(results)
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"{datetime.date.today().isoformat()}-gpu.json"
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(results["table"])
-    info = results["machine"]
-    print(f"\n{info['date']} · {info['gpu']} ({results['gpu_memory_bytes'] / 2**30:.0f} GB) · {info['cpu_model']} · "
-          f"torch {torch.__version__} (CUDA {torch.version.cuda}) · total {results['total_seconds']:.0f} s · "
-          f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    harness.write_results(results, table(results), args.output, suffix="-gpu")
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python -m stable_diffusion_xl generate "a cat napping" --n 2 --seed 7 --aspect-ratio 16:9 -o out/
     python -m stable_diffusion_xl try -i '{"prompt": "cat napping"}' -o out/   # through Ray Serve, like `instill run`
-    python -m stable_diffusion_xl serve                                       # Ray Serve on loopback until Ctrl-C
+    python -m stable_diffusion_xl serve                                       # Ray Serve until Ctrl-C
     python -m stable_diffusion_xl fetch-weights
     python -m stable_diffusion_xl demo-weights
     python -m stable_diffusion_xl compile-cache                               # on the GPU kind replicas run on
@@ -29,6 +29,7 @@ from .weights.layout import (
     WeightPaths,
     WeightsMissing,
 )
+from .weights.library_logs import quiet_library_logs
 
 DEMO_NOTE = f"(demo weights: these images are noise; fetch the real weights with `{FETCH_COMMAND}`)"
 DEMO_HELP = "use the tiny random demo weights: their images are noise"
@@ -48,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="images per UNet batch")
 
     serve = commands.add_parser("serve", help="serve the Instill model on a local Ray Serve (HTTP, gRPC) until Ctrl-C")
-    serve.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1 (default: 8000)")
-    serve.add_argument("--grpc-port", type=int, default=9000, help="gRPC port on 127.0.0.1 (default: 9000)")
+    serve.add_argument("--host", default="127.0.0.1", help="the HTTP API's address (default: 127.0.0.1; 0.0.0.0 for "
+                       "every interface); Ray's own ports and its dashboard stay on 127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    serve.add_argument("--grpc-port", type=int, default=9000, help="gRPC port (default: 9000; 0: no gRPC). Ray "
+                       "Serve's gRPC proxy listens on every interface: set SDXL_API_KEY where others can reach it")
     try_ = commands.add_parser("try", help="serve the Instill model, POST one input as `instill run -i` does, "
                                "save the images")
     try_.add_argument("-i", "--input", default='{"prompt": "cat napping"}', help="the input JSON, flat or enveloped")
@@ -78,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--mode", choices=MODES, help="inductor's mode (default: SDXL_COMPILE_MODE, else default)")
 
     args = parser.parse_args(argv)
-    from .serving.local_serve import DeployFailed
+    from .serving.local_serve import DeployFailed, PortInUse  # imports the Instill SDK, which sets up the root logger
+
+    quiet_library_logs()
 
     try:
         handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo,
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InvalidRequest, WeightsMissing, SettingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except DeployFailed as error:  # Ray's own message: why the replica could not start
+    except (DeployFailed, PortInUse) as error:  # Ray's own message on why the replica could not start; a taken port
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -108,10 +114,13 @@ def _argument(spec: dataclasses.Field) -> dict:
 def _generate(args) -> int:
     from .generation.engine import Engine
     from .serving.encoding import encode
+    from .serving.limits import Limits
 
     fields = {spec.name: getattr(args, spec.name) for spec in PARAMETERS.values()}
     request = TextToImageRequest(prompt=args.prompt, **fields)
     engine = Engine.load(args.weights, demo=args.demo, max_batch_size=args.max_batch_size)
+    # The adapters as a deployment checks them (n is the user's own business here): an unknown one is an error line.
+    Limits(lora_names=engine.adapters.names, max_loras=engine.adapters.limit).check_loras(request, "")
     engine.set_progress_bars(True)
     generation = engine.generate([request])[0]
     args.output.mkdir(parents=True, exist_ok=True)
@@ -147,13 +156,20 @@ def _model_env(args) -> tuple[dict[str, str], Settings]:
 
 
 def _serve(args) -> int:
-    from .serving.local_serve import Application, Ports, run
+    from .serving.local_serve import Application, Ports, check_free, run
 
-    env, _ = _model_env(args)
-    application, ports = Application("default", env), Ports(http=args.port, grpc=args.grpc_port)
-    print(f"serving on http://127.0.0.1:{ports.http}/ and gRPC 127.0.0.1:{ports.grpc} (application 'default')")
+    env, settings = _model_env(args)
+    application = Application("default", env)
+    ports = Ports(http=args.port, grpc=args.grpc_port, host=args.host)
+    check_free(ports)  # before the banner: a taken port is the only line
+    print(f"serving on http://{args.host}:{ports.http}/" + (f" and gRPC [::]:{ports.grpc}" if ports.grpc else "") +
+          " (application 'default')")
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     for api, path in SERVED_APIS.items():
-        print(f"  {api:<34} http://127.0.0.1:{ports.http}{path}")
+        print(f"  {api:<34} http://{shown}:{ports.http}{path}")
+    if ports.grpc and settings.http_api_key() is None:
+        print(f"  note: Ray Serve's gRPC proxy listens on every interface and no SDXL_API_KEY is set: anyone who "
+              f"reaches port {ports.grpc} can generate; set one, or --grpc-port 0 for no gRPC", file=sys.stderr)
     run([application], ports)
     return 0
 
@@ -167,6 +183,10 @@ def _try(args) -> int:
 
     from .serving.local_serve import Application, serving
 
+    try:  # a typo is reported now, not after Ray has started
+        json.loads(args.input)
+    except json.JSONDecodeError as error:
+        raise InvalidRequest("-i/--input", f"must be JSON ({error.msg} at character {error.pos})") from None
     body = args.input.encode()
     env, settings = _model_env(args)
     key = settings.http_api_key()

@@ -1,4 +1,5 @@
-"""README's tables, written from the declarations they document so the two cannot drift."""
+"""The docs' tables (docs/apis.md, docs/settings.md), written from the declarations they document so the two
+cannot drift."""
 
 from __future__ import annotations
 

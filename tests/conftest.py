@@ -1,4 +1,5 @@
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +33,26 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_sep("-", title)
         for line in ["| measured | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows.items())]:
             terminalreporter.write_line(line)
+
+
+# `make test-fast` (-m "not slow") stays seconds long and free of Ray: a test not marked slow fails, naming the
+# marker, if it starts a subprocess or uses a fixture that starts Ray Serve or `instill build`.
+SLOW_FIXTURES = {"cluster", "image_build", "build_call"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):  # before the fixtures are set up
+    if not item.get_closest_marker("slow") and (slow := sorted(SLOW_FIXTURES.intersection(item.fixturenames))):
+        pytest.fail(f"{item.nodeid} uses {slow}, which start Ray or a subprocess: mark it @pytest.mark.slow")
+
+
+@pytest.fixture(autouse=True)
+def fast_tests_start_no_subprocess(request, monkeypatch):
+    if not request.node.get_closest_marker("slow"):
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} starts a subprocess: mark it @pytest.mark.slow")
+
+        monkeypatch.setattr(subprocess, "Popen", refuse)
 
 
 @pytest.fixture(scope="session")

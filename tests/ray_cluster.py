@@ -101,9 +101,11 @@ class RayCluster:
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.ports.dashboard}"
 
-    def start_head(self, timeout: float = 120) -> None:
+    def start_head(self, timeout: float = 300) -> None:
+        # The dashboard as Ray starts it by default: `--include-dashboard=true` fails the start when it takes
+        # more than 20 s, as its nine module processes do on a busy 2-core machine; the head waits for it instead.
         self.head = self._node("head", "--head", "--port", str(self.gcs_port), "--temp-dir", str(self.temp_dir),
-                               "--include-dashboard=true", "--dashboard-host", "127.0.0.1",
+                               "--dashboard-host", "127.0.0.1",
                                "--dashboard-port", str(self.ports.dashboard),
                                "--ray-client-server-port", str(free_port()),
                                "--metrics-export-port", str(self.ports.metrics))

@@ -1,9 +1,15 @@
 """The command line a person without Ray uses."""
 
+import os
+import re
+import socket
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
+
+pytestmark = pytest.mark.slow  # each test runs the command line in a subprocess
 
 
 def run_cli(*args, timeout=300):
@@ -30,6 +36,50 @@ def test_generate_rejects_bad_arguments_by_name(weights_dir):
     assert result.returncode == 2 and "steps: must be from 1 to 100, got 0" in result.stderr
 
 
+@pytest.mark.slow  # a subprocess that loads the demo weights
+def test_generate_with_an_adapter_it_does_not_have_ends_in_one_error_line(weights_dir, tmp_path):
+    result = run_cli("generate", "a cat", "--lora", "nope", "--demo", "--weights", str(weights_dir),
+                     "-o", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith('error: lora: no adapter named "nope" on this deployment; '
+                                                     'available: demo-')
+    assert not (tmp_path / "out").exists()
+
+
+def lines_for_a_user(stderr: str) -> list[str]:
+    """stderr without the progress bars (tqdm's `3/7 [00:01<...]`), line by line."""
+    return [line for line in stderr.splitlines() if line.strip() and not re.search(r"\d+/\d+ \[", line)]
+
+
+@pytest.mark.slow  # a subprocess that loads the demo weights
+def test_generate_prints_only_our_own_lines_no_library_noise(weights_dir, tmp_path):
+    """No transformers torchvision fallbacks, no LoRA keys missing from text encoders (demo-style trains the UNet
+    only), no torchao kernels, and the time once, milliseconds included."""
+    result = run_cli("generate", "a cat", "--steps", "2", "--lora", "demo-style", "--demo", "--weights",
+                     str(weights_dir), "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    lines = lines_for_a_user(result.stderr)
+    ours = ["WARNING  loading the DEMO weights from ", "INFO     loaded the LoRA adapter demo-style "]
+    assert len(lines) == len(ours), lines
+    for line, start in zip(lines, ours):
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} " + re.escape(start), line), line
+
+
+@pytest.mark.slow  # 30 s of the hub client's retries
+def test_fetch_that_cannot_reach_the_hub_prints_its_error_and_no_retry_lines(tmp_path):
+    with socket.socket() as sock:  # a port nothing listens on: every request is refused at once
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{closed}", "HF_HUB_OFFLINE": "0"}
+    result = subprocess.run([sys.executable, "-m", "stable_diffusion_xl", "fetch-weights", "--weights", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    lines = lines_for_a_user(result.stderr)
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("error: could not fetch the weights from the Hugging Face hub")
+
+
 def test_generate_without_weights_says_how_to_fetch_them(tmp_path):
     result = run_cli("generate", "a cat", "--weights", str(tmp_path))
     assert result.returncode == 2 and "fetch-weights" in result.stderr and "Traceback" not in result.stderr
@@ -44,3 +94,12 @@ def test_try_serves_the_model_on_ray_and_writes_the_reply_images(weights_dir, tm
     assert sorted(p.name for p in out.iterdir()) == ["sdxl-11.jpg", "sdxl-12.jpg"]
     assert f"images written to {out}" in result.stdout
 
+
+
+@pytest.mark.slow
+def test_try_reports_input_that_is_not_json_before_starting_ray(weights_dir):
+    result = run_cli("try", "-i", "{prompt: cat}", "--demo", "--weights", str(weights_dir), timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error")] == [
+        "error: -i/--input: must be JSON (Expecting property name enclosed in double quotes at character 1)"]
+    assert "starting Ray" not in result.stderr

@@ -15,7 +15,7 @@ from http import HTTPStatus
 
 from starlette.responses import JSONResponse
 
-from ..generation.request import InvalidRequest, TextToImageRequest, excerpt, key_name
+from ..generation.request import InvalidRequest, TextToImageRequest, excerpt, unknown_key
 from ..serving.encoding import encode_all, to_base64
 from ..serving.limits import Limits
 from ..serving.transport import HttpCall
@@ -23,7 +23,7 @@ from .vocabulary import Vocabulary, json_object
 
 COLUMNS = ("prompt", "negative_prompt")
 VOCABULARY = Vocabulary({"num_inference_steps": "steps"}, without=["n"],  # one image per row
-                        own=["input_data", "columns", "index", "parameters"])
+                        elsewhere=["input_data", "columns", "index", "parameters"])
 
 
 class AzureScore(HttpCall):
@@ -33,12 +33,19 @@ class AzureScore(HttpCall):
         body = json_object(await self.json_body(limits), "body")
         unknown = sorted(set(body) - {"input_data", "parameters"})
         if unknown:
-            raise InvalidRequest(key_name(unknown[0]), "unknown key; the body has input_data and parameters")
+            raise unknown_key(unknown[0], ["input_data", "parameters"], "key")
         parameters = json_object(body.get("parameters", {}), "parameters")
+        try:  # prompt and negative_prompt pass: the check below says they belong in input_data
+            VOCABULARY.reject_unknown(parameters)
+        except InvalidRequest as error:
+            raise error.within("parameters.") from None
         clash = sorted(set(parameters) & set(COLUMNS))
         if clash:
             raise InvalidRequest(f"parameters.{clash[0]}", "is a column: give it in input_data")
         columns, rows = _columns_and_rows(json_object(body.get("input_data"), "input_data"))
+        if len(rows) > limits.max_images_per_call:  # an image per row: the rows are what the caller must cut
+            raise InvalidRequest("input_data.data", f"has {len(rows)} rows, an image each; this deployment makes at "
+                                                    f"most {limits.max_images_per_call} per call")
         requests = []
         for index, row in enumerate(rows):
             values = row if isinstance(row, list) else [row] if len(columns) == 1 else None
@@ -67,7 +74,7 @@ def _columns_and_rows(input_data: dict) -> tuple[list[str], list]:
     """pandas' "split" orientation, as Azure ML sends it; the row labels (`index`) must match but are not used."""
     unknown = sorted(set(input_data) - {"columns", "data", "index"})
     if unknown:
-        raise InvalidRequest(f"input_data.{key_name(unknown[0])}", "unknown key; it has columns, data and index")
+        raise unknown_key(unknown[0], ["columns", "data", "index"], "key").within("input_data.")
     columns, rows = input_data.get("columns", ["prompt"]), input_data.get("data")
     if (not isinstance(columns, list) or not all(isinstance(column, str) for column in columns)
             or "prompt" not in columns or not set(columns) <= set(COLUMNS) or len(set(columns)) < len(columns)):

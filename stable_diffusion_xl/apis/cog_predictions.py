@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
+from ..generation.request import InvalidRequest, TextToImageRequest, excerpt, unknown_key
 from ..generation.schedulers import SCHEDULERS
 from ..generation.sizes import NATIVE_SIZES
 from ..serving.encoding import encode_all, to_data_uri
@@ -30,7 +30,8 @@ UNSUPPORTED = ("image", "mask", "prompt_strength", "refine_steps", "replicate_we
 # No watermark is added; and the deployment's safety filter is not the caller's to disable.
 IGNORED = ("apply_watermark", "disable_safety_checker")
 VOCABULARY = Vocabulary({"num_outputs": "n", "num_inference_steps": "steps", "refine": "refiner"},
-                        without=["aspect-ratio"], own=["input", "id", "width", "height", *UNSUPPORTED, *IGNORED])
+                        without=["aspect-ratio"], own=["width", "height", *UNSUPPORTED, *IGNORED],
+                        elsewhere=["input", "id"])
 NSFW = "NSFW content detected. Try running it again, or try a different prompt."
 
 
@@ -41,7 +42,8 @@ class CogPrediction(HttpCall):
         body = json_object(await self.json_body(limits), "body")
         unknown = sorted(set(body) - {"input", "id"})
         if unknown:
-            raise InvalidRequest("body", "unknown key; a prediction has input (and id); webhooks are not served")
+            error = unknown_key(unknown[0], ["input", "id"], "key")  # webhook, output_file_prefix: not served
+            raise InvalidRequest(error.field, f"{error.reason}; webhooks are not served")
         self.id = body.get("id")
         if not isinstance(self.id, (str, type(None))):
             raise InvalidRequest("id", f"must be a string, got {excerpt(self.id)}")
@@ -52,6 +54,7 @@ class CogPrediction(HttpCall):
 
     @staticmethod
     def _request(fields: dict, limits: Limits) -> TextToImageRequest:
+        VOCABULARY.reject_unknown(fields)
         for name in UNSUPPORTED:
             if name in fields:
                 raise InvalidRequest(name, "is not served: this deployment makes images from text")

@@ -15,19 +15,27 @@ from instill.protogen.model.ray.v1alpha.user_defined_pb2 import CallRequest, Cal
 from starlette.responses import JSONResponse
 
 from ..generation.engine import Generation
-from ..generation.request import InvalidRequest, TextToImageRequest, check_text, excerpt, from_fields, key_name
+from ..generation.request import InvalidRequest, TextToImageRequest, check_text, excerpt, from_fields, unknown_key
 from ..serving.encoding import encode_all, to_base64
 from ..serving.limits import Limits
-from ..serving.transport import Call, HttpCall
+from ..serving.transport import Call, HttpCall, key_problem
 
 
 class InstillGrpc(Call):
-    """Core's `UserDefinedService/__call__`; errors are INVALID_ARGUMENT with the field in the details."""
+    """Core's `UserDefinedService/__call__`; errors are INVALID_ARGUMENT with the field in the details,
+    UNAUTHENTICATED for a missing or wrong API key."""
 
     api = "instill-grpc"
 
     def __init__(self, call: CallRequest, context: grpc.ServicerContext):
         self.call, self.context = call, context
+
+    def authorize(self, api_key: str | None) -> None:
+        """With a key set, the `authorization` metadata must be `Bearer <key>`, as HTTP's header."""
+        problem = key_problem(dict(self.context.invocation_metadata()).get("authorization", ""), api_key)
+        if problem:
+            raise InvalidRequest("authorization", f"{problem}; send it as gRPC metadata `authorization: Bearer "
+                                                  "<key>`", http_status=401)
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
         size = self.call.ByteSize()
@@ -44,7 +52,8 @@ class InstillGrpc(Call):
         return response
 
     def reject(self, error: InvalidRequest) -> CallResponse:
-        self.context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+        unauthenticated = error.http_status == 401
+        self.context.set_code(grpc.StatusCode.UNAUTHENTICATED if unauthenticated else grpc.StatusCode.INVALID_ARGUMENT)
         self.context.set_details(str(error))
         return CallResponse()
 
@@ -95,11 +104,11 @@ def usage(request: TextToImageRequest, generation: Generation) -> dict:
         "height": generation.height,
         "steps": request.steps,
         "guidance-scale": request.guidance_scale,
-        "refiner": request.refiner,
+        "refiner": generation.refined,  # false where the steps left the refiner none
         "scheduler": request.scheduler,
         "lora": list(request.lora),
         "lora-scale": list(request.lora_scale),
-        "high-noise-frac": request.high_noise_frac if request.refiner else None,
+        "high-noise-frac": request.high_noise_frac if generation.refined else None,
         "tokens": dict(generation.tokens),  # {"prompt": 213, "negative-prompt": 12}: CLIP tokens, syntax removed
         "content-filtered": [index for index, unsafe in enumerate(generation.filtered) if unsafe],
         "seconds": {stage: round(seconds, 4) for stage, seconds in generation.timings.items()},
@@ -112,7 +121,7 @@ def parse_task_input(task_input: Any, limits: Limits, images_before: int = 0) ->
         raise InvalidRequest("task input", f"must be an object, got {excerpt(task_input)}")
     unknown = sorted(set(task_input) - {"data", "parameter"})
     if unknown:
-        raise InvalidRequest(key_name(unknown[0]), "unknown key; a task input has data and parameter")
+        raise unknown_key(unknown[0], ["data", "parameter"], "key")
     data, parameter = task_input.get("data"), task_input.get("parameter", {})
     if not isinstance(data, dict):
         raise InvalidRequest("data", "must be an object with a prompt")
@@ -120,7 +129,7 @@ def parse_task_input(task_input: Any, limits: Limits, images_before: int = 0) ->
         raise InvalidRequest("parameter", "must be an object")
     extra = sorted(set(data) - {"prompt", "model"})
     if extra:
-        raise InvalidRequest(f"data.{key_name(extra[0])}", "unknown key; data has prompt and model")
+        raise unknown_key(extra[0], ["prompt", "model"], "key").within("data.")
     model = data.get("model", "")  # Core's model id; the deployment serves one model, so it is not used
     if not isinstance(model, str):
         raise InvalidRequest("data.model", f"must be a string, got {excerpt(model)}")
@@ -134,7 +143,7 @@ def parse_task_input(task_input: Any, limits: Limits, images_before: int = 0) ->
 def parse_flat(body: dict, limits: Limits, images_before: int = 0) -> TextToImageRequest:
     """The flat form people and `instill run` send: {"prompt": ..., "n": 2, ...}; "model" is ignored."""
     fields = {key: value for key, value in body.items() if key != "model"}
-    request = from_fields(fields.pop("prompt", None), fields)
+    request = from_fields(fields.pop("prompt", None), fields, also=["prompt", "model"])
     limits.check(request, images_before, "")
     return request
 

@@ -23,9 +23,14 @@ SIZES = {f"{width}x{height}": ratio for ratio, (width, height) in NATIVE_SIZES.i
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 RESPONSE_FORMATS = ("b64_json", "url")  # a url is a data: URL: the deployment hosts no files
 # OpenAI's parameters that mean nothing to SDXL, taken so that a client's existing call works unchanged.
-IGNORED = ("model", "user", "quality", "style", "background", "moderation")
+IGNORED = ("model", "user", "quality", "style")
+BACKGROUNDS = ("auto", "opaque")  # SDXL has no alpha channel: "transparent" cannot be honoured
+# OpenAI's own content moderation, which this deployment does not run: both of its levels are taken, and
+# the deployment's safety checker (SDXL_SAFETY_CHECKER) is what filters, when it is on.
+MODERATIONS = ("auto", "low")
 VOCABULARY = Vocabulary({}, without=["aspect-ratio"], own=["size", "response_format", "output_format",
-                                                            "output_compression", "stream", *IGNORED])
+                                                            "output_compression", "stream", "background", "moderation",
+                                                            *IGNORED])
 SDXL_RELEASED = 1690329600  # 2023-07-26, SDXL 1.0's release: the model's "created" time
 
 
@@ -37,6 +42,7 @@ class OpenAIImages(HttpCall):
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
         fields = dict(json_object(await self.json_body(limits), "body"))
+        VOCABULARY.reject_unknown(fields)
         self.response_format = choose(fields.pop("response_format", "b64_json"), "response_format", RESPONSE_FORMATS)
         self.output_format = choose(fields.pop("output_format", "png"), "output_format", OUTPUT_FORMATS)
         self.quality = fields.pop("output_compression", None)  # None: the deployment's JPEG quality
@@ -47,6 +53,11 @@ class OpenAIImages(HttpCall):
         for name in IGNORED:
             if not isinstance(fields.pop(name, ""), str):
                 raise InvalidRequest(name, "must be a string")
+        if fields.get("background") == "transparent":
+            raise InvalidRequest("background", "transparent is not served: SDXL makes opaque images; use opaque or "
+                                               "auto")
+        choose(fields.pop("background", "auto"), "background", BACKGROUNDS)
+        choose(fields.pop("moderation", "auto"), "moderation", MODERATIONS)
         size = choose(fields.pop("size", "auto"), "size", ["auto", *SIZES])
         return [VOCABULARY.request(fields, limits, settled={"aspect-ratio": SIZES.get(size, "1:1")})]
 

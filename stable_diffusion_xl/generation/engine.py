@@ -18,20 +18,21 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from ..weights.layout import DEFAULT_WEIGHTS_DIR, WeightPaths
+from ..weights.library_logs import quiet_library_logs
 from . import compile as compiling
 from .adapters import DEFAULT_MAX_LORAS, ResidentAdapters
 from .compile import DEFAULT_MODE, compile_pipelines, compiled_graphs, inductor_compiles, refuse_adapters
 from .compile_cache import CompileCache, cache_key
-from .request import MAX_SEED, InvalidRequest, TextToImageRequest, nth_seed
+from .request import MAX_SEED, TextToImageRequest, nth_seed
 from .safety import SafetyChecker
-from .schedulers import hand_off_problem, make_scheduler, unet_calls
+from .schedulers import both_experts_step, make_scheduler, unet_calls
 from .sizes import ASPECT_RATIOS, image_size
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ DEFAULT_MAX_BATCH_SIZE = 4  # images per UNet batch
 # diffusers logs the part of a prompt beyond CLIP's 77 tokens, at WARNING. Prompts stay out of the logs.
 for _pipeline in ("pipeline_stable_diffusion_xl", "pipeline_stable_diffusion_xl_img2img"):
     logging.getLogger(f"diffusers.pipelines.stable_diffusion_xl.{_pipeline}").setLevel(logging.ERROR)
+quiet_library_logs()  # for every user of the engine, the CLI's and the deployment's alike
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Generation:
     safety_checked: bool = False  # a safety checker looked at the images (otherwise none is flagged)
     # CLIP tokens of the prompt and of the negative prompt, weighting syntax removed: {"prompt": 213, ...}
     tokens: dict[str, int] = field(default_factory=dict)
+    # The refiner ran: asked for, and the steps gave it one (with too few, the base made the images alone).
+    refined: bool = False
 
 
 class OutOfMemory(RuntimeError):
@@ -234,14 +238,10 @@ class Engine:
         and raises Cancelled, also while the call still waits for the engine.
         """
         progress = progress or Progress()
-        for request in requests:  # the deployment checks this when it parses; other callers get it here
-            problem = request.refiner and hand_off_problem(
-                request.scheduler, self.scheduler_configs["base"], request.steps, request.high_noise_frac)
-            if problem:
-                raise InvalidRequest("high-noise-frac", problem)
+        requests = [self._as_run(request) for request in requests]
         seeds = [request.seed or secrets.randbelow(MAX_SEED) + 1 for request in requests]
-        results = [Generation([], [], *self.size_of(request), safety_checked=self.safety_checker is not None)
-                   for request in requests]
+        results = [Generation([], [], *self.size_of(request), safety_checked=self.safety_checker is not None,
+                              refined=request.refiner) for request in requests]
         groups: dict[tuple, list[_Job]] = defaultdict(list)
         for index, (request, seed) in enumerate(zip(requests, seeds)):
             key = (request.batch_key, self.prompts.batch_key(request.prompt, request.negative_prompt))
@@ -265,6 +265,13 @@ class Engine:
                     self.healthy = False
                 raise
         return results
+
+    def _as_run(self, request: TextToImageRequest) -> TextToImageRequest:
+        """The request as it runs: the base alone where the steps leave either expert none (`steps: 1`)."""
+        if request.refiner and not both_experts_step(request.scheduler, self.scheduler_configs["base"],
+                                                     request.steps, request.high_noise_frac):
+            return replace(request, refiner=False)
+        return request
 
     def _run_or_split(self, requests, chunk: list[_Job], results: list[Generation], progress: Progress) -> None:
         """Run one batch; when it does not fit in memory, run each half instead, down to one image."""

@@ -11,9 +11,11 @@ and a hostile value is never sent back, logged or used as a metric label whole.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +71,21 @@ def key_name(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name) else excerpt(name)
 
 
+def unknown_key(name: str, known: Iterable[str], kind: str = "parameter") -> InvalidRequest:
+    """The error for a key nobody reads: the known names closest to it first (a typo's fix), then all of them."""
+    known = list(dict.fromkeys(known))
+    spelled = {_spelling(option): option for option in known}
+    # Long keys are hostile or no typo: no suggestion (and no quadratic comparison).
+    close = difflib.get_close_matches(_spelling(name), spelled, n=3, cutoff=0.6) if len(name) <= 40 else []
+    hint = f"did you mean {' or '.join(f'`{spelled[match]}`' for match in close)}? " if close else ""
+    return InvalidRequest(key_name(name), f"unknown {kind}; {hint}known: {', '.join(known)}")
+
+
+def _spelling(name: str) -> str:
+    """A name as a typo compares: case, dashes and underscores differ between dialects, not between meanings."""
+    return name.lower().replace("-", "_")
+
+
 def _option(default, description, *, minimum=None, maximum=None, choices=None, shown=None):
     """A request field; `shown` is its default as README writes it, where the value itself would not say."""
     return field(
@@ -93,7 +110,8 @@ class TextToImageRequest:
     guidance_scale: float = _option(7.5, "Classifier-free guidance; 1 turns it off.", minimum=1.0, maximum=20.0)
     high_noise_frac: float = _option(
         0.8, "Where the refiner takes over, as a fraction of the noise schedule: the base denoises the noisiest "
-        "part. Each expert must get a step.", minimum=0.05, maximum=0.95,
+        "part. Where the steps leave either expert none (1 step), the base makes the image alone.",
+        minimum=0.05, maximum=0.95,
     )
     refiner: bool | None = _option(
         None, "Hand the low-noise steps to the refiner; false runs the base alone. With a LoRA the default is "
@@ -210,11 +228,12 @@ def _from_json(spec: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def from_fields(prompt: Any, parameters: dict, where: str = "") -> TextToImageRequest:
-    """Build a request from a prompt and wire-named parameters, rejecting unknown keys."""
+def from_fields(prompt: Any, parameters: dict, where: str = "", also: Iterable[str] = ()) -> TextToImageRequest:
+    """Build a request from a prompt and wire-named parameters, rejecting unknown keys; `also` are the other
+    names the caller may use in the same object (such as `prompt`), which a hint lists too."""
     unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
-        raise InvalidRequest(f"{where}{key_name(unknown[0])}", f"unknown parameter; known: {', '.join(PARAMETERS)}")
+        raise unknown_key(unknown[0], [*also, *PARAMETERS]).within(where)
     if prompt is None:
         raise InvalidRequest(f"{where}prompt", "is required")
     values = {PARAMETERS[key].name: _from_json(PARAMETERS[key], value) for key, value in parameters.items()}

@@ -77,17 +77,14 @@ def _ending_on_a_whole_step(scheduler, denoising_end: float) -> None:
     scheduler.set_timesteps = set_timesteps_of_the_base
 
 
-def hand_off_problem(name: str, config, steps: int, high_noise_frac: float) -> str | None:
-    """Why base and refiner cannot share `steps` of sampler `name` at `high_noise_frac`, or None when each
-    gets at least one UNet call. The split is by timestep, as the pipelines make it, so it is computed from
-    the sampler's own schedule (a Karras schedule gives the base 25 of 40 steps at 0.8, not 32)."""
+def both_experts_step(name: str, config, steps: int, high_noise_frac: float) -> bool:
+    """Whether base and refiner each get at least one UNet call when they share `steps` of sampler `name` at
+    `high_noise_frac`. The split is by timestep, as the pipelines make it, so it is computed from the sampler's
+    own schedule (a Karras schedule gives the base 25 of 40 steps at 0.8, not 32). Few steps leave one expert
+    none (1 step of euler is the timestep 1, below any hand-off): the base then makes the image alone."""
     alone = make_scheduler(name, config)
     alone.set_timesteps(steps)
     base = make_scheduler(name, config, denoising_end=high_noise_frac)
     base.set_timesteps(steps)
     base_calls = int((base.timesteps >= hand_off_timestep(config, high_noise_frac)).sum())
-    idle = "the base" if base_calls == 0 else "the refiner" if base_calls >= len(alone.timesteps) else None
-    if idle is None:
-        return None
-    return (f"{high_noise_frac} of {steps} steps of the {name} sampler leaves {idle} no step; use more steps, "
-            "another fraction, or refiner=false")
+    return 0 < base_calls < len(alone.timesteps)

@@ -8,7 +8,6 @@ from typing import Any
 
 from ..generation.adapters import DEFAULT_MAX_LORAS
 from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
-from ..generation.schedulers import hand_off_problem
 from ..weights.layout import SDXL_SCHEDULER_CONFIG
 from ..weights.lora_files import is_plain_name
 from .environment import setting
@@ -44,13 +43,13 @@ class Limits:
         if images_before + n > self.max_images_per_call:
             raise InvalidRequest(f"{where}n", f"takes the call to {excerpt(images_before + n)} images; this deployment "
                                               f"makes at most {self.max_images_per_call} per call")
+        self.check_loras(request, where)
+
+    def check_loras(self, request: TextToImageRequest, where: str) -> None:
+        """The request's adapters against those the deployment found (the CLI checks these alone)."""
         if len(request.lora) > self.max_loras:
             raise InvalidRequest(f"{where}lora", f"stacks {len(request.lora)} adapters; this deployment keeps at most "
                                                  f"{self.max_loras} loaded")
-        if request.refiner:
-            problem = hand_off_problem(request.scheduler, self.scheduler_config, request.steps, request.high_noise_frac)
-            if problem:
-                raise InvalidRequest(f"{where}high-noise-frac", problem)
         for name in request.lora:
             if not is_plain_name(name) or name not in self.lora_names:
                 shown = ", ".join(self.lora_names[:20]) + (", ..." if len(self.lora_names) > 20 else "")

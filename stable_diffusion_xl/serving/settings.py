@@ -44,8 +44,9 @@ class Settings:
                                 minimum=1, maximum=100)
     warm_up: bool = setting("SDXL_WARM_UP", True, "one tiny generation per aspect ratio before the replica "
                             "reports ready")
-    api_key: str | None = setting("SDXL_API_KEY", None, "the key every generating HTTP route requires as "
-                                  "`Authorization: Bearer <key>`; the GET ping and gRPC stay open", shown="none: open",
+    api_key: str | None = setting("SDXL_API_KEY", None, "the key every generating HTTP route and gRPC call "
+                                  "requires as `Authorization: Bearer <key>` (gRPC: `authorization` metadata); the "
+                                  "GET ping stays open", shown="none: open",
                                   allowed="printable ASCII, no spaces", secret=True)
     api_key_file: Path | None = setting("SDXL_API_KEY_FILE", None, "a file holding that key instead (a mounted "
                                         "secret); surrounding whitespace is ignored", shown="none", allowed="a file")

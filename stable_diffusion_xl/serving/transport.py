@@ -31,7 +31,7 @@ class Call:
     streams = False  # progress events while the images are made, then the answer
 
     def authorize(self, api_key: str | None) -> None:
-        """Refuse the call unless it carries `api_key`; gRPC needs none (Core authenticates its own users)."""
+        """Refuse the call unless it carries `api_key` (when one is set)."""
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
         raise NotImplementedError
@@ -59,10 +59,10 @@ class HttpCall(Call):
         self.streams = "text/event-stream" in request.headers.get("accept", "")
 
     def authorize(self, api_key: str | None) -> None:
-        sent = self.request.headers.get("authorization", "").encode("latin-1")  # as the header arrived
-        if api_key is not None and not hmac.compare_digest(sent, f"Bearer {api_key}".encode()):
-            raise InvalidRequest("authorization", "this deployment needs its API key, sent as "
-                                                  "`Authorization: Bearer <key>`", http_status=401)
+        problem = key_problem(self.request.headers.get("authorization", ""), api_key)
+        if problem:
+            raise InvalidRequest("authorization", f"{problem}; send it as `Authorization: Bearer <key>`",
+                                 http_status=401)
 
     async def json_body(self, limits: Limits):
         """The body as JSON; a body over the size limit is refused before it is read whole, and one that does not
@@ -127,6 +127,21 @@ class Refused(HttpCall):
         if self.allow:
             response.headers["Allow"] = self.allow
         return response
+
+
+def key_problem(sent: str, api_key: str | None) -> str | None:
+    """What is wrong with an `authorization` value where `api_key` is required (None: nothing, or no key is
+    set). The scheme is case-insensitive (RFC 7235), the key compared as it arrived, in constant time."""
+    if api_key is None:
+        return None
+    scheme, _, credentials = sent.strip().partition(" ")
+    if not sent:
+        return "this deployment needs its API key"
+    if scheme.lower() != "bearer":
+        return "the scheme is missing or not Bearer"
+    if not hmac.compare_digest(credentials.strip().encode("latin-1", "replace"), api_key.encode()):
+        return "the key sent is not this deployment's API key"
+    return None
 
 
 async def read_body(request: Request, limit: int) -> bytes:

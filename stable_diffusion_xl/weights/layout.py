@@ -83,7 +83,8 @@ class WeightPaths:
         missing = [str(p) for p in (paths.base, paths.refiner) if not (p / "model_index.json").is_file()]
         if missing:
             how = ("build them with `python -m stable_diffusion_xl demo-weights`" if demo else
-                   f"fetch the real weights (about 12 GB) with `{FETCH_COMMAND}`, or ask for the tiny "
-                   "random demo weights explicitly (their images are noise)")
+                   f"fetch the real weights (about 12 GB) with `{FETCH_COMMAND}`, or try the tiny random demo "
+                   "weights (their images are noise) with `--demo` on the command line, SDXL_DEMO_WEIGHTS=1 for a "
+                   "deployment")
             raise WeightsMissing(f"no SDXL weights in {', '.join(missing)}: {how}")
         return paths

@@ -1,12 +1,13 @@
-"""An optional API key for HTTP (SDXL_API_KEY, or SDXL_API_KEY_FILE as here): every generating route refuses a
-missing or wrong key with 401 in its own error shape, and takes the right one; the ping, the page and gRPC
-stay open, and the key reaches no log."""
+"""An optional API key (SDXL_API_KEY, or SDXL_API_KEY_FILE as here): every generating route refuses a missing or
+wrong key with 401 in its own error shape, gRPC with UNAUTHENTICATED, and takes the right one; the ping and the
+page stay open, and the key reaches no log."""
 
+import grpc
 import openai
 import pytest
 
 from instill_contract import check_output, task_input
-from served import API_KEY, KEYED, TINY, http, ray_logs
+from served import API_KEY, KEYED, MODEL, TINY, http, ray_logs
 from stable_diffusion_xl.serving.client import grpc_call
 
 pytestmark = pytest.mark.slow
@@ -51,12 +52,24 @@ def test_the_openai_client_raises_its_authentication_error_and_works_with_the_ke
     assert len(client.images.generate(prompt=PROMPT, extra_body=TINY).data) == 1
 
 
-def test_the_ping_the_model_list_the_page_and_grpc_need_no_key(cluster):
+def test_the_ping_the_model_list_and_the_page_need_no_key(cluster):
     status, reply, _ = http(cluster.ports, KEYED)
     assert status == 200 and reply["api_key_required"] is True
     assert http(cluster.ports, f"{KEYED}/v1/models")[0] == 200
     assert http(cluster.ports, f"{KEYED}/health-check")[0] == 200
-    assert len(check_output(grpc_call(cluster.channel, KEYED, task_input(seed=3, **TINY))[0])) == 1
+
+
+@pytest.mark.parametrize("wrong", [None, "sk-test-wrong", API_KEY[:-1]])
+def test_grpc_refuses_a_missing_or_wrong_key_as_unauthenticated_naming_the_metadata(cluster, wrong):
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_call(cluster.channel, KEYED, task_input(seed=3, **TINY), api_key=wrong)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "`authorization: Bearer <key>`" in caught.value.details() and API_KEY not in caught.value.details()
+
+
+def test_grpc_takes_the_right_key_and_a_keyless_deployment_needs_none(cluster):
+    assert len(check_output(grpc_call(cluster.channel, KEYED, task_input(seed=3, **TINY), api_key=API_KEY)[0])) == 1
+    assert len(check_output(grpc_call(cluster.channel, MODEL, task_input(seed=3, **TINY))[0])) == 1
 
 
 def test_the_key_reaches_no_log(cluster):

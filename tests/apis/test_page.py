@@ -148,6 +148,31 @@ def test_a_bad_value_is_shown_beside_its_field_in_the_pages_words(page):
     assert by_id(page, "n-error").text == "" and by_id(page, "n").get_attribute("aria-invalid") is None
 
 
+def progress_is_still(browser) -> bool:
+    """The bar shows a value: a <progress> without one is indeterminate (position -1) and animates."""
+    return browser.execute_script("return document.getElementById('progress').position") != -1
+
+
+def test_a_rejected_request_stops_the_bar_and_marks_the_earlier_images_stale(page):
+    page.find_element(By.ID, "prompt").send_keys("a cat")
+    fill(page, {"steps": 2})
+    generate(page, images=1)
+    assert "stale" not in by_id(page, "results").get_attribute("class")
+
+    fill(page, {"n": 9})
+    by_id(page, "generate").click()
+    WebDriverWait(page, 30).until(lambda _: by_id(page, "n-error").text)
+    WebDriverWait(page, 10).until(lambda _: by_id(page, "generate").is_enabled())
+    assert by_id(page, "progress-text").text == "Not generated: see the message in the form."
+    assert progress_is_still(page)
+    assert "stale" in by_id(page, "results").get_attribute("class")
+    assert by_id(page, "timings").text == "The images above are from an earlier request."
+
+    fill(page, {"n": 1})  # the next images replace them, current again
+    generate(page, images=1)
+    assert "stale" not in by_id(page, "results").get_attribute("class") and progress_is_still(page)
+
+
 def test_cancel_stops_the_generation_within_a_step_and_the_page_is_ready_again(page, cluster):
     page.find_element(By.ID, "prompt").send_keys("a long one")
     pick_aspect_ratio(page, "21:9")
@@ -157,7 +182,7 @@ def test_cancel_stops_the_generation_within_a_step_and_the_page_is_ready_again(p
     WebDriverWait(page, 60).until(lambda _: int(by_id(page, "progress").get_attribute("value")) >= 3)
     by_id(page, "cancel").click()
 
-    WebDriverWait(page, 10).until(lambda _: by_id(page, "generate").is_enabled())
+    WebDriverWait(page, 30).until(lambda _: by_id(page, "generate").is_enabled())
     assert re.fullmatch(r"Cancelled at step \d+ of 100\.", by_id(page, "progress-text").text)
     assert not by_id(page, "cancel").is_enabled() and shown_images(page) == []
     request_id = by_id(page, "request-id").text.removeprefix("Request id: ")
@@ -218,6 +243,14 @@ def test_a_deployment_with_a_key_asks_for_it_and_the_page_keeps_it_for_the_sessi
     by_id(browser, "generate").click()
     WebDriverWait(browser, 30).until(lambda _: by_id(browser, "authorization-error").text)
     assert by_id(browser, "authorization-error").text == "This is not the deployment's API key."
+    assert progress_is_still(browser)
+
+    fill(browser, {"authorization": ""})  # a missing key: its own words, and the bar still too
+    by_id(browser, "generate").click()
+    WebDriverWait(browser, 30).until(lambda _: "needs" in by_id(browser, "authorization-error").text)
+    assert by_id(browser, "authorization-error").text == "This deployment needs its API key."
+    WebDriverWait(browser, 10).until(lambda _: by_id(browser, "generate").is_enabled())
+    assert progress_is_still(browser)
 
     fill(browser, {"authorization": API_KEY})
     generate(browser, images=1)

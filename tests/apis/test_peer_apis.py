@@ -78,6 +78,14 @@ def test_openai_sdxl_parameters_are_checked_by_their_snake_case_names(client):
     assert caught.value.body["message"].startswith("guidance_scale: must be from 1.0 to 20.0, got 99")
 
 
+def test_openai_transparent_background_is_refused_and_opaque_with_low_moderation_is_served(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(prompt=PROMPT, background="transparent")
+    assert caught.value.body["param"] == "background"
+    response = client.images.generate(prompt=PROMPT, background="opaque", moderation="low", extra_body=FAST)
+    assert len(response.data) == 1
+
+
 def test_openai_models_lists_the_one_model(client):
     assert [model.id for model in client.models.list()] == ["stable-diffusion-xl"]
 
@@ -223,6 +231,8 @@ OPENAI_PARAM, AZURE_TARGET = (lambda reply: reply["error"]["param"]), (lambda re
     ("score", {"input_data": {"columns": ["text"], "data": [PROMPT]}}, 400, AZURE_TARGET, "input_data.columns"),
     ("predictions", {"input": {"prompt": PROMPT, "num_inference_steps": "many"}}, 422,
      lambda reply: ".".join(reply["detail"][0]["loc"]), "body.input.num_inference_steps"),
+    ("predictions", {"input": {"prompt": PROMPT, "widht": 1344, "height": 768}}, 422,
+     lambda reply: ".".join(reply["detail"][0]["loc"]), "body.input.widht"),
     ("predict", {"prompt": PROMPT, "guidance_scale": -1}, 400, lambda reply: reply["field"], "guidance_scale"),
 ])
 def test_bad_input_is_named_in_each_apis_error_shape(cluster, path, body, status, field_of, field):

@@ -1,8 +1,9 @@
 """The compile cache (SDXL_COMPILE_CACHE): a replica with a filled cache compiles nothing new, and a cache for another
 key, a damaged one or an unwritable folder is skipped with one log line, never a crash.
 
-The entries of the fast tests hold what inductor compiled for a one-line function. The slow test builds a real cache
-with the `compile-cache` command (inductor, demo weights) and starts a second process from it.
+The entries of most tests hold what inductor compiled for a one-line function (seconds; marked slow because inductor
+runs the C++ compiler in a subprocess). The last test builds a real cache with the `compile-cache` command
+(inductor, demo weights) and starts a second process from it.
 """
 
 import copy
@@ -45,6 +46,7 @@ def _lines(caplog) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.name.endswith("compile_cache")]
 
 
+@pytest.mark.slow  # inductor runs the C++ compiler in a subprocess
 def test_a_saved_entry_is_written_atomically_and_a_fresh_process_cache_loads_it(saved, caplog):
     entry = CompileCache(saved, KEY)
     assert sorted(path.name for path in entry.folder.iterdir()) == ["artifacts.bin", "key.json"]  # no temporaries
@@ -57,6 +59,7 @@ def test_a_saved_entry_is_written_atomically_and_a_fresh_process_cache_loads_it(
     assert len(_lines(caplog)) == 1 and _lines(caplog)[0].startswith("compile cache: loaded")
 
 
+@pytest.mark.slow  # inductor runs the C++ compiler in a subprocess
 def test_a_cache_made_for_another_gpu_and_torch_is_not_read_and_one_line_says_why(tmp_path, caplog):
     with fresh_cache():
         _compile_something()
@@ -98,6 +101,7 @@ DAMAGES = {
 }
 
 
+@pytest.mark.slow  # inductor runs the C++ compiler in a subprocess
 @pytest.mark.parametrize("damage, reason", DAMAGES.values(), ids=DAMAGES.keys())
 def test_a_damaged_entry_is_skipped_with_one_line(saved, caplog, damage, reason):
     entry = CompileCache(saved, KEY)
@@ -111,6 +115,7 @@ def test_a_damaged_entry_is_skipped_with_one_line(saved, caplog, damage, reason)
     assert reason in line and "compiling without it" in line
 
 
+@pytest.mark.slow  # inductor runs the C++ compiler in a subprocess
 def test_a_folder_that_cannot_be_written_is_one_line_not_a_failed_start(tmp_path, caplog):
     (tmp_path / "file").write_text("")
     with fresh_cache(), caplog.at_level(logging.INFO):

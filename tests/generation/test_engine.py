@@ -65,6 +65,18 @@ def test_base_only_runs_all_40_steps_on_the_base(engine):
     assert count_unet_calls(engine, run) == {"base": 40, "refiner": 0}
 
 
+@pytest.mark.parametrize(("fields", "base_calls"), [({"steps": 1}, 1), ({"steps": 2, "scheduler": "heun"}, 3)],
+                         ids=["1 step", "heun 2 steps"])
+def test_steps_that_leave_the_refiner_none_run_the_base_alone_and_say_so(engine, fields, base_calls):
+    results = []
+    calls = count_unet_calls(engine, lambda: results.extend(engine.generate([request(seed=5, **fields)])))
+    assert calls == {"base": base_calls, "refiner": 0}
+    assert results[0].refined is False and len(results[0].images) == 1
+    alone = engine.generate([request(seed=5, refiner=False, **fields)])[0]
+    assert results[0].images[0].tobytes() == alone.images[0].tobytes()
+    assert engine.generate([request(seed=5)])[0].refined is True  # FAST's 5 steps: 4 base, 1 refiner
+
+
 def test_same_seed_gives_identical_bytes_and_other_seeds_differ(engine):
     first, again, other = (engine.generate([request(seed=seed)])[0] for seed in (7, 7, 8))
     assert first.images[0].tobytes() == again.images[0].tobytes()
@@ -103,6 +115,7 @@ def test_negative_prompt_changes_the_image(engine):
     assert pixels(plain).tolist() != pixels(negative).tolist()
 
 
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_a_batch_of_prompts_matches_the_prompts_one_by_one(engine):
     batch = [request("a cat napping", seed=5), request("a red fox", seed=5, n=2), request("a lighthouse", seed=9)]
     together = engine.generate(batch)

@@ -54,6 +54,7 @@ def test_nan_that_survives_fp32_is_an_error_not_a_black_success(engine, faulty_v
     assert engine.healthy and len(engine.generate([request(seed=4)])[0].images) == 1
 
 
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_out_of_memory_on_a_batch_of_4_splits_it_and_keeps_every_image(engine, oom_above):
     unsplit = engine.generate([request(seed=20, n=4)])[0]
     oom_above["limit"] = 2

@@ -43,12 +43,14 @@ def test_no_residue_a_plain_request_after_lora_requests_gives_the_same_bytes(eng
     assert image_bytes(engine) == before
 
 
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_stacked_adapters_differ_from_each_alone_and_scales_matter(engine):
     stacked = image_bytes(engine, lora=[STYLE, KOHYA])
     assert stacked not in (image_bytes(engine, lora=STYLE), image_bytes(engine, lora=KOHYA))
     assert image_bytes(engine, lora=STYLE, lora_scale=0.5) != image_bytes(engine, lora=STYLE)
 
 
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_requests_with_other_adapters_or_scales_never_share_a_batch_and_equal_their_solo_result(engine):
     batch = [request(seed=3, **BASE_ONLY), request(seed=3, lora=STYLE, **BASE_ONLY),
              request(seed=3, lora=STYLE, lora_scale=0.5, **BASE_ONLY), request(seed=3, lora=KOHYA, **BASE_ONLY)]
@@ -59,6 +61,7 @@ def test_requests_with_other_adapters_or_scales_never_share_a_batch_and_equal_th
         assert generation.images[0].tobytes() == engine.generate([req])[0].images[0].tobytes()
 
 
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_with_a_lora_the_refiner_is_off_unless_asked_for(engine):
     assert request(lora=STYLE).refiner is False and request().refiner is True
     base_only = count_unet_calls(engine, lambda: engine.generate([request(lora=STYLE, steps=5)]))
@@ -66,6 +69,7 @@ def test_with_a_lora_the_refiner_is_off_unless_asked_for(engine):
     assert (base_only, asked) == ({"base": 5, "refiner": 0}, {"base": 4, "refiner": 1})
 
 
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_resident_adapters_stay_within_the_limit_least_recently_used_out(weights_dir):
     engine = Engine.load(weights_dir, demo=True, max_loras=1)
     engine.generate([request(lora=STYLE, **BASE_ONLY)])

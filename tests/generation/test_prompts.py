@@ -69,6 +69,7 @@ def test_a_short_plain_prompt_is_embedded_exactly_as_encode_prompt_embeds_it(eng
     assert equal(engine.prompts.encode_with_compel(pipeline, *one, True), encode_prompt(pipeline, *one))
 
 
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_weighting_syntax_changes_the_image_and_a_weight_of_one_changes_nothing(engine):
     plain = image(engine, "a cat napping")
     for weighted in ("a (cat)1.5 napping", "a cat++ napping", "a cat-- napping", "a (cat)0.5 napping"):
@@ -141,6 +142,7 @@ def test_token_counts_are_in_the_generation_and_in_usage(engine):
     ("(" * 60 + "cat", ""), ("(" * 8 + "cat" + ")" * 8, ""), (LONG.replace(" a ", " (a)1.2 ") * 3, ""),
 ], ids=["long", "long-both", "long-negative", "weights", "plus-minus", "weight-0", "weight-2", "blend", "and",
         "swap", "lora-term", "lora-only", "escapes", "deep-nesting", "nesting-8", "long-weighted"])
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_every_image_stays_finite(engine, prompt, negative):
     for pipeline in (engine.base, engine.refiner):
         embeds = encode(engine, pipeline, [prompt, "a cat napping"], [negative] * 2 if negative else None)
@@ -226,6 +228,7 @@ def test_a_text_without_syntax_characters_reads_as_compel_would_read_it(engine, 
     assert tokenizer(" ".join(fragment.text for fragment in prompt.children)).input_ids == tokenizer(spaced).input_ids
 
 
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_short_and_long_prompts_in_one_call_each_give_their_solo_image(engine):
     """A batch is padded to its longest text, so prompts of other lengths or encoders never share one."""
     batch = [request("a cat napping", seed=5), request(LONG, seed=5), request("a (cat)1.3 napping", seed=5),

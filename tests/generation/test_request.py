@@ -8,6 +8,7 @@ from stable_diffusion_xl.apis.instill import parse_json, parse_task_input
 from stable_diffusion_xl.generation.request import (
     KNOWN_FIELDS,
     MAX_SEED,
+    PARAMETERS,
     InvalidRequest,
     TextToImageRequest,
     excerpt,
@@ -49,8 +50,6 @@ def test_defaults_are_the_documented_ones():
         ({"guidance-scale": 0.5}, "guidance-scale", "from 1.0 to 20.0"),
         ({"guidance-scale": "high"}, "guidance-scale", "a number"),
         ({"high-noise-frac": 1.0}, "high-noise-frac", "from 0.05 to 0.95"),
-        ({"steps": 2, "high-noise-frac": 0.3}, "high-noise-frac", "of the euler sampler leaves the base no step"),
-        ({"steps": 5, "high-noise-frac": 0.85, "scheduler": "dpm++-2m"}, "high-noise-frac", "leaves the refiner"),
         ({"refiner": "yes"}, "refiner", "true or false"),
         ({"negative-prompt": None}, "negative-prompt", "must be a string"),
     ],
@@ -65,6 +64,14 @@ def test_bad_fields_are_named_with_what_is_allowed(fields, field, words):
 
 def test_base_only_needs_no_hand_off_step():
     assert TextToImageRequest(prompt="a cat", steps=1, refiner=False).steps == 1
+
+
+@pytest.mark.parametrize("fields", [{"steps": 1}, {"steps": 2, "scheduler": "heun"}, {"steps": 1, "scheduler": "ddim"},
+                                    {"steps": 2, "high-noise-frac": 0.3},
+                                    {"steps": 5, "high-noise-frac": 0.85, "scheduler": "dpm++-2m"}])
+def test_steps_too_few_to_share_are_taken_the_base_makes_the_image_alone(fields):
+    (request,) = parse({"prompt": "a cat", **fields})
+    assert request.steps == fields["steps"]
 
 
 def test_instill_task_input_with_struct_numbers():
@@ -189,3 +196,21 @@ def test_an_excerpt_of_characters_that_escape_long_stays_short():
         parse_json([{"prompt": "a cat"}, {"prompt": "a cat", "\U0001f600" * 60: 1}], Limits())
     assert len(str(caught.value)) < 300 and str(caught.value).isascii()
     assert excerpt("\U0001f600" * 60) == '"' + "\\ud83d\\ude00" * 4 + '..." (60 characters)'
+
+
+@pytest.mark.parametrize(("key", "meant"), [("promt", "prompt"), ("stpes", "steps"), ("Aspect-Ratio", "aspect-ratio"),
+                                            ("negative_prompt", "negative-prompt"), ("guidance", "guidance-scale")])
+def test_an_unknown_key_suggests_the_closest_known_names_first_then_lists_them_all(key, meant):
+    with pytest.raises(InvalidRequest) as caught:
+        parse({"prompt": "a cat", key: 1} if key != "promt" else {key: "a cat"})
+    error = caught.value
+    assert error.field == key
+    hint, _, listed = error.reason.partition(" known: ")
+    assert f"`{meant}`" in hint.split(" or ")[0]
+    assert listed.split(", ") == ["prompt", "model", *PARAMETERS]
+
+
+def test_a_key_like_no_known_name_gets_the_list_without_a_guess():
+    with pytest.raises(InvalidRequest) as caught:
+        parse({"prompt": "a cat", "xyzzy": 1})
+    assert "did you mean" not in caught.value.reason and "negative-prompt" in caught.value.reason

@@ -106,6 +106,7 @@ def observed(engine):
 
 @pytest.mark.parametrize("refiner", [True, False], ids=["ensemble", "base-alone"])
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_every_sampler_makes_a_finite_image_that_is_not_black(observed, name, refiner):
     run = observed(name, 5, refiner)
     assert run.latents and all(torch.isfinite(z).all() for z in run.latents)
@@ -119,6 +120,7 @@ def test_every_sampler_has_its_unet_call_count_stated():
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_unet_calls_at_40_steps_are_what_the_sampler_should_make(observed, name):
     (base, refiner), alone = CALLS_AT_40_STEPS[name]
     assert observed(name, 40, refiner=True).calls == {"base": base, "refiner": refiner}
@@ -129,6 +131,7 @@ def test_unet_calls_at_40_steps_are_what_the_sampler_should_make(observed, name)
 
 @pytest.mark.parametrize("steps", [40, 5])
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_the_refiner_runs_exactly_the_timesteps_the_base_left(observed, name, steps):
     ensemble, alone = observed(name, steps, refiner=True), observed(name, steps, refiner=False)
     base, refiner = ensemble.timesteps["base"], ensemble.timesteps["refiner"]
@@ -253,6 +256,7 @@ def test_an_ancestral_sampler_gives_the_same_bytes_for_the_same_seed(engine, nam
 
 
 @pytest.mark.parametrize("name", ANCESTRAL)
+@pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
 def test_an_ancestral_sampler_makes_image_i_of_n_as_the_solo_image_of_seed_plus_i(engine, name):
     batch = engine.generate([request(PROMPT, scheduler=name, seed=51, n=3)])[0]
     assert batch.seeds == [51, 52, 53]

@@ -74,7 +74,8 @@ def test_build_context_is_lean_and_holds_the_model_and_its_real_weights(image_bu
     # What the image needs: model.py as _model.py, the package and its page, the real weights and their manifest.
     assert (snapshot / "_model.py").read_bytes() == (project / "model.py").read_bytes()
     package_dir = project / "stable_diffusion_xl"
-    package = [p.relative_to(project).as_posix() for p in [*package_dir.glob("*.py"), *(package_dir / "ui").iterdir()]]
+    package = [p.relative_to(project).as_posix() for p in package_dir.rglob("*")  # the page too, not the clutter
+               if p.is_file() and "__pycache__" not in p.parts]
     for name in ["_model.py", "weights/manifest.json", *package, *REAL_WEIGHTS]:
         assert name in sent, f"{name} is not sent to docker"
     # What it must not hold.

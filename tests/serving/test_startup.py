@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from stable_diffusion_xl.serving.local_serve import Application, DeployFailed, serving
+from stable_diffusion_xl.weights.layout import FETCH_COMMAND
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +31,29 @@ def test_a_bad_setting_fails_the_deployment_with_rays_message_naming_it(weights_
     assert 'SDXL_MAX_BATCH_SIZE="0": must be an integer from 1 to 64' in str(caught.value)
 
 
+def test_missing_weights_fail_the_deployment_with_a_message_carrying_the_fetch_command(tmp_path):
+    """Raised in the replica's constructor, the application's message said only "Failed to update the
+    deployments ['StableDiffusionXL']"; the reason was in Ray's replica logs alone."""
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    env = {"SDXL_WEIGHTS_DIR": str(empty), "SDXL_DEMO_WEIGHTS": "0"}
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    try:
+        with pytest.raises(DeployFailed) as caught, serving([Application("default", env)],
+                                                            log_path=tmp_path / "serve.log", ray_dir=ray_dir):
+            pass
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert "application 'default' failed to deploy" in str(caught.value)
+    assert f"no SDXL weights in {empty}/stable-diffusion-xl-base-1.0" in str(caught.value)
+    assert FETCH_COMMAND in str(caught.value)
+
+
 @pytest.mark.parametrize("command", ["serve", "try"])
 def test_the_cli_refuses_a_bad_setting_before_starting_ray(weights_dir, command):
     env = {**os.environ, "SDXL_MAX_N": "abc"}
     result = subprocess.run([sys.executable, "-m", "stable_diffusion_xl", command, "--demo", "--weights",
-                             str(weights_dir)], capture_output=True, text=True, env=env, timeout=60)
+                             str(weights_dir)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().endswith('error: SDXL_MAX_N="abc": must be an integer from 1 to 64')
     assert "starting Ray" not in result.stderr and "Traceback" not in result.stderr

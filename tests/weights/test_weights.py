@@ -59,10 +59,12 @@ def test_demo_weights_have_exactly_the_layout_a_fetch_brings(weights_dir):
 
 
 def test_missing_real_weights_fail_with_the_fetch_command_and_never_fall_back_to_demo(weights_dir):
-    with pytest.raises(WeightsMissing, match="python -m stable_diffusion_xl fetch-weights"):
+    with pytest.raises(WeightsMissing, match="python -m stable_diffusion_xl fetch-weights") as caught:
         Engine.load(weights_dir)  # only demo weights are there
+    assert "`--demo`" in str(caught.value) and "SDXL_DEMO_WEIGHTS=1" in str(caught.value)  # how to ask for them
 
 
+@pytest.mark.slow  # the command line in a subprocess
 def test_fetch_without_the_hub_says_so_in_one_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
@@ -74,6 +76,7 @@ def test_fetch_without_the_hub_says_so_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # the command line in a subprocess
 def test_fetching_a_lora_without_the_hub_says_so_in_one_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
@@ -84,6 +87,7 @@ def test_fetching_a_lora_without_the_hub_says_so_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # the command line in a subprocess
 @pytest.mark.parametrize("name", ["../escape", "a/b", "http://x"])
 def test_a_fetched_lora_gets_a_plain_name_or_nothing_is_fetched(tmp_path, name):
     result = subprocess.run(

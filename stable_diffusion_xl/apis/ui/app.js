@@ -96,8 +96,10 @@ async function generate(event) {
   if ($("authorization").value) headers.Authorization = `Bearer ${$("authorization").value}`;
   running = new AbortController();
   setRunning(true);
+  markStale();
   showProgress({ stage: "waiting" });
   $("request-id").textContent = "";
+  let succeeded = false;
   try {
     const response = await fetch(API, { method: "POST", headers, body: JSON.stringify(body), signal: running.signal });
     const requestId = response.headers.get("x-request-id"); // Ray Serve's id of the call in its logs
@@ -109,6 +111,7 @@ async function generate(event) {
     }
     const [output] = await follow(response);
     showResults(output);
+    succeeded = true;
     await remember(body, output);
   } catch (error) {
     if (error.name === "AbortError") {
@@ -122,7 +125,21 @@ async function generate(event) {
   } finally {
     running = null;
     setRunning(false);
+    if (!succeeded) stopProgress();
   }
+}
+
+// A call that brought no images leaves the bar still: where it got to, or empty (never the waiting animation).
+function stopProgress() {
+  const bar = $("progress");
+  if (!bar.hasAttribute("value")) bar.value = 0;
+}
+
+// Images still shown are an earlier call's: dimmed, and said so, until new ones replace them.
+function markStale() {
+  if (!$("results").children.length) return;
+  $("results").classList.add("stale");
+  $("timings").textContent = "The images above are from an earlier request.";
 }
 
 function setRunning(on) {
@@ -213,6 +230,7 @@ function clearErrors() {
 function showResults(output) {
   const usage = output.metadata.usage;
   const count = output.data.choices.length;
+  $("results").classList.remove("stale");
   $("results").replaceChildren(...output.data.choices.map((choice, index) =>
     figure(choice, usage.seeds[index], `Image ${index + 1} of ${count}`)));
   const seconds = Object.entries(usage.seconds).map(([stage, s]) => `${STAGE_NAMES[stage] ?? stage} ${s.toFixed(2)}`);
