@@ -47,7 +47,8 @@ bench-gpu: install
 # before docker applies .dockerignore: run in the project folder, it would copy .venv (twice, through
 # lib64) and weights/demo. out/image holds only the project's files (git ls-files: tracked, plus new files
 # git does not ignore) and links to the fetched weights that weights/manifest.json lists (the optional safety
-# checker when it was fetched) and to the LoRA adapters in weights/loras; the SDK's copy
+# checker when it was fetched), to the LoRA adapters in weights/loras and to the compile cache in
+# weights/compile-cache when it was built; the SDK's copy
 # then reads each weight file once (about 12 GB written to $TMPDIR, which needs the space).
 IMAGE ?= admin/stable-diffusion-xl:v0.2.0
 IMAGE_DIR := out/image
@@ -69,6 +70,11 @@ image: install
 	# LoRA adapters (weights/loras/<name>.safetensors) travel with the image; their download bookkeeping does not.
 	mkdir -p $(IMAGE_DIR)/weights/loras && for lora in weights/loras/*.safetensors; do \
 	    test -f "$$lora" && ln -s "$(CURDIR)/$$lora" "$(IMAGE_DIR)/$$lora" || true; \
+	done
+	# The compile cache (`python -m stable_diffusion_xl compile-cache`), when built: SDXL_COMPILE=1 replicas load the
+	# entry made for their GPU and torch instead of compiling. Half-written temporaries (.*) stay behind.
+	test ! -d weights/compile-cache || find weights/compile-cache -type f ! -name '.*' | while read -r file; do \
+	    mkdir -p "$$(dirname "$(IMAGE_DIR)/$$file")" && ln -s "$(CURDIR)/$$file" "$(IMAGE_DIR)/$$file" || exit 1; \
 	done
 	cd $(IMAGE_DIR) && $(abspath $(VENV))/bin/instill build $(IMAGE) 2>&1 | tee $(CURDIR)/out/image-build.log
 	@! grep -q -e 'Build failed' -e 'Prepare failed' -e Traceback out/image-build.log  # the CLI exits 0 on failure

@@ -26,8 +26,10 @@ from PIL import Image
 
 from ..weights.layout import DEFAULT_WEIGHTS_DIR, WeightPaths
 from ..weights.library_logs import quiet_library_logs
+from . import compile as compiling
 from .adapters import DEFAULT_MAX_LORAS, ResidentAdapters
-from .compile import compile_pipelines, compiled_graphs, refuse_adapters
+from .compile import DEFAULT_MODE, compile_pipelines, compiled_graphs, inductor_compiles, refuse_adapters
+from .compile_cache import CompileCache, cache_key
 from .request import MAX_SEED, TextToImageRequest, nth_seed
 from .safety import SafetyChecker
 from .schedulers import both_experts_step, make_scheduler, unet_calls
@@ -141,14 +143,18 @@ class Engine:
         self.scheduler_configs = {"base": base.scheduler.config, "refiner": refiner.scheduler.config}
         self.healthy = True  # False after a device error that leaves the GPU unusable
         self.compiled = False
+        self.compile_cache: CompileCache | None = None  # set by _compile
         self.set_progress_bars(False)
 
     @classmethod
     def load(cls, weights_dir=DEFAULT_WEIGHTS_DIR, *, demo: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
              device: str | None = None, lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS,
-             safety_checker: bool = False, safety_checker_dir: Path | None = None, compile: bool = False) -> Engine:
+             safety_checker: bool = False, safety_checker_dir: Path | None = None, compile: bool = False,
+             compile_mode: str = DEFAULT_MODE, compile_cache: Path | None = None) -> Engine:
         """Load base and refiner from disk (safetensors only), sharing text_encoder_2, tokenizer_2 and the VAE.
-        With `compile`, their networks are compiled on their first calls: run warm_up() before serving."""
+        With `compile`, the UNets' transformer blocks are compiled on their first calls, in inductor's
+        `compile_mode`: run warm_up() before serving. `compile_cache`: the folder of compiled artifacts that the
+        warm-up loads, or fills when it has none for this replica (default: compile-cache/ beside the models)."""
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
         paths = WeightPaths.locate(weights_dir, demo=demo)
@@ -184,15 +190,17 @@ class Engine:
         engine = cls(base, refiner, device=device, max_batch_size=max_batch_size, demo=demo, lora_dir=lora_dir,
                      max_loras=max_loras, safety_checker=checker)
         if compile:
-            engine._compile()
+            engine._compile(compile_mode, compile_cache or paths.compile_cache)
         return engine
 
-    def _compile(self) -> None:
-        """Compile both UNets and the VAE decoder (stable_diffusion_xl/compile.py); the compiler runs on their first
-        calls, which warm_up() makes."""
-        # The NaN re-decode's fp32 VAE stays eager and is copied now: a copy of a compiled module calls the original.
-        self._fp32_vae = _fp32_copy(self.vae)
-        compile_pipelines(self.base, self.refiner, self.device)
+    def _compile(self, mode: str, cache_dir: Path) -> None:
+        """Compile both UNets' transformer blocks (generation/compile.py), and load what the compile cache holds for
+        them; the compiler runs on their first calls, which warm_up() makes."""
+        compile_pipelines(self.base, self.refiner, self.device, mode)
+        key = cache_key([self.base.unet, self.refiner.unet], device=self.device, mode=mode,
+                        backend=compiling.BACKEND)
+        self.compile_cache = CompileCache(cache_dir, key)
+        self.compile_cache.load()
         self.compiled = True
 
     def set_progress_bars(self, enabled: bool) -> None:
@@ -200,18 +208,25 @@ class Engine:
         self.refiner.set_progress_bar_config(disable=not enabled, desc="refiner")
 
     def warm_up(self) -> None:
-        """One tiny generation per aspect ratio, so no user waits for first-call kernel selection. Compiled, one per
-        shape a request can give the networks (every aspect ratio, batch size and guidance on and off), so no user
-        waits for the compiler either."""
-        batch_sizes = range(1, self.max_batch_size + 1) if self.compiled else (1,)
-        guidances = (7.5, 1.0) if self.compiled else (7.5,)  # guidance doubles the UNets' batch
-        started, graphs = time.perf_counter(), compiled_graphs()
-        for ratio, n, guidance in itertools.product(ASPECT_RATIOS, batch_sizes, guidances):
+        """One tiny generation per aspect ratio, so no user waits for first-call kernel selection. Compiled, also
+        every graph a request can reach, so no user waits for the compiler either: each aspect ratio with guidance
+        off (the UNets' batch 1, a graph of its own) and at the largest batch. Shapes are dynamic, so the batch
+        sizes between share the largest's graph; warming them all (72 generations at the defaults, not 27) would
+        only add the time of their generations to every start."""
+        shapes = {(1, 7.5)}  # (images, guidance): guidance doubles the UNets' batch
+        if self.compiled:
+            shapes |= {(1, 1.0), (self.max_batch_size, 7.5)}
+        started, graphs, compiles = time.perf_counter(), compiled_graphs(), inductor_compiles()
+        for ratio, (n, guidance) in itertools.product(ASPECT_RATIOS, sorted(shapes)):
             self.generate([TextToImageRequest(prompt="warm-up", aspect_ratio=ratio, n=n, guidance_scale=guidance,
                                               steps=2, high_noise_frac=0.5, seed=1)])
         if self.compiled:
-            log.info("compiled %d graphs of the UNets and the VAE decoder while warming up in %.1f s",
-                     compiled_graphs() - graphs, time.perf_counter() - started)
+            compiled = inductor_compiles() - compiles
+            log.info("traced %d graphs of the UNets' transformer blocks while warming up in %.1f s; inductor "
+                     "compiled %d of them, the cache held the rest", compiled_graphs() - graphs,
+                     time.perf_counter() - started, compiled)
+            if compiled:  # new code: the next replica loads it
+                self.compile_cache.save()
 
     def size_of(self, request: TextToImageRequest) -> tuple[int, int]:
         return image_size(request.aspect_ratio, self.resolution)
