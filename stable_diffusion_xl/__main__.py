@@ -15,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from .generation.engine import DEFAULT_MAX_BATCH_SIZE
+from .generation.engine import DEFAULT_MAX_BATCH_SIZE, choose_device
+from .generation.quantize import QuantizeRefused, refuse_unsupported
 from .generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
 from .serving.environment import SettingError
 from .serving.settings import Settings
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo}
         return handlers[args.command](args)
-    except (InvalidRequest, WeightsMissing, SettingError) as error:
+    except (InvalidRequest, WeightsMissing, SettingError, QuantizeRefused) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except DeployFailed as error:  # Ray's own message: why the replica could not start
@@ -124,6 +125,7 @@ def _model_env(args) -> tuple[dict[str, str], Settings]:
     env = {"SDXL_WEIGHTS_DIR": str(args.weights.resolve()), "SDXL_DEMO_WEIGHTS": "1" if args.demo else "0"}
     settings = Settings.from_env({**os.environ, **env})
     settings.http_api_key()
+    refuse_unsupported(settings.quantize, choose_device()[0])  # the replica runs on this machine's device
     WeightPaths.locate(args.weights, demo=args.demo)
     return env, settings
 

@@ -27,6 +27,7 @@ from PIL import Image
 from ..weights.layout import DEFAULT_WEIGHTS_DIR, WeightPaths
 from .adapters import DEFAULT_MAX_LORAS, ResidentAdapters
 from .compile import compile_pipelines, compiled_graphs, refuse_adapters
+from .quantize import quantize_unets, refuse_unsupported
 from .request import MAX_SEED, InvalidRequest, TextToImageRequest, nth_seed
 from .safety import SafetyChecker
 from .schedulers import hand_off_problem, make_scheduler, unet_calls
@@ -137,14 +138,18 @@ class Engine:
         self.scheduler_configs = {"base": base.scheduler.config, "refiner": refiner.scheduler.config}
         self.healthy = True  # False after a device error that leaves the GPU unusable
         self.compiled = False
+        self.quantization: str | None = None  # "fp8" when the UNets' linear layers are float8
         self.set_progress_bars(False)
 
     @classmethod
     def load(cls, weights_dir=DEFAULT_WEIGHTS_DIR, *, demo: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
              device: str | None = None, lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS,
-             safety_checker: bool = False, safety_checker_dir: Path | None = None, compile: bool = False) -> Engine:
+             safety_checker: bool = False, safety_checker_dir: Path | None = None, compile: bool = False,
+             quantize: str | None = None) -> Engine:
         """Load base and refiner from disk (safetensors only), sharing text_encoder_2, tokenizer_2 and the VAE.
-        With `compile`, their networks are compiled on their first calls: run warm_up() before serving."""
+        With `compile`, their networks are compiled on their first calls: run warm_up() before serving.
+        `quantize="fp8"` puts the UNets' transformer layers in float8 (generation/quantize.py); on a device
+        without fp8 it raises QuantizeRefused before any weight is read."""
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
         paths = WeightPaths.locate(weights_dir, demo=demo)
@@ -152,6 +157,7 @@ class Engine:
         if compile:
             refuse_adapters(lora_dir)  # before the weights are read, not after
         device, dtype = (device, torch.float16 if device == "cuda" else torch.float32) if device else choose_device()
+        refuse_unsupported(quantize, device)
         if demo:
             log.warning("loading the DEMO weights from %s: tiny random models, their images are noise", paths.base)
             if device == "cpu":
@@ -181,6 +187,10 @@ class Engine:
                      max_loras=max_loras, safety_checker=checker)
         if compile:
             engine._compile()
+        if quantize:  # after compile's QKV fusion, before the first calls that run the compiler
+            layers = quantize_unets(base, refiner)
+            log.info("%d linear layers of the UNets quantized to %s", layers, quantize)
+        engine.quantization = quantize
         return engine
 
     def _compile(self) -> None:

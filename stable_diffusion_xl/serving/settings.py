@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..generation.engine import DEFAULT_MAX_BATCH_SIZE
+from ..generation.quantize import METHODS as QUANTIZE_METHODS
 from ..generation.request import excerpt
 from ..weights.layout import DEFAULT_WEIGHTS_DIR
 from .encoding import DEFAULT_JPEG_QUALITY
@@ -26,6 +27,10 @@ class Settings:
                                   "out-of-memory batch is split and retried)", minimum=1, maximum=64)
     compile: bool = setting("SDXL_COMPILE", False, "`1` compiles both UNets and the VAE decoder (torch.compile) during "
                             "the warm-up, which then takes minutes; no LoRA adapters")
+    quantize: str | None = setting("SDXL_QUANTIZE", None, "`fp8` runs the UNets' transformer layers in float8 "
+                                   "(torchao): faster, slightly different images; needs a GPU of compute capability "
+                                   "8.9 or newer, else the replica refuses to start", shown="none: fp16",
+                                   allowed=", ".join(f"`{method}`" for method in QUANTIZE_METHODS))
     safety_checker: bool = setting("SDXL_SAFETY_CHECKER", False, "filter unsafe images: a flagged image comes back "
                                    "black as `content_filtered`; needs `fetch-weights --safety-checker`")
     safety_checker_dir: Path | None = setting("SDXL_SAFETY_CHECKER_DIR", None, "folder of the safety checker",
@@ -55,6 +60,9 @@ class Settings:
                                      maximum=86400)
 
     def __post_init__(self):
+        if self.quantize is not None and self.quantize not in QUANTIZE_METHODS:
+            raise SettingError(f"SDXL_QUANTIZE={excerpt(self.quantize)}: must be one of {', '.join(QUANTIZE_METHODS)}, "
+                               "or unset")
         if self.compile and not self.warm_up:
             raise SettingError("SDXL_COMPILE=1 needs SDXL_WARM_UP=1: the compiler runs during the warm-up, or else "
                                "during the first requests")
