@@ -43,19 +43,22 @@ def refuse_unsupported(method: str | None, device: str) -> None:
 def quantize_unets(base, refiner) -> int:
     """Quantize both pipelines' UNets in place (before their first call, so a compiler sees the fp8 layers).
     Returns how many linear layers were quantized."""
+    return quantize_unet(base.unet) + quantize_unet(refiner.unet)
+
+
+def quantize_unet(unet: torch.nn.Module) -> int:
+    """One UNet's transformer linear layers to float8, in place; how many there were."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerTensor, quantize_
 
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor())
-    count = 0
+    chosen = []
 
     def in_transformer_block(module: torch.nn.Module, name: str) -> bool:
-        nonlocal count
         # fp8 matrix products need both sizes to be multiples of 16; SDXL's are.
-        chosen = (isinstance(module, torch.nn.Linear) and ".attentions." in f".{name}"
-                  and module.in_features % 16 == 0 and module.out_features % 16 == 0)
-        count += chosen
-        return chosen
+        if (isinstance(module, torch.nn.Linear) and ".attentions." in f".{name}"
+                and module.in_features % 16 == 0 and module.out_features % 16 == 0):
+            chosen.append(name)
+            return True
+        return False
 
-    for pipeline in (base, refiner):
-        quantize_(pipeline.unet, config, filter_fn=in_transformer_block)
-    return count
+    quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor()), filter_fn=in_transformer_block)
+    return len(chosen)
