@@ -5,6 +5,7 @@
     python -m stable_diffusion_xl serve                                       # Ray Serve on loopback until Ctrl-C
     python -m stable_diffusion_xl fetch-weights
     python -m stable_diffusion_xl demo-weights
+    python -m stable_diffusion_xl compile-cache                               # on the GPU kind replicas run on
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ import os
 import sys
 from pathlib import Path
 
+from .generation.compile import MODES
 from .generation.engine import DEFAULT_MAX_BATCH_SIZE, choose_device
 from .generation.quantize import QuantizeRefused, refuse_unsupported
 from .generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
 from .serving.environment import SettingError
 from .serving.settings import Settings
-from .weights.layout import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, LORA_SUBDIR, WeightPaths, WeightsMissing
+from .weights.layout import (
+    COMPILE_CACHE_SUBDIR,
+    DEFAULT_WEIGHTS_DIR,
+    FETCH_COMMAND,
+    LORA_SUBDIR,
+    WeightPaths,
+    WeightsMissing,
+)
 
 DEMO_NOTE = f"(demo weights: these images are noise; fetch the real weights with `{FETCH_COMMAND}`)"
 DEMO_HELP = "use the tiny random demo weights: their images are noise"
@@ -61,11 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo-weights", help="build tiny random-weight pipelines in weights/demo")
     demo.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
 
+    cache = commands.add_parser("compile-cache", help="compile as SDXL_COMPILE=1 does, warm up, and save the "
+                                "compiled code where replicas load it (run it on the GPU kind they run on)")
+    cache.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
+    cache.add_argument("--demo", action="store_true", help=DEMO_HELP)
+    cache.add_argument("--cache", type=Path, help="the cache folder (default: SDXL_COMPILE_CACHE, else "
+                       f"{COMPILE_CACHE_SUBDIR}/ beside the models)")
+    cache.add_argument("--mode", choices=MODES, help="inductor's mode (default: SDXL_COMPILE_MODE, else default)")
+
     args = parser.parse_args(argv)
     from .serving.local_serve import DeployFailed
 
     try:
-        handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo}
+        handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo,
+                    "compile-cache": _compile_cache}
         return handlers[args.command](args)
     except (InvalidRequest, WeightsMissing, SettingError, QuantizeRefused) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -203,6 +221,29 @@ def _demo(args) -> int:
     root = build(args.weights)
     size = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
     print(f"demo weights in {root} ({size / 1e6:.1f} MB): tiny random models, their images are noise")
+    return 0
+
+
+def _compile_cache(args) -> int:
+    """What a replica with SDXL_COMPILE=1 does at start, once, ahead: its warm-up compiles and saves."""
+    import logging
+    import tempfile
+
+    from .generation.engine import Engine
+
+    settings = Settings.from_env()
+    folder = args.cache or settings.compile_cache or WeightPaths.locate(args.weights, demo=args.demo).compile_cache
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with tempfile.TemporaryDirectory() as no_adapters:  # adapters change nothing compiled: leave them out
+        engine = Engine.load(args.weights, demo=args.demo, max_batch_size=settings.max_batch_size, compile=True,
+                             compile_mode=args.mode or settings.compile_mode, compile_cache=folder,
+                             lora_dir=Path(no_adapters))
+    engine.warm_up()
+    artifacts = engine.compile_cache.folder / "artifacts.bin"
+    if not artifacts.is_file():
+        print(f"error: nothing was saved in {engine.compile_cache.folder} (see the log above)", file=sys.stderr)
+        return 1
+    print(f"compile cache: {artifacts.parent} ({artifacts.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

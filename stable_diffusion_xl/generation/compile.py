@@ -1,21 +1,26 @@
-"""torch.compile for the networks that do the work: both UNets and the VAE decoder (SDXL_COMPILE=1).
+"""Regional compilation (SDXL_COMPILE=1): torch.compile for the UNets' repeated transformer blocks, not whole networks.
 
-As diffusers' docs do it for SDXL: channels_last, fused QKV projections, `torch.compile(fullgraph=True)`, on CUDA
-with max-autotune and the inductor settings of their SDXL tutorial. torch.compile is lazy: the compiler runs on a
-network's first calls, which `Engine.warm_up` makes for every shape a request can give, before the replica is ready.
+diffusers' `compile_repeated_blocks` compiles each `BasicTransformerBlock` (the attention and feed-forward layers that
+do most of a UNet's work) and nothing around them: the blocks of one width share one graph, whose weights are its
+inputs, so SDXL's seventy blocks compile as a handful of small graphs in a fraction of a whole UNet's compile time.
+The convolutions, the time embedding and the VAE run eager. torch.compile is lazy: the compiler runs on the blocks'
+first calls, which `Engine.warm_up` makes for every shape a request can give, before the replica is ready.
 
-Shapes are dynamic, so one graph per network serves every image size, batch size and prompt length. torch
-specialises sizes of 1, so batch 1 (one image, guidance off) is a second graph of each UNet; the VAE decodes one
-image at a time (slicing), always batch 1: five graphs in all. Integer timesteps (ddim, dpm++, unipc) would be
-graphs of their own, so they reach the UNets as float32, which the UNets' time embedding casts them to first anyway.
+Shapes are dynamic, so one graph per block width serves every image size, batch size and prompt length. torch
+specialises sizes of 1, so batch 1 (one image, guidance off) is a second graph of each width. The parameters' shapes
+stay static (torch's default): the kernels are specialised to each width. SDXL's base has blocks of two widths and
+its refiner two others: eight graphs, inductor's default mode. Compiling the whole UNets and the VAE decoder, as
+this module did before, took over nine minutes on an H200 and ran no faster per image on the CPU (docs/performance.md).
 
-On CUDA the mode is max-autotune without CUDA graphs: torch records CUDA graphs per thread and per shape, and the
-replica generates on a pool of worker threads, so each thread would record, and hold the memory of, its own graphs
-at request time.
+SDXL_COMPILE_MODE chooses inductor's mode. max-autotune benchmarks candidate kernels for every matrix product of
+every graph: minutes more at the first start (a compile cache keeps them for the next). `max-autotune` also
+records CUDA graphs, per shape and per worker thread, at request time: more memory, and a slow first call for each
+new prompt length. On the CPU the autotuning searches C++ GEMM templates for a long time.
 
-LoRA adapters are refused: switching, stacking or scaling adapters on a compiled UNet recompiles it, and fused QKV
-projections bypass the adapters' layers. diffusers' hot-swap (`enable_lora_hotswap`) replaces one adapter's weights in
-place, padded to one rank and on the same layers, which does not fit adapters stacked and scaled per request.
+LoRA adapters are refused: switching, stacking or scaling adapters inside compiled blocks recompiles them, and fused
+QKV projections bypass the adapters' layers. diffusers' hot-swap (`enable_lora_hotswap`) replaces one adapter's
+weights in place, padded to one rank and on the same layers, which does not fit adapters stacked and scaled per
+request.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import torch
 from ..weights.lora_files import available
 
 BACKEND = "inductor"  # torch's own; tests/test_compile.py swaps in aot_eager, which skips code generation
-# CPU (tests, the demo): the default mode; max-autotune would search C++ GEMM templates for a long time.
-MODES = {"cuda": "max-autotune-no-cudagraphs"}
+MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune")  # inductor's, in order of start-up cost
+DEFAULT_MODE = "default"
+# Per compiled function, the graphs torch keeps before it falls back to eager: every block of every UNet shares
+# BasicTransformerBlock's, and SDXL needs eight (four widths, batch 1 and more). Room for other checkpoints.
+RECOMPILE_LIMIT = 32
 
 
 class CompileRefused(ValueError):
@@ -44,26 +52,24 @@ def refuse_adapters(lora_dir) -> None:
             "adapters")
 
 
-def compile_pipelines(base, refiner, device: str) -> None:
-    """Compile both pipelines' UNets and their shared VAE's decoder, in place; nothing runs until their first calls."""
-    if device == "cuda":  # diffusers' SDXL tutorial
-        torch._inductor.config.conv_1x1_as_mm = True
+def compile_pipelines(base, refiner, device: str, mode: str = DEFAULT_MODE) -> None:
+    """Compile both pipelines' UNets' transformer blocks, in place; nothing runs until their first calls."""
+    if mode not in MODES:
+        raise CompileRefused(f"compile mode {mode!r}: must be one of {', '.join(MODES)}")
+    if device == "cuda" and mode != DEFAULT_MODE:  # diffusers' SDXL tutorial, for max-autotune
         torch._inductor.config.coordinate_descent_tuning = True
         torch._inductor.config.epilogue_fusion = False
         torch._inductor.config.coordinate_descent_check_all_directions = True
     # Process-wide, as diffusers' docs set it for dynamic shapes: without it, sizes of the same value share a
     # symbol, so a square first image would tie height to width and the next aspect ratio would recompile.
     torch.fx.experimental._config.use_duck_shape = False
-    options = {"backend": BACKEND, "mode": MODES.get(device), "fullgraph": True, "dynamic": True}
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for pipeline in (base, refiner):
-        pipeline.unet.to(memory_format=torch.channels_last)
-        pipeline.unet.fuse_qkv_projections()
-        pipeline.unet = torch.compile(pipeline.unet, **options)
-        # Outside the compiled code (a hook of the wrapper), so the compiler only ever sees float32 timesteps.
-        pipeline.unet.register_forward_pre_hook(_float_timestep, with_kwargs=True)
-    base.vae.to(memory_format=torch.channels_last)
-    base.vae.fuse_qkv_projections()
-    base.vae.decoder = torch.compile(base.vae.decoder, **options)  # the decoder alone: decode() loops over slices
+        if device == "cuda":  # cuDNN's eager convolutions are faster in channels_last
+            pipeline.unet.to(memory_format=torch.channels_last)
+        pipeline.unet.fuse_qkv_projections()  # one matrix product for Q, K and V, inside the compiled blocks
+        pipeline.unet.compile_repeated_blocks(backend=BACKEND, mode=None if mode == DEFAULT_MODE else mode,
+                                              fullgraph=True, dynamic=True)
 
 
 def compiled_graphs() -> int:
@@ -71,10 +77,8 @@ def compiled_graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
-def _float_timestep(_unet, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    # The SDXL pipelines pass the timestep second, positionally; diffusers casts it the same way for Neuron's
-    # compiled UNet.
-    sample, timestep, *rest = args
-    if not timestep.is_floating_point():
-        timestep = timestep.to(torch.float32)
-    return (sample, timestep, *rest), kwargs
+def inductor_compiles() -> int:
+    """Graphs inductor generated code for in this process (its FX graph cache's misses and bypasses): none when a
+    compile cache held them all."""
+    counts = torch._dynamo.utils.counters["inductor"]
+    return counts["fxgraph_cache_miss"] + counts["fxgraph_cache_bypass"]

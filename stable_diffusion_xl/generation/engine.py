@@ -25,8 +25,10 @@ import torch
 from PIL import Image
 
 from ..weights.layout import DEFAULT_WEIGHTS_DIR, WeightPaths
+from . import compile as compiling
 from .adapters import DEFAULT_MAX_LORAS, ResidentAdapters
-from .compile import compile_pipelines, compiled_graphs, refuse_adapters
+from .compile import DEFAULT_MODE, compile_pipelines, compiled_graphs, inductor_compiles, refuse_adapters
+from .compile_cache import CompileCache, cache_key
 from .quantize import quantize_unets, refuse_unsupported
 from .request import MAX_SEED, InvalidRequest, TextToImageRequest, nth_seed
 from .safety import SafetyChecker
@@ -145,9 +147,12 @@ class Engine:
     def load(cls, weights_dir=DEFAULT_WEIGHTS_DIR, *, demo: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
              device: str | None = None, lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS,
              safety_checker: bool = False, safety_checker_dir: Path | None = None, compile: bool = False,
+             compile_mode: str = DEFAULT_MODE, compile_cache: Path | None = None,
              quantize: str | None = None) -> Engine:
         """Load base and refiner from disk (safetensors only), sharing text_encoder_2, tokenizer_2 and the VAE.
-        With `compile`, their networks are compiled on their first calls: run warm_up() before serving.
+        With `compile`, the UNets' transformer blocks are compiled on their first calls, in inductor's
+        `compile_mode`: run warm_up() before serving. `compile_cache`: the folder of compiled artifacts that the
+        warm-up loads, or fills when it has none for this replica (default: compile-cache/ beside the models).
         `quantize="fp8"` puts the UNets' transformer layers in float8 (generation/quantize.py); on a device
         without fp8 it raises QuantizeRefused before any weight is read."""
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
@@ -186,20 +191,27 @@ class Engine:
         engine = cls(base, refiner, device=device, max_batch_size=max_batch_size, demo=demo, lora_dir=lora_dir,
                      max_loras=max_loras, safety_checker=checker)
         if compile:
-            engine._compile()
-        if quantize:  # after compile's QKV fusion, before the first calls that run the compiler
-            layers = quantize_unets(base, refiner)
-            log.info("%d linear layers of the UNets quantized to %s", layers, quantize)
-        engine.quantization = quantize
+            engine._compile(compile_mode, compile_cache or paths.compile_cache, quantize)
+        elif quantize:
+            engine._quantize(quantize)
         return engine
 
-    def _compile(self) -> None:
-        """Compile both UNets and the VAE decoder (stable_diffusion_xl/compile.py); the compiler runs on their first
-        calls, which warm_up() makes."""
-        # The NaN re-decode's fp32 VAE stays eager and is copied now: a copy of a compiled module calls the original.
-        self._fp32_vae = _fp32_copy(self.vae)
-        compile_pipelines(self.base, self.refiner, self.device)
+    def _compile(self, mode: str, cache_dir: Path, quantize: str | None = None) -> None:
+        """Compile both UNets' transformer blocks (generation/compile.py), and load what the compile cache holds for
+        them; the compiler runs on their first calls, which warm_up() makes."""
+        compile_pipelines(self.base, self.refiner, self.device, mode)
+        if quantize:  # after compile_pipelines' QKV fusion, before the first calls run the compiler
+            self._quantize(quantize)
+        key = cache_key([self.base.unet, self.refiner.unet], device=self.device, mode=mode,
+                        backend=compiling.BACKEND) | {"quantize": quantize}  # fp8 blocks are graphs of their own
+        self.compile_cache = CompileCache(cache_dir, key)
+        self.compile_cache.load()
         self.compiled = True
+
+    def _quantize(self, method: str) -> None:
+        layers = quantize_unets(self.base, self.refiner)
+        self.quantization = method
+        log.info("%d linear layers of the UNets' transformer blocks in %s", layers, method)
 
     def set_progress_bars(self, enabled: bool) -> None:
         self.base.set_progress_bar_config(disable=not enabled, desc="base")
@@ -211,13 +223,17 @@ class Engine:
         waits for the compiler either."""
         batch_sizes = range(1, self.max_batch_size + 1) if self.compiled else (1,)
         guidances = (7.5, 1.0) if self.compiled else (7.5,)  # guidance doubles the UNets' batch
-        started, graphs = time.perf_counter(), compiled_graphs()
+        started, graphs, compiles = time.perf_counter(), compiled_graphs(), inductor_compiles()
         for ratio, n, guidance in itertools.product(ASPECT_RATIOS, batch_sizes, guidances):
             self.generate([TextToImageRequest(prompt="warm-up", aspect_ratio=ratio, n=n, guidance_scale=guidance,
                                               steps=2, high_noise_frac=0.5, seed=1)])
         if self.compiled:
-            log.info("compiled %d graphs of the UNets and the VAE decoder while warming up in %.1f s",
-                     compiled_graphs() - graphs, time.perf_counter() - started)
+            compiled = inductor_compiles() - compiles
+            log.info("traced %d graphs of the UNets' transformer blocks while warming up in %.1f s; inductor "
+                     "compiled %d of them, the cache held the rest", compiled_graphs() - graphs,
+                     time.perf_counter() - started, compiled)
+            if compiled:  # new code: the next replica loads it
+                self.compile_cache.save()
 
     def size_of(self, request: TextToImageRequest) -> tuple[int, int]:
         return image_size(request.aspect_ratio, self.resolution)

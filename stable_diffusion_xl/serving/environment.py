@@ -19,12 +19,16 @@ class SettingError(ValueError):
 
 
 def setting(variable: str, default: Any, meaning: str, *, minimum: int | None = None, maximum: int | None = None,
-            shown: str | None = None, allowed: str | None = None, secret: bool = False):
+            shown: str | None = None, allowed: str | None = None, choices: tuple[str, ...] | None = None,
+            secret: bool = False):
     """A dataclass field read from `variable`; `shown` is the default and `allowed` the values as README writes
-    them, where the type does not say. A secret is left out of the settings' repr, so that no log line prints it."""
+    them, where the type does not say; a text setting with `choices` takes one of them. A secret is left out of the
+    settings' repr, so that no log line prints it."""
+    if choices and not allowed:
+        allowed = ", ".join(f"`{choice}`" for choice in choices)
     return field(default=default, repr=not secret, metadata={"variable": variable, "meaning": meaning,
                                                              "minimum": minimum, "maximum": maximum, "shown": shown,
-                                                             "allowed": allowed})
+                                                             "allowed": allowed, "choices": choices})
 
 
 def read(cls, env):
@@ -52,6 +56,10 @@ def _parse(spec: dataclasses.Field, text: str) -> Any:
         if value is None or not minimum <= value <= maximum:
             raise SettingError(f"{variable}={excerpt(text)}: must be an integer from {minimum} to {maximum}")
         return value
+    if spec.metadata.get("choices"):
+        if text.strip() not in spec.metadata["choices"]:
+            raise SettingError(f"{variable}={excerpt(text)}: must be one of {', '.join(spec.metadata['choices'])}")
+        return text.strip()
     if spec.type == "str | None":
         return text
     return Path(text)

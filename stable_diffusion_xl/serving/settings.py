@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..generation.compile import DEFAULT_MODE, MODES
 from ..generation.engine import DEFAULT_MAX_BATCH_SIZE
 from ..generation.quantize import METHODS as QUANTIZE_METHODS
 from ..generation.request import excerpt
@@ -25,12 +26,21 @@ class Settings:
                                  "fallback")
     max_batch_size: int = setting("SDXL_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an "
                                   "out-of-memory batch is split and retried)", minimum=1, maximum=64)
-    compile: bool = setting("SDXL_COMPILE", False, "`1` compiles both UNets and the VAE decoder (torch.compile) during "
-                            "the warm-up, which then takes minutes; no LoRA adapters")
+    compile: bool = setting("SDXL_COMPILE", False, "`1` compiles the UNets' transformer blocks (torch.compile) during "
+                            "the warm-up, which then takes minutes unless SDXL_COMPILE_CACHE holds them; no LoRA "
+                            "adapters")
+    compile_mode: str = setting("SDXL_COMPILE_MODE", DEFAULT_MODE, "inductor's mode with SDXL_COMPILE=1: the "
+                                "max-autotune modes benchmark kernels for every graph, minutes more at the first "
+                                "start; `max-autotune` also records CUDA graphs per shape and worker thread (memory)",
+                                choices=MODES)
+    compile_cache: Path | None = setting("SDXL_COMPILE_CACHE", None, "folder of compiled artifacts with "
+                                         "SDXL_COMPILE=1: a replica loads the entry made for its torch, GPU and "
+                                         "networks instead of compiling, or saves one after its warm-up "
+                                         "(`compile-cache` command)", shown="`compile-cache/` beside the models")
     quantize: str | None = setting("SDXL_QUANTIZE", None, "`fp8` runs the UNets' transformer layers in float8 "
                                    "(torchao): faster, slightly different images; needs a GPU of compute capability "
                                    "8.9 or newer, else the replica refuses to start", shown="none: fp16",
-                                   allowed=", ".join(f"`{method}`" for method in QUANTIZE_METHODS))
+                                   choices=QUANTIZE_METHODS)
     safety_checker: bool = setting("SDXL_SAFETY_CHECKER", False, "filter unsafe images: a flagged image comes back "
                                    "black as `content_filtered`; needs `fetch-weights --safety-checker`")
     safety_checker_dir: Path | None = setting("SDXL_SAFETY_CHECKER_DIR", None, "folder of the safety checker",
@@ -60,9 +70,6 @@ class Settings:
                                      maximum=86400)
 
     def __post_init__(self):
-        if self.quantize is not None and self.quantize not in QUANTIZE_METHODS:
-            raise SettingError(f"SDXL_QUANTIZE={excerpt(self.quantize)}: must be one of {', '.join(QUANTIZE_METHODS)}, "
-                               "or unset")
         if self.compile and not self.warm_up:
             raise SettingError("SDXL_COMPILE=1 needs SDXL_WARM_UP=1: the compiler runs during the warm-up, or else "
                                "during the first requests")

@@ -19,6 +19,7 @@ MANIFEST = DEFAULT_WEIGHTS_DIR / "manifest.json"
 BASE, REFINER, VAE_FP16_FIX = "stable-diffusion-xl-base-1.0", "stable-diffusion-xl-refiner-1.0", "sdxl-vae-fp16-fix"
 SAFETY_CHECKER = "stable-diffusion-safety-checker"  # optional: needed only when the safety filter is on
 DEMO_SUBDIR = "demo"
+COMPILE_CACHE_SUBDIR = "compile-cache"  # torch's compiled artifacts, beside the models
 LORA_SUBDIR = "loras"  # LoRA adapters, beside the models of a weights folder (demo ones under demo/)
 FETCH_COMMAND = "python -m stable_diffusion_xl fetch-weights"
 # SDXL's own scheduler configuration (base and refiner share it): the deployment's is read from its weights.
@@ -62,6 +63,11 @@ class WeightPaths:
     @property
     def loras(self) -> Path:
         return self.base.parent / LORA_SUBDIR
+
+    @property
+    def compile_cache(self) -> Path:
+        """Where a compiled engine keeps its compile cache by default (`compile-cache` command, SDXL_COMPILE_CACHE)."""
+        return self.base.parent / COMPILE_CACHE_SUBDIR
 
     @property
     def safety_checker(self) -> Path:

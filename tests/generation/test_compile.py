@@ -1,11 +1,11 @@
-"""The compiled engine (SDXL_COMPILE=1) on demo weights: same images as the eager engine, every shape compiled during
-the warm-up and none at request time, and the engine's recoveries (NaN re-decode, out-of-memory splits, per-image
-seeds, cancellation) unchanged. LoRA adapters are refused.
+"""The compiled engine (SDXL_COMPILE=1: the UNets' transformer blocks) on demo weights: same images as the eager
+engine, every shape compiled during the warm-up and none at request time, and the engine's recoveries (NaN
+re-decode, out-of-memory splits, per-image seeds, cancellation) unchanged. LoRA adapters are refused.
 
-The compiled engine is built once for the module, with a maximum batch of 2. Its networks are compiled with torch's
+The compiled engine is built once for the module, with a maximum batch of 2. Its blocks are compiled with torch's
 `aot_eager` backend: dynamo's graph capture, guards and recompiles and AOT autograd's decompositions, everything but
-inductor's code generation, which on this 2-core CPU takes six to seven minutes for the five graphs (a whole CI
-run has twenty). `SDXL_TEST_COMPILE_BACKEND=inductor` runs the same tests with inductor, as deployments compile.
+inductor's code generation, which the compile cache's tests (test_compile_cache.py) run.
+`SDXL_TEST_COMPILE_BACKEND=inductor` runs these tests with inductor, as deployments compile.
 """
 
 import os
@@ -33,7 +33,8 @@ def compiled(weights_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch, fresh_cache():  # inductor's caches in a temporary folder
         patch.setattr(compilation, "BACKEND", BACKEND)
         engine = Engine.load(weights_dir, demo=True, max_batch_size=2, compile=True,
-                             lora_dir=tmp_path_factory.mktemp("no-adapters"))
+                             lora_dir=tmp_path_factory.mktemp("no-adapters"),
+                             compile_cache=tmp_path_factory.mktemp("compile-cache"))
         graphs, started = compiled_graphs(), time.perf_counter()
         engine.warm_up()
         yield SimpleNamespace(engine=engine, graphs=compiled_graphs() - graphs,
@@ -53,17 +54,31 @@ def test_compiling_needs_the_warm_up():
     assert Settings.from_env({"SDXL_COMPILE": "on"}).compile and not Settings.from_env({}).compile
 
 
-@pytest.mark.slow
-def test_the_warm_up_compiles_each_network_for_every_shape(compiled):
-    # Per UNet, one graph for batches of 2 and more and one for batch 1 (torch specialises sizes of 1); one VAE decoder.
-    assert compiled.graphs == 5, f"{compiled.graphs} graphs in {compiled.warm_up_seconds:.0f} s"
+def test_an_unknown_compile_mode_is_refused(weights_dir, tmp_path):
+    with pytest.raises(CompileRefused, match="compile mode 'reduce-overhead': must be one of default, "):
+        Engine.load(weights_dir, demo=True, compile=True, compile_mode="reduce-overhead", lora_dir=tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("req", [
-    request(seed=31), request(seed=32, n=2, aspect_ratio="16:9"),
-    request(seed=33, refiner=False, aspect_ratio="16:9"), request(seed=34, n=2, refiner=False),
-], ids=["ensemble-1:1-n=1", "ensemble-16:9-n=2", "base-16:9-n=1", "base-1:1-n=2"])
+def test_the_warm_up_compiles_the_transformer_blocks_once_per_width_for_every_shape(compiled):
+    # One graph per block width (the demo base's cross-attention is wider than its refiner's) for batches of 2 and
+    # more, and one for batch 1 (torch specialises sizes of 1). Every block of a UNet shares its width's graph.
+    assert compiled.graphs == 4, f"{compiled.graphs} graphs in {compiled.warm_up_seconds:.0f} s"
+    engine = compiled.engine
+    for network in (engine.base.unet, engine.refiner.unet, engine.vae):  # compiled: the blocks, nothing else
+        kinds = {type(module).__name__ for module in network.modules() if module._compiled_call_impl is not None}
+        assert kinds == ({"BasicTransformerBlock"} if network is not engine.vae else set())
+
+
+SHAPES = {"ensemble-1:1-n=1": {}, "ensemble-16:9-n=2": {"n": 2, "aspect_ratio": "16:9"},
+          "base-16:9-n=1": {"refiner": False, "aspect_ratio": "16:9"}, "base-1:1-n=2": {"n": 2, "refiner": False}}
+# Every sampler, each with one of the shapes in turn: both pipelines, two aspect ratios, two batch sizes.
+SAME_IMAGES = {f"{name}-{shape}": request(seed=31 + index, scheduler=name, **SHAPES[shape])
+               for index, (name, shape) in enumerate(zip(SCHEDULERS, [*SHAPES] * 2))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("req", SAME_IMAGES.values(), ids=SAME_IMAGES.keys())
 def test_images_equal_the_eager_engines_within_float_tolerance(engine, compiled, req):
     eager, ours = engine.generate([req])[0], compiled.engine.generate([req])[0]
     assert ours.seeds == eager.seeds and (ours.width, ours.height) == (eager.width, eager.height)

@@ -11,6 +11,7 @@ def test_unset_or_empty_variables_take_the_defaults():
     assert Settings.from_env({}) == Settings.from_env({name.metadata["variable"]: "" for name in declared(Settings)})
     defaults = Settings.from_env({})
     assert (defaults.max_batch_size, defaults.max_ongoing_requests, defaults.limits) == (4, 2, Limits())
+    assert (defaults.compile, defaults.compile_mode, defaults.compile_cache) == (False, "default", None)
 
 
 def test_values_are_read_into_their_types():
@@ -18,6 +19,9 @@ def test_values_are_read_into_their_types():
                               "SDXL_WEIGHTS_DIR": "/srv/sdxl", "SDXL_MAX_BODY_BYTES": "2048"})
     assert (read.limits.max_n, read.warm_up, read.demo_weights, str(read.weights_dir)) == (2, False, True, "/srv/sdxl")
     assert read.limits.max_body_bytes == 2048
+    compiled = Settings.from_env({"SDXL_COMPILE": "1", "SDXL_COMPILE_MODE": " max-autotune-no-cudagraphs ",
+                                  "SDXL_COMPILE_CACHE": "/srv/compile-cache"})
+    assert (compiled.compile_mode, str(compiled.compile_cache)) == ("max-autotune-no-cudagraphs", "/srv/compile-cache")
 
 
 @pytest.mark.parametrize("variable, value, allowed", [
@@ -30,6 +34,7 @@ def test_values_are_read_into_their_types():
     ("SDXL_UPSCALE_DELAY_S", "-1", "an integer from 0 to 86400"),
     ("SDXL_WARM_UP", "maybe", "one of 1, true, yes, on, 0, false, no, off"),
     ("SDXL_DEMO_WEIGHTS", "demo", "one of 1, true, yes, on, 0, false, no, off"),
+    ("SDXL_COMPILE_MODE", "reduce-overhead", "one of default, max-autotune-no-cudagraphs, max-autotune"),
 ])
 def test_a_bad_value_names_the_variable_the_value_and_what_is_allowed(variable, value, allowed):
     with pytest.raises(SettingError) as caught:
