@@ -31,7 +31,7 @@ def test_a_run_cut_short_still_has_its_table(capsys):
     assert ("| eager, batch 1, s/image (median of 2) | 2.000 s/image · 0.50 img/s · 280 TFLOP/s (40% of the matmul "
             "peak) · 12.0 GiB peak |") in "\n".join(lines)
     assert "| compiled + fp8, batch 4 | not measured | not measured | not measured |" in lines
-    assert ("| cold start: eager | Engine.load 3.0 s + warm-up 9.0 s = 12.0 s | 0 graphs compiled in warm-up |  |"
+    assert ("| cold start: eager | Engine.load 3.0 s + warm-up 9.0 s = 12.0 s | 0 graphs traced in warm-up |  |"
             in lines)
     assert ("| cold start: compiled, empty caches | not measured: not finished within the 300 s left of the budget |  "
             "|  |") in lines
