@@ -120,8 +120,7 @@ def stage_env(args, device: Device) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "diffusers": diffusers.__version__, "transformers": transformers.__version__,
             "torchao": _version("torchao"), "quick": args.quick, "random_weights": args.random_weights,
-            "dry_run": args.dry_run, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": " ".join(["python", "bench/gpu.py", *sys.argv[1:]])}
+            "dry_run": args.dry_run, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     if device.dry:
         info.update(gpu="CPU (dry run)", fp16_matmul_tflops=None)
         return info
@@ -439,6 +438,8 @@ def orchestrate(args) -> int:
     (args.work / "eager-batch-1.png").unlink(missing_ok=True)
     args.results.unlink(missing_ok=True)
     stages = [stage for stage in STAGES if stage != "build" or args.random_weights]
+    record(args.results, "run", {"command": " ".join(["python", "bench/gpu.py", *sys.argv[1:]]),
+                                 "budget_seconds": args.budget, "stages": stages})
     for stage in stages:
         left = args.budget - (time.perf_counter() - STARTED)
         if left < 10:
@@ -461,6 +462,7 @@ def orchestrate(args) -> int:
         except subprocess.TimeoutExpired:
             record(args.results, f"{stage}_error", f"not finished within the {left:.0f} s left of the budget")
         write_table(args)
+    record(args.results, "total_seconds", time.perf_counter() - STARTED)
     print(write_table(args))
     return 0
 
