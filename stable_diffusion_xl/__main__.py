@@ -143,8 +143,9 @@ def _model_env(args) -> tuple[dict[str, str], Settings]:
     env = {"SDXL_WEIGHTS_DIR": str(args.weights.resolve()), "SDXL_DEMO_WEIGHTS": "1" if args.demo else "0"}
     settings = Settings.from_env({**os.environ, **env})
     settings.http_api_key()
-    refuse_unsupported(settings.quantize, choose_device()[0])  # the replica runs on this machine's device
-    WeightPaths.locate(args.weights, demo=args.demo)
+    paths = WeightPaths.locate(args.weights, demo=args.demo)
+    # The replica runs on this machine's device.
+    refuse_unsupported(settings.quantize, choose_device()[0], settings.lora_dir or paths.loras)
     return env, settings
 
 

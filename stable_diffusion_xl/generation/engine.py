@@ -162,7 +162,7 @@ class Engine:
         if compile:
             refuse_adapters(lora_dir)  # before the weights are read, not after
         device, dtype = (device, torch.float16 if device == "cuda" else torch.float32) if device else choose_device()
-        refuse_unsupported(quantize, device)
+        refuse_unsupported(quantize, device, lora_dir)
         if demo:
             log.warning("loading the DEMO weights from %s: tiny random models, their images are noise", paths.base)
             if device == "cpu":

@@ -7,13 +7,17 @@ Per-tensor rather than rowwise scales: torchao's rowwise kernels take bfloat16 n
 
 Only the transformer blocks' linear layers (attention projections, feed-forward, proj_in/proj_out) are quantized:
 they do most of the UNets' matrix work at 1024². The convolutions, the time and micro-condition embeddings and
-the norms stay fp16. torchao is imported only here, and only when quantizing.
+the norms stay fp16. torchao is imported only here, and only when quantizing. LoRA adapters are refused: peft
+cannot load one onto float8 layers.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from ..weights.lora_files import available
 from .request import excerpt
 
 METHODS = ("fp8",)
@@ -24,8 +28,9 @@ class QuantizeRefused(ValueError):
     """The quantization asked for cannot run on this replica's device."""
 
 
-def refuse_unsupported(method: str | None, device: str) -> None:
-    """Raise, naming the setting and the device, when `method` cannot run on `device`; nothing when it can."""
+def refuse_unsupported(method: str | None, device: str, lora_dir: Path | None = None) -> None:
+    """Raise, naming the setting and the device, when `method` cannot run on `device`, or with the LoRA adapters
+    in `lora_dir`; nothing when it can."""
     if method is None:
         return
     if method not in METHODS:
@@ -38,6 +43,12 @@ def refuse_unsupported(method: str | None, device: str) -> None:
     if capability < FP8_CAPABILITY:
         gpu = f"{torch.cuda.get_device_name()}, is {capability[0]}.{capability[1]}"
         raise QuantizeRefused(f"SDXL_QUANTIZE={method} needs {wanted}; this replica's GPU, {gpu}. Unset SDXL_QUANTIZE")
+    names = available(lora_dir)
+    if names:  # peft cannot put an adapter's layers around float8 ones (loading one fails)
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise QuantizeRefused(f"SDXL_QUANTIZE={method} does not combine with LoRA adapters, and {lora_dir} has "
+                              f"{len(names)} ({shown}): they cannot be loaded onto float8 layers. Unset "
+                              "SDXL_QUANTIZE, or set SDXL_LORA_DIR to a folder without adapters")
 
 
 def quantize_unets(base, refiner) -> int:

@@ -37,9 +37,10 @@ class Settings:
                                          "SDXL_COMPILE=1: a replica loads the entry made for its torch, GPU and "
                                          "networks instead of compiling, or saves one after its warm-up "
                                          "(`compile-cache` command)", shown="`compile-cache/` beside the models")
-    quantize: str | None = setting("SDXL_QUANTIZE", None, "`fp8` runs the UNets' transformer layers in float8 "
-                                   "(torchao): faster, slightly different images; needs a GPU of compute capability "
-                                   "8.9 or newer, else the replica refuses to start", shown="none: fp16",
+    quantize: str | None = setting("SDXL_QUANTIZE", None, "`fp8` runs the UNets' transformer layers on the fp8 "
+                                   "tensor cores (torchao); images differ slightly from fp16's; needs a GPU of "
+                                   "compute capability 8.9 or newer, else the replica refuses to start",
+                                   shown="none: fp16",
                                    choices=QUANTIZE_METHODS)
     safety_checker: bool = setting("SDXL_SAFETY_CHECKER", False, "filter unsafe images: a flagged image comes back "
                                    "black as `content_filtered`; needs `fetch-weights --safety-checker`")

@@ -44,6 +44,18 @@ def test_an_older_gpu_is_named_in_the_refusal(monkeypatch):
     refuse_unsupported("fp8", "cuda")  # a Hopper GPU: no refusal
 
 
+def test_lora_adapters_are_refused_with_fp8(monkeypatch, weights_dir, tmp_path):
+    """Loading an adapter onto float8 layers fails (seen with torchao 0.18 and peft): the start refuses instead."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    loras = weights_dir / "demo" / "loras"
+    refusal = (r"^SDXL_QUANTIZE=fp8 does not combine with LoRA adapters, and .* has 2 \(demo-kohya, demo-style\).*"
+               r"SDXL_LORA_DIR to a folder without adapters$")
+    with pytest.raises(QuantizeRefused, match=refusal):
+        refuse_unsupported("fp8", "cuda", loras)
+    refuse_unsupported("fp8", "cuda", tmp_path)  # an empty folder
+    refuse_unsupported(None, "cpu", loras)  # not quantizing: adapters are fine
+
+
 def test_the_setting_takes_fp8_or_nothing():
     assert Settings.from_env({"SDXL_QUANTIZE": "fp8"}).quantize == "fp8"
     assert Settings.from_env({}).quantize is None and Settings.from_env({"SDXL_QUANTIZE": ""}).quantize is None
