@@ -38,7 +38,7 @@ class StableDiffusionXL:
             lora_dir=self.settings.lora_dir, max_loras=self.settings.limits.max_loras,
             safety_checker=self.settings.safety_checker, safety_checker_dir=self.settings.safety_checker_dir,
             compile=self.settings.compile, compile_mode=self.settings.compile_mode,
-            compile_cache=self.settings.compile_cache,
+            compile_cache=self.settings.compile_cache, quantize=self.settings.quantize,
         )
         # What a call may ask for: the settings' limits, the adapters found and the weights' scheduler.
         self.limits = dataclasses.replace(self.settings.limits, lora_names=self.engine.adapters.names,

@@ -1,29 +1,45 @@
-"""GPU benchmark: seconds per image at 1024² of our recipe, the upstream Instill recipe and the raw diffusers
-pipelines, eager and compiled (SDXL_COMPILE=1), at batch 1, 2 and 4, on a CUDA GPU with the real weights.
+"""GPU benchmark: eager, compiled and compiled + fp8 engines side by side, on one CUDA GPU, at 1024², 40 steps.
 
-    python bench/gpu.py            # or: make bench-gpu   (from the repository root, in .venv)
+    python bench/gpu.py                          # the real weights (`python -m stable_diffusion_xl fetch-weights`)
+    python bench/gpu.py --random-weights         # real-size networks with random weights, built here on the GPU
+    python bench/gpu.py --random-weights --quick # fewer runs, no fp8 warm-up: inside 8 minutes on an H100
 
-It refuses to run, saying which is missing, without a CUDA GPU or without the real weights
-(`python -m stable_diffusion_xl fetch-weights`). It measures the eager engine, then the compiled one (one at a
-time: both would not fit in 24 GB):
+`--random-weights` builds the five SDXL networks from bench/sdxl_configs.py (the published configurations and
+parameter counts) with random weights on the GPU and saves them in the real diffusers layout, fp16 variant (about
+12 GB, about 30 s), so a machine that cannot reach the hub measures the same arithmetic through Engine.load; the
+images are noise. Each stage runs in a process of its own (a new replica's cold start, its own peak memory) and
+adds its numbers to the JSON file as it finishes, and the table is written again after each stage, so a run cut
+short still reports what it measured:
 
-- cold start: Engine.load (the second engine reads the weights from the page cache the first one filled) and
-  Engine.warm_up(), which for the compiled engine runs the compiler, from an empty inductor cache as a new replica;
-- for batch 1, 2 and 4 (n images of one prompt in one UNet batch), 40 steps at 1024×1024, guidance 7.5: seconds
-  per image and images per second of bench/run.py's three recipes, interleaved, and the peak GPU memory of each
-  (torch.cuda.max_memory_allocated). The three recipes decode alike, with Engine.decode.
+- env: the GPU, the versions, and an fp16 matrix product of 8192³ (the peak the effective rates are shares of);
+- flops: FLOPs per image of each recipe, counted on the meta device (bench/flops.py);
+- build: the random weights (with --random-weights);
+- eager, compiled (SDXL_COMPILE, empty compile caches), cached (a second replica with the compile cache the first
+  one filled: its cold start only), fp8 (compiled + SDXL_QUANTIZE=fp8): Engine.load and warm_up() at the default
+  maximum batch, then our recipe, the raw diffusers pipelines and the upstream Instill recipe, interleaved, at
+  batch 1 and 4: seconds per image, images per second, effective TFLOP/s and peak GPU memory;
+- accuracy: fp8 against fp16, the UNets' relative output error on one call with fixed random inputs; and each
+  engine's first image against the eager one's for the same seed (mean absolute difference in 0-255 levels).
 
-It prints one Markdown table, as bench/run.py does, and writes the same numbers, with the machine and the GPU's
-name, to bench/results/<date>-gpu.json.
+Without a CUDA GPU it refuses in one line. `--dry-run` rehearses every stage on the CPU with tiny networks.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
+import inspect
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,122 +48,547 @@ if __package__ in (None, ""):  # `python bench/gpu.py`: make `bench` and `stable
 
 import torch  # noqa: E402
 
-from bench import flops as flop_count  # noqa: E402
-from bench import harness, workload  # noqa: E402  (timing, table, results file; bench/run.py's three recipes)
 from stable_diffusion_xl.weights.layout import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, WeightPaths, WeightsMissing  # noqa: E402
 
-BATCHES = (1, 2, 4)
-MODES = ("eager", "compiled")
+PROMPT, SEED = "a cat napping on a windowsill, golden hour", 1234  # bench/run.py's workload
+STEPS, GUIDANCE, HIGH_NOISE_FRAC, UPSTREAM_STRENGTH = 40, 7.5, 0.8, 0.3
+BATCHES = (1, 4)
+ENGINES = {"eager": {}, "compiled": {"compile": True}, "fp8": {"compile": True, "quantize": "fp8"}}
+STAGES = ("env", "flops", "build", "eager", "accuracy", "compiled", "fp8", "cached")  # by priority, for a cut run
+MATMUL = 8192
+STARTED = time.perf_counter()
 
 
-def missing(weights_dir: Path) -> str | None:
+def log(message: str) -> None:
+    print(f"[{time.perf_counter() - STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def missing(args) -> str | None:
     """What this benchmark needs and does not have, in one line; None when it can run."""
+    if args.dry_run:
+        return None
     if not torch.cuda.is_available():
         why = "sees none" if torch.version.cuda else "is a CPU-only build"
         return f"no CUDA GPU: torch {torch.__version__} {why}"
+    if args.random_weights:
+        return None
     try:
-        WeightPaths.locate(weights_dir)
+        WeightPaths.locate(args.weights)
     except WeightsMissing:
-        return f"no real weights in {weights_dir}: fetch them (about 12 GB) with `{FETCH_COMMAND}`"
+        return f"no real weights in {args.weights}: fetch them (about 12 GB) with `{FETCH_COMMAND}`"
     return None
 
 
-def measure(weights_dir: Path, compiled: bool, runs: int) -> dict:
-    """One engine's cold start, then the three recipes at each batch size."""
+# ------------------------------------------------------------------------------------ the device, or the CPU
+
+class Device:
+    """The GPU, or with --dry-run the CPU: synchronising and peak memory are no-ops there."""
+
+    def __init__(self, dry: bool):
+        self.name, self.dry = ("cpu" if dry else "cuda"), dry
+
+    def sync(self) -> None:
+        if not self.dry:
+            torch.cuda.synchronize()
+
+    def reset_peak(self) -> None:
+        if not self.dry:
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak(self) -> int:
+        return 0 if self.dry else torch.cuda.max_memory_allocated()
+
+    def timed(self, run) -> float:
+        self.sync()
+        started = time.perf_counter()
+        run()
+        self.sync()
+        return time.perf_counter() - started
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
+            "values": [round(v, 4) for v in values]}
+
+
+# ------------------------------------------------------------------------------------------------- stages
+
+def stage_env(args, device: Device) -> dict:
+    import diffusers
+    import transformers
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "torchao": _version("torchao"), "quick": args.quick, "random_weights": args.random_weights,
+            "dry_run": args.dry_run, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    if device.dry:
+        info.update(gpu="CPU (dry run)", fp16_matmul_tflops=None)
+        return info
+    props = torch.cuda.get_device_properties(0)
+    info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", gpu_memory_bytes=props.total_memory,
+                multiprocessors=props.multi_processor_count)
+    a = torch.randn(MATMUL, MATMUL, device="cuda", dtype=torch.float16)
+    b = torch.randn_like(a)
+    for _ in range(3):
+        a @ b
+    seconds = device.timed(lambda: [a @ b for _ in range(20)])
+    info["fp16_matmul_tflops"] = 20 * 2 * MATMUL**3 / seconds / 1e12
+    return info
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def stage_flops(args, device: Device) -> dict:
+    from bench import flops
+
+    return flops.count()  # the real networks' FLOPs, also in a dry run (its numbers mean nothing anyway)
+
+
+def stage_build(args, device: Device) -> dict:
+    """Real-size SDXL networks with random weights, saved as fetch-weights lays out the real ones (fp16 variant)."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from stable_diffusion_xl.weights.layout import BASE, REFINER, SDXL_SCHEDULER_CONFIG, VAE_FP16_FIX
+
+    configs = _configs(device.dry)
+    root = args.weights
+    shutil.rmtree(root, ignore_errors=True)
+    tokenizer_dir = root / "tokenizer"
+    shutil.copytree(args.tokenizer, tokenizer_dir)  # CLIP's BPE vocabulary (the demo weights carry it)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    with torch.device(device.name):
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs.TEXT_ENCODER, **ids)).half()
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs.TEXT_ENCODER_2, **ids)).half()
+        unet = UNet2DConditionModel(**configs.BASE_UNET).half()
+        refiner_unet = UNet2DConditionModel(**configs.REFINER_UNET).half()
+        vae = AutoencoderKL(**configs.VAE).half()
+        fp16_fix = AutoencoderKL(**{**configs.VAE, "force_upcast": False}).half()
+    device.sync()
+    built = time.perf_counter() - started
+    scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG)
+    StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                              tokenizer_2=tokenizer, unet=unet, scheduler=scheduler
+                              ).save_pretrained(root / BASE, variant="fp16")
+    # The refiner shares the base's second text encoder, tokenizer and VAE in Engine.load: saved once.
+    StableDiffusionXLImg2ImgPipeline(vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
+                                     tokenizer_2=tokenizer, unet=refiner_unet, scheduler=scheduler,
+                                     requires_aesthetics_score=True, force_zeros_for_empty_prompt=False
+                                     ).save_pretrained(root / REFINER, variant="fp16")
+    for shared in ("text_encoder_2", "tokenizer_2", "vae"):
+        shutil.rmtree(root / REFINER / shared)
+    for name in ("tokenizer", "tokenizer_2"):  # the hub's slow-tokenizer files, as fetch-weights gets them
+        shutil.rmtree(root / BASE / name)
+        shutil.copytree(tokenizer_dir, root / BASE / name)
+    fp16_fix.save_pretrained(root / VAE_FP16_FIX)
+    (root / "loras").mkdir()
+    size = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+    parameters = {"base_unet": _count(unet), "refiner_unet": _count(refiner_unet)}
+    if not device.dry:
+        assert parameters == {"base_unet": configs.BASE_UNET_PARAMETERS,
+                              "refiner_unet": configs.REFINER_UNET_PARAMETERS}, parameters
+    return {"init_seconds": built, "seconds": time.perf_counter() - started, "bytes": size, "parameters": parameters}
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _configs(dry: bool):
+    """bench/sdxl_configs.py, or for a dry run the same networks shrunk to a few MB."""
+    from bench import sdxl_configs as real
+
+    if not dry:
+        return real
+    tiny = types.SimpleNamespace(**{name: getattr(real, name) for name in dir(real) if name.isupper()})
+    tiny.TEXT_ENCODER = {**real.TEXT_ENCODER, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "projection_dim": 32}
+    tiny.TEXT_ENCODER_2 = {**real.TEXT_ENCODER_2, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "projection_dim": 32}
+    unet = {"sample_size": 16, "layers_per_block": 1, "block_out_channels": [32, 32, 64],
+            "attention_head_dim": [2, 2, 4], "addition_time_embed_dim": 8}
+    tiny.BASE_UNET = {**real.BASE_UNET, **unet, "transformer_layers_per_block": [1, 1, 2], "cross_attention_dim": 64,
+                      "projection_class_embeddings_input_dim": 32 + 6 * 8}
+    tiny.REFINER_UNET = {**real.REFINER_UNET, **unet, "block_out_channels": [32, 32, 64, 64],
+                         "attention_head_dim": [2, 2, 4, 4], "transformer_layers_per_block": 1,
+                         "cross_attention_dim": 32, "projection_class_embeddings_input_dim": 32 + 5 * 8}
+    tiny.VAE = {**real.VAE, "block_out_channels": [8, 16, 32, 32], "norm_num_groups": 8, "layers_per_block": 1,
+                "sample_size": 128}
+    return tiny
+
+
+def stage_engine(args, device: Device, mode: str) -> dict:
+    """One replica: Engine.load and warm_up() (its cold start), then the three recipes at each batch size."""
     from stable_diffusion_xl.generation.compile import compiled_graphs
     from stable_diffusion_xl.generation.engine import Engine
+    from stable_diffusion_xl.generation.request import TextToImageRequest
 
-    torch.cuda.reset_peak_memory_stats()
-    with tempfile.TemporaryDirectory(prefix="sdxl-no-adapters-") as no_adapters:  # compiling refuses adapters
-        started = time.perf_counter()
-        engine = Engine.load(weights_dir, compile=compiled, lora_dir=Path(no_adapters))
-        load = time.perf_counter() - started
+    options = dict(ENGINES["compiled" if mode == "cached" else mode])
+    if options.get("compile") and "compile_cache" in inspect.signature(Engine.load).parameters:
+        options["compile_cache"] = args.work / "compile-cache"  # SDXL_COMPILE_CACHE: filled by `compiled`
+    out = {"options": {key: str(value) for key, value in options.items()},
+           "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
+    device.reset_peak()
+    started = time.perf_counter()
+    no_adapters = args.work / "no-adapters"  # a compiled engine refuses adapters
+    no_adapters.mkdir(exist_ok=True)
+    engine = Engine.load(args.weights, device=device.name, lora_dir=no_adapters, **options)
+    device.sync()
+    out["load_seconds"] = time.perf_counter() - started
+    log(f"{mode}: Engine.load {out['load_seconds']:.1f} s")
     graphs = compiled_graphs()
-    warm_up = harness.timed(engine.warm_up)
-    out = {"load_seconds": load, "warm_up_seconds": warm_up, "graphs_compiled": compiled_graphs() - graphs,
-           "peak_memory_warm_up_bytes": torch.cuda.max_memory_allocated()}
-    harness.log(f"  load {load:.1f} s, warm-up {warm_up:.1f} s ({out['graphs_compiled']} graphs compiled)")
+    warm = not (args.quick and mode == "fp8")  # --quick: fp8 compiles only the shapes it is measured at
+    out["warm_up_seconds"] = device.timed(engine.warm_up) if warm else None
+    if not warm:
+        out["measured_shapes_compile_seconds"] = device.timed(lambda: [engine.generate([TextToImageRequest(
+            prompt="warm-up", n=n, steps=2, high_noise_frac=0.5, seed=1)]) for n in BATCHES])
+    out["graphs_compiled_in_warm_up"] = compiled_graphs() - graphs
+    out["peak_memory_warm_up_bytes"] = device.peak()
+    if warm:
+        log(f"{mode}: warm_up {out['warm_up_seconds']:.1f} s, {out['graphs_compiled_in_warm_up']} graphs")
+    if mode == "cached":  # a cold start only: its speed is the compiled engine's
+        out["compile_counters"] = _counters()
+        return out
     for batch in BATCHES:
-        runners, _ = workload.recipes(engine, batch)
-        for run in runners.values():  # first calls of each recipe at this size
-            run()
-        times, peaks = {name: [] for name in runners}, dict.fromkeys(runners, 0)
-        for index in range(runs):
-            for name, run in harness.alternate(runners, index):
-                torch.cuda.reset_peak_memory_stats()
-                times[name].append(harness.timed(run))  # each recipe ends with its images on the CPU
-                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
-            harness.log(f"  batch {batch}, run {index + 1}/{runs}: "
-                        + ", ".join(f"{name} {values[-1] / batch:.2f} s/image" for name, values in times.items()))
-        out[f"batch_{batch}"] = {name: {"seconds_per_image": harness.summary([t / batch for t in values]),
-                                        "images_per_second": harness.summary([batch / t for t in values]),
-                                        "peak_memory_bytes": peaks[name]}
-                                 for name, values in times.items()}
+        runners = recipes(engine, batch, args.steps)
+        rounds = (2 if batch == 1 else 1) if args.quick else args.runs
+        if not args.quick:
+            for run in runners.values():  # each recipe's first call at this size
+                run()
+        times, peaks, images = {name: [] for name in runners}, dict.fromkeys(runners, 0), {}
+        for index in range(rounds):
+            order = list(runners.items()) if index % 2 == 0 else list(runners.items())[::-1]
+            for name, run in order:
+                device.reset_peak()
+                started = time.perf_counter()
+                images[name] = run()  # each recipe ends with its images on the CPU
+                times[name].append((time.perf_counter() - started) / batch)
+                peaks[name] = max(peaks[name], device.peak())
+            log(f"{mode} batch {batch} round {index + 1}/{rounds}: "
+                + ", ".join(f"{name} {values[-1]:.3f} s/image" for name, values in times.items()))
+        out[f"batch_{batch}"] = {name: {"seconds_per_image": summary(values),
+                                        "images_per_second": summary([1 / v for v in values]),
+                                        "peak_memory_bytes": peaks[name]} for name, values in times.items()}
+        if batch == 1:
+            _compare_with_eager(args, mode, images["ours"][0], out)
+    out["graphs_after_warm_up"] = compiled_graphs() - graphs - out["graphs_compiled_in_warm_up"]
+    out["compile_counters"] = _counters()
     return out
 
 
-def table(results: dict) -> str:
-    eager, compiled, flops = results["eager"], results["compiled"], results["flops"]
-    seconds, rows = harness.seconds, []
-    for mode in MODES:
-        for batch in BATCHES:
-            case = results[mode][f"batch_{batch}"]
-            ours, up, raw = (case[name]["seconds_per_image"] for name in ("ours", "upstream", "raw_diffusers"))
-            throughput = harness.rate(case["ours"]["images_per_second"])
-            rows.append(("G", f"seconds per image, 1024², {workload.DEFAULT_STEPS} steps, batch {batch}, {mode}, "
-                              f"{ours['n']} runs", f"{seconds(ours)}; {throughput}",
-                         f"upstream: {seconds(up)}; raw diffusers: {seconds(raw)}",
-                         f"{up['median'] / ours['median']:.2f}× (upstream / ours)"))
-    for batch in BATCHES:
-        before, after = eager[f"batch_{batch}"], compiled[f"batch_{batch}"]
-        median = {name: (before[name]["seconds_per_image"]["median"], after[name]["seconds_per_image"]["median"])
-                  for name in before}
-        tflops = flops["ours"]["total_flops"] / median["ours"][1] / 1e12
-        rows.append(("G", f"compiled vs eager, batch {batch}: seconds per image (compiled / eager)",
-                     f"{median['ours'][1]:.2f} / {median['ours'][0]:.2f} s ({tflops:.0f} TFLOP/s compiled)",
-                     f"upstream: {median['upstream'][1]:.2f} / {median['upstream'][0]:.2f} s; raw diffusers: "
-                     f"{median['raw_diffusers'][1]:.2f} / {median['raw_diffusers'][0]:.2f} s",
-                     f"{median['ours'][0] / median['ours'][1]:.2f}× (eager / compiled)"))
-        memory = {name: f"{after[name]['peak_memory_bytes'] / 1e9:.1f} / {before[name]['peak_memory_bytes'] / 1e9:.1f}"
-                  for name in before}
-        rows.append(("G", f"peak GPU memory, batch {batch} (compiled / eager)", f"{memory['ours']} GB",
-                     f"upstream: {memory['upstream']} GB; raw diffusers: {memory['raw_diffusers']} GB", ""))
-    rows.append(("G", "cold start: Engine.load + Engine.warm_up() (compiled: every network, from an empty cache)",
-                 f"compiled: {compiled['load_seconds']:.0f} s + {compiled['warm_up_seconds']:.0f} s "
-                 f"({compiled['graphs_compiled']} graphs)",
-                 f"eager: {eager['load_seconds']:.0f} s + {eager['warm_up_seconds']:.0f} s",
-                 f"+{compiled['warm_up_seconds'] - eager['warm_up_seconds']:.0f} s of warm-up"))
-    return harness.markdown(rows)
+def _counters() -> dict:
+    counters = torch._dynamo.utils.counters
+    return {"unique_graphs": counters["stats"]["unique_graphs"],
+            "fxgraph_cache": {"hit": counters["inductor"]["fxgraph_cache_hit"],
+                              "miss": counters["inductor"]["fxgraph_cache_miss"]}}
 
+
+def _compare_with_eager(args, mode: str, image, out: dict) -> None:
+    """The eager engine's first image is the reference; the others' first images are compared with it."""
+    import numpy as np
+    from PIL import Image
+
+    reference = args.work / "eager-batch-1.png"
+    if mode == "eager":
+        image.save(reference)
+        return
+    if reference.is_file():
+        with Image.open(reference) as eager:
+            difference = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(eager, dtype=np.int16))
+        out["image_vs_eager"] = {"mean_abs_levels": float(difference.mean()), "max_levels": int(difference.max())}
+
+
+def recipes(engine, n: int, steps: int) -> dict:
+    """bench/run.py's three recipes on one engine, each making `n` images of one prompt in one batch: ours (the
+    engine), the raw diffusers pipelines doing the same ensemble of experts, and the upstream Instill recipe (the
+    base for every step, then the refiner as img2img at strength 0.3). All three decode with Engine.decode."""
+    from stable_diffusion_xl.generation.request import TextToImageRequest, nth_seed
+
+    request = TextToImageRequest(prompt=PROMPT, seed=SEED, n=n, steps=steps, guidance_scale=GUIDANCE,
+                                 high_noise_frac=HIGH_NOISE_FRAC)
+    width, height = engine.size_of(request)
+    common = {"prompt": [PROMPT] * n, "num_inference_steps": steps, "guidance_scale": GUIDANCE,
+              "output_type": "latent"}
+
+    def generators():  # one per image, as the engine seeds them
+        return [torch.Generator("cpu").manual_seed(nth_seed(SEED, i)) for i in range(n)]
+
+    def ours():
+        return engine.generate([request])[0].images
+
+    def raw_diffusers():
+        seeded = generators()
+        with torch.inference_mode():
+            latents = engine.base(**common, width=width, height=height, denoising_end=HIGH_NOISE_FRAC,
+                                  generator=seeded).images
+            latents = engine.refiner(**common, image=latents, denoising_start=HIGH_NOISE_FRAC, generator=seeded).images
+            return engine.decode(latents)[0]
+
+    def upstream():
+        seeded = generators()
+        with torch.inference_mode():
+            latents = engine.base(**common, width=width, height=height, generator=seeded).images
+            latents = engine.refiner(**common, image=latents, strength=UPSTREAM_STRENGTH, generator=seeded).images
+            return engine.decode(latents)[0]
+
+    return {"ours": ours, "raw_diffusers": raw_diffusers, "upstream": upstream}
+
+
+def stage_accuracy(args, device: Device) -> dict:
+    """Each UNet's output on one call with fixed random inputs, fp8 against fp16: ‖fp8 − fp16‖ / ‖fp16‖."""
+    from diffusers import UNet2DConditionModel
+
+    from stable_diffusion_xl.generation.quantize import quantize_unet
+    from stable_diffusion_xl.weights.layout import BASE, REFINER
+
+    out = {}
+    dtype = torch.float32 if device.dry else torch.float16
+    for name, folder in (("base_unet", BASE), ("refiner_unet", REFINER)):
+        unet = UNet2DConditionModel.from_pretrained(args.weights / folder, subfolder="unet", variant="fp16",
+                                                    dtype=dtype).to(device.name)
+        config, random = unet.config, torch.Generator("cpu").manual_seed(0)
+        size, pixels = config.sample_size, config.sample_size * 8.0
+        # The micro-conditions: original size, crop, target size (base) or aesthetic score (refiner).
+        time_ids = [pixels, pixels, 0.0, 0.0] + ([pixels, pixels] if name == "base_unet" else [6.0])
+        pooled = config.projection_class_embeddings_input_dim - len(time_ids) * config.addition_time_embed_dim
+
+        def normal(*shape, random=random):
+            return torch.randn(*shape, generator=random).to(device.name, dtype)
+
+        inputs = (normal(2, 4, size, size), torch.tensor([500.0, 500.0], device=device.name),
+                  normal(2, 77, config.cross_attention_dim))
+        conditions = {"text_embeds": normal(2, pooled),
+                      "time_ids": torch.tensor([time_ids] * 2, device=device.name, dtype=dtype)}
+        with torch.inference_mode():
+            reference = unet(*inputs, added_cond_kwargs=conditions).sample.float()
+            layers = quantize_unet(unet)
+            quantized = unet(*inputs, added_cond_kwargs=conditions).sample.float()
+        out[name] = {"relative_error": float((quantized - reference).norm() / reference.norm()),
+                     "linear_layers_quantized": layers}
+        log(f"accuracy {name}: relative error {out[name]['relative_error']:.4f} ({layers} layers in fp8)")
+        del unet
+        gc.collect()
+    return out
+
+
+# ------------------------------------------------------------------------------------- running the stages
+
+def run_stage(args, name: str) -> None:
+    """One stage in this process: its numbers go into the JSON file under its name."""
+    device = Device(args.dry_run)
+    if args.dry_run:
+        torch.set_num_threads(1)  # tiny networks only lose time to threads on a small busy CPU
+        _dry_run_patches()
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    handlers = {"env": stage_env, "flops": stage_flops, "build": stage_build, "accuracy": stage_accuracy}
+    started = time.perf_counter()
+    result = handlers[name](args, device) if name in handlers else stage_engine(args, device, name)
+    result["stage_seconds"] = time.perf_counter() - started
+    record(args.results, name, result)
+
+
+def _dry_run_patches() -> None:
+    """A CPU rehearsal: fp8 is allowed on the CPU (torchao runs float8 there, slowly) and compiling uses aot_eager,
+    which skips inductor's code generation (minutes on a small CPU)."""
+    from stable_diffusion_xl.generation import compile as compilation
+    from stable_diffusion_xl.generation import engine
+
+    engine.refuse_unsupported = lambda method, device: None
+    if hasattr(compilation, "BACKEND"):
+        compilation.BACKEND = "aot_eager"
+    try:
+        from torchao.quantization import quant_api
+    except ImportError:
+        return
+    quant_api._check_hardware_support = lambda granularity: None
+
+
+def record(path: Path, name: str, value) -> None:
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[name] = value
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def orchestrate(args) -> int:
+    """Every stage in a child process, in order, each within what is left of the time budget; the table is
+    written again after each."""
+    args.output.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    for stale in ("compile-cache", "inductor-cold", "inductor-second", "inductor-fp8"):  # an earlier run's
+        shutil.rmtree(args.work / stale, ignore_errors=True)
+    (args.work / "eager-batch-1.png").unlink(missing_ok=True)
+    args.results.unlink(missing_ok=True)
+    stages = [stage for stage in STAGES if stage != "build" or args.random_weights]
+    record(args.results, "run", {"command": " ".join(["python", "bench/gpu.py", *sys.argv[1:]]),
+                                 "budget_seconds": args.budget, "stages": stages})
+    for stage in stages:
+        left = args.budget - (time.perf_counter() - STARTED)
+        if left < 10:
+            record(args.results, f"{stage}_error", f"not run: the {args.budget} s budget was spent")
+            continue
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # A new replica's caches: compiled starts with empty ones; cached has only what SDXL_COMPILE_CACHE kept
+        # (or, before that setting exists, the inductor cache folder that compiled filled).
+        inductor = {"compiled": "inductor-cold", "fp8": "inductor-fp8", "cached": "inductor-second"}.get(stage)
+        if stage == "cached" and not _has_compile_cache():
+            inductor = "inductor-cold"
+        if inductor:
+            env["TORCHINDUCTOR_CACHE_DIR"] = str(args.work / inductor)
+        log(f"stage {stage} ({left:.0f} s of the budget left)")
+        command = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, *_passed_on(args)]
+        try:
+            code = subprocess.run(command, env=env, timeout=left).returncode
+            if code:
+                record(args.results, f"{stage}_error", f"exit status {code} (the log has the traceback)")
+        except subprocess.TimeoutExpired:
+            record(args.results, f"{stage}_error", f"not finished within the {left:.0f} s left of the budget")
+        write_table(args)
+    record(args.results, "total_seconds", time.perf_counter() - STARTED)
+    print(write_table(args))
+    return 0
+
+
+def _has_compile_cache() -> bool:
+    from stable_diffusion_xl.generation.engine import Engine
+
+    return "compile_cache" in inspect.signature(Engine.load).parameters
+
+
+def _passed_on(args) -> list[str]:
+    passed = ["--weights", str(args.weights), "--output", str(args.output), "--work", str(args.work),
+              "--runs", str(args.runs), "--steps", str(args.steps), "--tokenizer", str(args.tokenizer)]
+    return passed + [flag for flag, on in (("--random-weights", args.random_weights), ("--quick", args.quick),
+                                           ("--dry-run", args.dry_run)) if on]
+
+
+# ---------------------------------------------------------------------------------------------------- table
+
+RECIPES = {"ours": "ours", "raw_diffusers": "raw diffusers", "upstream": "upstream recipe"}
+
+
+def write_table(args) -> str:
+    data = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    text = table(data)
+    args.results.with_suffix(".md").write_text(text + "\n")
+    return text
+
+
+def table(data: dict) -> str:
+    env, flops = data.get("env", {}), data.get("flops", {})
+    peak = env.get("fp16_matmul_tflops")
+    rows = [("measurement", *RECIPES.values()), ("---",) * 4]
+    for mode in ("eager", "compiled", "fp8"):
+        label = {"eager": "eager", "compiled": "compiled", "fp8": "compiled + fp8"}[mode]
+        for batch in BATCHES:
+            case = data.get(mode, {}).get(f"batch_{batch}")
+            if not case:
+                rows.append((f"{label}, batch {batch}", *(["not measured"] * 3)))
+                continue
+            cells = []
+            for recipe in RECIPES:
+                seconds = case[recipe]["seconds_per_image"]["median"]
+                cell = [f"{seconds:.3f} s/image", f"{1 / seconds:.2f} img/s"]
+                work = flops.get("upstream" if recipe == "upstream" else "ours", {}).get("total_flops")
+                if work:  # the raw pipelines do our recipe's work
+                    tflops = work / seconds / 1e12
+                    share = f" ({tflops / peak:.0%} of the matmul peak)" if peak else ""
+                    cell.append(f"{tflops:.0f} TFLOP/s{share}")
+                cell.append(f"{case[recipe]['peak_memory_bytes'] / 2**30:.1f} GiB peak")
+                cells.append(" · ".join(cell))
+            rows.append((f"{label}, batch {batch}, s/image (median of {case['ours']['seconds_per_image']['n']})",
+                         *cells))
+    for mode, label in (("eager", "eager"), ("compiled", "compiled, empty caches"),
+                        ("cached", "compiled, compile cache filled (second replica)"), ("fp8", "compiled + fp8")):
+        stage = data.get(mode)
+        if not stage:
+            why = data.get(f"{mode}_error", "not run")
+            rows.append((f"cold start: {label}", f"not measured: {why}", "", ""))
+            continue
+        warm = stage["warm_up_seconds"]
+        if warm is None:
+            warm_text = (f"no full warm-up (--quick); compiling the two measured shapes took "
+                         f"{stage.get('measured_shapes_compile_seconds', 0):.1f} s")
+        else:
+            warm_text = f"warm-up {warm:.1f} s = {stage['load_seconds'] + warm:.1f} s"
+        cache = stage.get("compile_counters", {}).get("fxgraph_cache", {})
+        inductor = f"; inductor cache {cache['hit']} hits, {cache['miss']} misses" if cache.get("hit") or \
+            cache.get("miss") else ""
+        rows.append((f"cold start: {label}", f"Engine.load {stage['load_seconds']:.1f} s + {warm_text}",
+                     f"{stage['graphs_compiled_in_warm_up']} graphs traced in warm-up{inductor}", ""))
+    accuracy = data.get("accuracy")
+    if accuracy:
+        rows.append(("fp8: UNet output relative error vs fp16 (one call, fixed random inputs)",
+                     f"base {accuracy['base_unet']['relative_error']:.4f}",
+                     f"refiner {accuracy['refiner_unet']['relative_error']:.4f}", ""))
+    for mode, label in (("compiled", "compiled"), ("fp8", "compiled + fp8")):
+        image = data.get(mode, {}).get("image_vs_eager")
+        if image:
+            rows.append((f"{label}: first image vs eager fp16, same seed (0-255 levels)",
+                         f"mean {image['mean_abs_levels']:.2f}", f"max {image['max_levels']}", ""))
+    if env:
+        rows.append(("GPU; fp16 matmul 8192³", f"{env.get('gpu')} (compute capability {env.get('capability')})",
+                     f"{peak:.0f} TFLOP/s" if peak else "", ""))
+    if flops:
+        ours, upstream = (f"{flops[recipe]['total_flops'] / 1e12:.0f} TFLOP" for recipe in ("ours", "upstream"))
+        rows.append(("work per image (FLOPs)", ours, ours, upstream))
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+# -------------------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--random-weights", action="store_true", help="build real-size random-weight networks on "
+                        "the GPU (about 12 GB in --weights) instead of reading the real ones")
+    parser.add_argument("--quick", action="store_true", help="2 runs at batch 1 and 1 at batch 4, no first calls "
+                        "left out, no fp8 warm-up: inside 8 minutes on an H100")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each recipe at each batch (default 3)")
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="the real weights (default: "
-                        "weights/)")
-    parser.add_argument("--output", type=Path, default=harness.RESULTS, help="folder for the JSON")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"denoising steps (default {STEPS})")
+    parser.add_argument("--weights", type=Path, help="the weights (default: weights/, or with --random-weights "
+                        "a folder under --work)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sdxl-gpu-bench",
+                        help="folder for caches, the reference image and the random weights")
+    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results", help="folder for the JSON and "
+                        "the table")
+    parser.add_argument("--tokenizer", type=Path, default=DEFAULT_WEIGHTS_DIR / "demo" / "stable-diffusion-xl-base-1.0"
+                        / "tokenizer", help="CLIP's tokenizer files for the random weights (the demo weights')")
+    parser.add_argument("--budget", type=float, default=3600.0, help="seconds for all stages (--quick: 450)")
+    parser.add_argument("--dry-run", action="store_true", help="rehearse on the CPU with tiny networks")
+    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # one stage, in a child process
     args = parser.parse_args(argv)
-    problem = missing(args.weights)
+    if args.weights is None:
+        args.weights = args.work / "random-weights" if args.random_weights else DEFAULT_WEIGHTS_DIR
+    if args.quick and args.budget == parser.get_default("budget"):
+        args.budget = 450.0
+    suffix = "-random" if args.random_weights else ""
+    args.results = args.output / f"{datetime.date.today().isoformat()}-gpu{suffix}.json"
+    problem = missing(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from diffusers.utils import logging as diffusers_logging
-    from torch._inductor.utils import fresh_cache
-
-    diffusers_logging.disable_progress_bar()
-    results: dict = {"machine": harness.machine(), "weights": str(args.weights.resolve()), "batches": list(BATCHES),
-                     "gpu_memory_bytes": torch.cuda.get_device_properties(0).total_memory}
-    harness.log(f"GPU: {results['machine']['gpu']}; FLOPs of the real networks on the meta device ...")
-    results["flops"] = flop_count.count()
-    with fresh_cache():  # compiling from an empty cache, as a new replica does
-        for mode in MODES:
-            harness.log(f"{mode}: Engine.load, Engine.warm_up(), then {args.runs} runs of each recipe at batch "
-                        f"{', '.join(map(str, BATCHES))}")
-            results[mode] = measure(args.weights, mode == "compiled", args.runs)
-            gc.collect()  # the engine is gone: give its GPU memory back before the next one loads
-            torch.cuda.empty_cache()
-    harness.write_results(results, table(results), args.output, suffix="-gpu")
-    return 0
+    if args.stage:
+        run_stage(args, args.stage)
+        return 0
+    return orchestrate(args)
 
 
 if __name__ == "__main__":

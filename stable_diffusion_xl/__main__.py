@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from .generation.compile import MODES
-from .generation.engine import DEFAULT_MAX_BATCH_SIZE
+from .generation.engine import DEFAULT_MAX_BATCH_SIZE, choose_device
+from .generation.quantize import QuantizeRefused, refuse_unsupported
 from .generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
 from .serving.environment import SettingError
 from .serving.settings import Settings
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo,
                     "compile-cache": _compile_cache}
         return handlers[args.command](args)
-    except (InvalidRequest, WeightsMissing, SettingError) as error:
+    except (InvalidRequest, WeightsMissing, SettingError, QuantizeRefused) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (DeployFailed, PortInUse) as error:  # Ray's own message on why the replica could not start; a taken port
@@ -151,7 +152,9 @@ def _model_env(args) -> tuple[dict[str, str], Settings]:
     env = {"SDXL_WEIGHTS_DIR": str(args.weights.resolve()), "SDXL_DEMO_WEIGHTS": "1" if args.demo else "0"}
     settings = Settings.from_env({**os.environ, **env})
     settings.http_api_key()
-    WeightPaths.locate(args.weights, demo=args.demo)
+    paths = WeightPaths.locate(args.weights, demo=args.demo)
+    # The replica runs on this machine's device.
+    refuse_unsupported(settings.quantize, choose_device()[0], settings.lora_dir or paths.loras)
     return env, settings
 
 

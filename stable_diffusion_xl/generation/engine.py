@@ -30,6 +30,7 @@ from . import compile as compiling
 from .adapters import DEFAULT_MAX_LORAS, ResidentAdapters
 from .compile import DEFAULT_MODE, compile_pipelines, compiled_graphs, inductor_compiles, refuse_adapters
 from .compile_cache import CompileCache, cache_key
+from .quantize import quantize_unets, refuse_unsupported
 from .request import MAX_SEED, TextToImageRequest, nth_seed
 from .safety import SafetyChecker
 from .schedulers import both_experts_step, make_scheduler, unet_calls
@@ -144,17 +145,21 @@ class Engine:
         self.healthy = True  # False after a device error that leaves the GPU unusable
         self.compiled = False
         self.compile_cache: CompileCache | None = None  # set by _compile
+        self.quantization: str | None = None  # "fp8" when the UNets' linear layers are float8
         self.set_progress_bars(False)
 
     @classmethod
     def load(cls, weights_dir=DEFAULT_WEIGHTS_DIR, *, demo: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
              device: str | None = None, lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS,
              safety_checker: bool = False, safety_checker_dir: Path | None = None, compile: bool = False,
-             compile_mode: str = DEFAULT_MODE, compile_cache: Path | None = None) -> Engine:
+             compile_mode: str = DEFAULT_MODE, compile_cache: Path | None = None,
+             quantize: str | None = None) -> Engine:
         """Load base and refiner from disk (safetensors only), sharing text_encoder_2, tokenizer_2 and the VAE.
         With `compile`, the UNets' transformer blocks are compiled on their first calls, in inductor's
         `compile_mode`: run warm_up() before serving. `compile_cache`: the folder of compiled artifacts that the
-        warm-up loads, or fills when it has none for this replica (default: compile-cache/ beside the models)."""
+        warm-up loads, or fills when it has none for this replica (default: compile-cache/ beside the models).
+        `quantize="fp8"` puts the UNets' transformer layers in float8 (generation/quantize.py); on a device
+        without fp8 it raises QuantizeRefused before any weight is read."""
         from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
         paths = WeightPaths.locate(weights_dir, demo=demo)
@@ -162,6 +167,7 @@ class Engine:
         if compile:
             refuse_adapters(lora_dir)  # before the weights are read, not after
         device, dtype = (device, torch.float16 if device == "cuda" else torch.float32) if device else choose_device()
+        refuse_unsupported(quantize, device, lora_dir)
         if demo:
             log.warning("loading the DEMO weights from %s: tiny random models, their images are noise", paths.base)
             if device == "cpu":
@@ -190,18 +196,27 @@ class Engine:
         engine = cls(base, refiner, device=device, max_batch_size=max_batch_size, demo=demo, lora_dir=lora_dir,
                      max_loras=max_loras, safety_checker=checker)
         if compile:
-            engine._compile(compile_mode, compile_cache or paths.compile_cache)
+            engine._compile(compile_mode, compile_cache or paths.compile_cache, quantize)
+        elif quantize:
+            engine._quantize(quantize)
         return engine
 
-    def _compile(self, mode: str, cache_dir: Path) -> None:
+    def _compile(self, mode: str, cache_dir: Path, quantize: str | None = None) -> None:
         """Compile both UNets' transformer blocks (generation/compile.py), and load what the compile cache holds for
         them; the compiler runs on their first calls, which warm_up() makes."""
         compile_pipelines(self.base, self.refiner, self.device, mode)
+        if quantize:  # after compile_pipelines' QKV fusion, before the first calls run the compiler
+            self._quantize(quantize)
         key = cache_key([self.base.unet, self.refiner.unet], device=self.device, mode=mode,
-                        backend=compiling.BACKEND)
+                        backend=compiling.BACKEND) | {"quantize": quantize}  # fp8 blocks are graphs of their own
         self.compile_cache = CompileCache(cache_dir, key)
         self.compile_cache.load()
         self.compiled = True
+
+    def _quantize(self, method: str) -> None:
+        layers = quantize_unets(self.base, self.refiner)
+        self.quantization = method
+        log.info("%d linear layers of the UNets' transformer blocks in %s", layers, method)
 
     def set_progress_bars(self, enabled: bool) -> None:
         self.base.set_progress_bar_config(disable=not enabled, desc="base")

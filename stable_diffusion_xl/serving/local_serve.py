@@ -254,7 +254,9 @@ def application_statuses(dashboard: str) -> dict[str, dict]:
     """Each application's status and Ray's message about it, as Instill Core reads them."""
     with urllib.request.urlopen(f"{dashboard}/api/serve/applications/", timeout=10) as response:
         details = json.load(response)
-    return {name: {"status": app["status"], "message": app.get("message", "")}
+    return {name: {"status": app["status"], "message": app.get("message", ""),
+                   "deployments": {deployment: info.get("message", "")
+                                   for deployment, info in (app.get("deployments") or {}).items()}}
             for name, app in (details.get("applications") or {}).items()}
 
 
@@ -264,7 +266,11 @@ def wait_until_running(dashboard: str, names: list[str], timeout: float) -> None
         statuses = application_statuses(dashboard)
         for name, app in statuses.items():
             if app["status"] == "DEPLOY_FAILED":
-                raise DeployFailed(f"application {name!r} failed to deploy: {app['message']}")
+                # A replica that raised in its constructor: the deployment's message ends with the exception.
+                reasons = [message.strip().splitlines()[-1] for message in app["deployments"].values()
+                           if message.strip()]
+                raise DeployFailed(f"application {name!r} failed to deploy: {app['message']}"
+                                   + "".join(f" {reason}" for reason in reasons))
         if all(statuses.get(name, {}).get("status") == "RUNNING" for name in names):
             return
         time.sleep(1)

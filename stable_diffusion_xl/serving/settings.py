@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..generation.compile import DEFAULT_MODE, MODES
 from ..generation.engine import DEFAULT_MAX_BATCH_SIZE
+from ..generation.quantize import METHODS as QUANTIZE_METHODS
 from ..generation.request import excerpt
 from ..weights.layout import DEFAULT_WEIGHTS_DIR
 from .encoding import DEFAULT_JPEG_QUALITY
@@ -36,6 +37,11 @@ class Settings:
                                          "SDXL_COMPILE=1: a replica loads the entry made for its torch, GPU and "
                                          "networks instead of compiling, or saves one after its warm-up "
                                          "(`compile-cache` command)", shown="`compile-cache/` beside the models")
+    quantize: str | None = setting("SDXL_QUANTIZE", None, "`fp8` runs the UNets' transformer layers on the fp8 "
+                                   "tensor cores (torchao); images differ slightly from fp16's; needs a GPU of "
+                                   "compute capability 8.9 or newer, else the replica refuses to start",
+                                   shown="none: fp16",
+                                   choices=QUANTIZE_METHODS)
     safety_checker: bool = setting("SDXL_SAFETY_CHECKER", False, "filter unsafe images: a flagged image comes back "
                                    "black as `content_filtered`; needs `fetch-weights --safety-checker`")
     safety_checker_dir: Path | None = setting("SDXL_SAFETY_CHECKER_DIR", None, "folder of the safety checker",

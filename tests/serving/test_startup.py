@@ -16,10 +16,14 @@ from stable_diffusion_xl.weights.layout import FETCH_COMMAND
 pytestmark = pytest.mark.slow
 
 
-def test_a_bad_setting_fails_the_deployment_with_rays_message_naming_it(weights_dir, tmp_path):
-    """With warm-up off, a batch size of 0 used to reach RUNNING and then fail every call."""
-    env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), "SDXL_WARM_UP": "0",
-           "SDXL_MAX_BATCH_SIZE": "0"}
+@pytest.mark.parametrize("setting, message", [
+    # With warm-up off, a batch size of 0 used to reach RUNNING and then fail every call.
+    ({"SDXL_MAX_BATCH_SIZE": "0"}, 'SDXL_MAX_BATCH_SIZE="0": must be an integer from 1 to 64'),
+    # fp8 needs fp8 tensor cores: this machine's replica runs on the CPU.
+    ({"SDXL_QUANTIZE": "fp8"}, "SDXL_QUANTIZE=fp8 needs an NVIDIA GPU of compute capability 8.9 or newer"),
+])
+def test_a_bad_setting_fails_the_deployment_with_rays_message_naming_it(weights_dir, tmp_path, setting, message):
+    env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), "SDXL_WARM_UP": "0", **setting}
     ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     try:
         with pytest.raises(DeployFailed) as caught, serving([Application("default", env)],
@@ -28,7 +32,7 @@ def test_a_bad_setting_fails_the_deployment_with_rays_message_naming_it(weights_
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
     assert "application 'default' failed to deploy" in str(caught.value)
-    assert 'SDXL_MAX_BATCH_SIZE="0": must be an integer from 1 to 64' in str(caught.value)
+    assert message in str(caught.value)
 
 
 def test_missing_weights_fail_the_deployment_with_a_message_carrying_the_fetch_command(tmp_path):
