@@ -6,8 +6,9 @@ that emits it (matched by its text, so that every other line of that logger, err
 - diffusers warns for each text encoder that a LoRA adapter has no keys for it, when an adapter trains the
   UNet only (the usual kind), on every load.
 - huggingface_hub logs each retry of a request; when the last one fails, the command's own error line says why.
-- torchao, which diffusers imports when it is installed (this package does not use it), warns about its optional
-  kernels (built for another Python, or needing Triton), and its import makes torch warn about Enum constants.
+- torchao, which diffusers imports when it is installed (we use it only for SDXL_QUANTIZE=fp8), warns about its
+  optional kernels (built for another Python, or needing Triton), and its import makes torch warn about Enum
+  constants.
 
 The Instill SDK, when imported, gives the root logger a format that prints milliseconds twice
 (`17:52:50,951.951`): `quiet_library_logs` mends it too.
