@@ -63,6 +63,7 @@ def test_the_setting_takes_fp8_or_nothing():
         Settings.from_env({"SDXL_QUANTIZE": "int4"})
 
 
+@pytest.mark.slow  # the command line in a subprocess
 @pytest.mark.parametrize("command", ["serve", "try"])
 def test_the_cli_refuses_fp8_on_this_cpu_in_one_line_before_starting_ray(weights_dir, command):
     env = {"PATH": "/usr/bin:/bin", "SDXL_QUANTIZE": "fp8", "CUDA_VISIBLE_DEVICES": ""}
