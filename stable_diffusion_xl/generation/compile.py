@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from ..weights.lora_files import available
+from ..weights.lora_files import available, described
 
 BACKEND = "inductor"  # torch's own; tests/test_compile.py swaps in aot_eager, which skips code generation
 MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune")  # inductor's, in order of start-up cost
@@ -48,9 +48,8 @@ def refuse_adapters(lora_dir) -> None:
     """Raise when the LoRA folder holds adapters: a compiled deployment cannot serve them."""
     names = available(lora_dir)
     if names:
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise CompileRefused(
-            f"SDXL_COMPILE=1 does not combine with LoRA adapters, and {lora_dir} has {len(names)} ({shown}): switching "
+            f"SDXL_COMPILE=1 does not combine with LoRA adapters, and {lora_dir} has {described(names)}: switching "
             "adapters on a compiled UNet recompiles it. Set SDXL_COMPILE=0, or SDXL_LORA_DIR to a folder without "
             "adapters")
 

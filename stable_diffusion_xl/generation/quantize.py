@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..weights.lora_files import available
+from ..weights.lora_files import available, described
 from .request import excerpt
 
 METHODS = ("fp8",)
@@ -45,9 +45,8 @@ def refuse_unsupported(method: str | None, device: str, lora_dir: Path | None = 
         raise QuantizeRefused(f"SDXL_QUANTIZE={method} needs {wanted}; this replica's GPU, {gpu}. Unset SDXL_QUANTIZE")
     names = available(lora_dir)
     if names:  # peft cannot put an adapter's layers around float8 ones (loading one fails)
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise QuantizeRefused(f"SDXL_QUANTIZE={method} does not combine with LoRA adapters, and {lora_dir} has "
-                              f"{len(names)} ({shown}): they cannot be loaded onto float8 layers. Unset "
+                              f"{described(names)}: they cannot be loaded onto float8 layers. Unset "
                               "SDXL_QUANTIZE, or set SDXL_LORA_DIR to a folder without adapters")
 
 

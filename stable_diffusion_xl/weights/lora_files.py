@@ -19,3 +19,8 @@ def available(folder: Path | None) -> tuple[str, ...]:
     if folder is None or not folder.is_dir():
         return ()
     return tuple(sorted(path.stem for path in folder.glob(f"*{SUFFIX}") if path.is_file() and is_plain_name(path.stem)))
+
+
+def described(names: tuple[str, ...]) -> str:
+    """Adapters as an error names them: how many, and the first five."""
+    return f"{len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
