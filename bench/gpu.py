@@ -8,16 +8,19 @@
 parameter counts) with random weights on the GPU and saves them in the real diffusers layout, fp16 variant (about
 12 GB, about 30 s), so a machine that cannot reach the hub measures the same arithmetic through Engine.load; the
 images are noise. Each stage runs in a process of its own (a new replica's cold start, its own peak memory) and
-adds its numbers to the JSON file as it finishes, and the table is written again after each stage, so a run cut
-short still reports what it measured:
+adds its numbers, and the table so far, to the JSON file as it finishes, so a run cut short still reports what it
+measured; the end is bench/harness.py's (table and footer on stdout, the JSON file completed). The workload (prompt,
+seed, the three recipes) is bench/workload.py's:
 
-- env: the GPU, the versions, and an fp16 matrix product of 8192³ (the peak the effective rates are shares of);
+- machine: bench/harness.py's header (CPU, GPU, versions, git), the GPU's compute capability, and an fp16 matrix
+  product of 8192³ (the peak the effective rates are shares of);
 - flops: FLOPs per image of each recipe, counted on the meta device (bench/flops.py);
 - build: the random weights (with --random-weights);
-- eager, compiled (SDXL_COMPILE, empty compile caches), cached (a second replica with the compile cache the first
-  one filled: its cold start only), fp8 (compiled + SDXL_QUANTIZE=fp8): Engine.load and warm_up() at the default
-  maximum batch, then our recipe, the raw diffusers pipelines and the upstream Instill recipe, interleaved, at
-  batch 1 and 4: seconds per image, images per second, effective TFLOP/s and peak GPU memory;
+- eager, compiled (SDXL_COMPILE, an empty compile cache folder and inductor cache), cached (a second replica with
+  the compile cache folder the compiled stage filled: its cold start only), fp8 (compiled + SDXL_QUANTIZE=fp8, a
+  compile cache folder of its own, empty): Engine.load and warm_up() at the default maximum batch, then our
+  recipe, the raw diffusers pipelines and the upstream Instill recipe, interleaved, at batch 1 and 4: seconds per
+  image, images per second, effective TFLOP/s and peak GPU memory;
 - accuracy: fp8 against fp16, the UNets' relative output error on one call with fixed random inputs; and each
   engine's first image against the eager one's for the same seed (mean absolute difference in 0-255 levels).
 
@@ -27,14 +30,10 @@ Without a CUDA GPU it refuses in one line. `--dry-run` rehearses every stage on 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import inspect
 import json
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,19 +47,19 @@ if __package__ in (None, ""):  # `python bench/gpu.py`: make `bench` and `stable
 
 import torch  # noqa: E402
 
+from bench import harness  # noqa: E402
+from bench.harness import log  # noqa: E402
+from bench.workload import DEFAULT_STEPS, recipes  # noqa: E402
 from stable_diffusion_xl.weights.layout import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, WeightPaths, WeightsMissing  # noqa: E402
 
-PROMPT, SEED = "a cat napping on a windowsill, golden hour", 1234  # bench/run.py's workload
-STEPS, GUIDANCE, HIGH_NOISE_FRAC, UPSTREAM_STRENGTH = 40, 7.5, 0.8, 0.3
 BATCHES = (1, 4)
 ENGINES = {"eager": {}, "compiled": {"compile": True}, "fp8": {"compile": True, "quantize": "fp8"}}
-STAGES = ("env", "flops", "build", "eager", "accuracy", "compiled", "fp8", "cached")  # by priority, for a cut run
+STAGES = ("machine", "flops", "build", "eager", "accuracy", "compiled", "fp8", "cached")  # by priority, for a cut run
+# Each stage's caches under --work, emptied when a run starts: `cached` is a second replica given the compile cache
+# `compiled` filled, and a new inductor cache, so its cold start gains only from what SDXL_COMPILE_CACHE keeps.
+COMPILE_CACHES = {"compiled": "compile-cache", "fp8": "compile-cache-fp8", "cached": "compile-cache"}
+INDUCTOR_CACHES = {"compiled": "inductor-cold", "fp8": "inductor-fp8", "cached": "inductor-second"}
 MATMUL = 8192
-STARTED = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def missing(args) -> str | None:
@@ -99,33 +98,20 @@ class Device:
         return 0 if self.dry else torch.cuda.max_memory_allocated()
 
     def timed(self, run) -> float:
+        """Seconds of `run`, with the GPU's queued work before it and its own work counted in."""
         self.sync()
-        started = time.perf_counter()
-        run()
-        self.sync()
-        return time.perf_counter() - started
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
-            "values": [round(v, 4) for v in values]}
+        return harness.timed(lambda: (run(), self.sync()))
 
 
 # ------------------------------------------------------------------------------------------------- stages
 
-def stage_env(args, device: Device) -> dict:
-    import diffusers
-    import transformers
-
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "torchao": _version("torchao"), "quick": args.quick, "random_weights": args.random_weights,
-            "dry_run": args.dry_run, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+def stage_machine(args, device: Device) -> dict:
+    """The harness's header, and what the GPU can do: its compute capability and an fp16 matmul's rate."""
+    info = {**harness.machine(), "cuda": torch.version.cuda, "fp16_matmul_tflops": None}
     if device.dry:
-        info.update(gpu="CPU (dry run)", fp16_matmul_tflops=None)
         return info
     props = torch.cuda.get_device_properties(0)
-    info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", gpu_memory_bytes=props.total_memory,
+    info.update(capability=f"{props.major}.{props.minor}", gpu_memory_bytes=props.total_memory,
                 multiprocessors=props.multi_processor_count)
     a = torch.randn(MATMUL, MATMUL, device="cuda", dtype=torch.float16)
     b = torch.randn_like(a)
@@ -134,15 +120,6 @@ def stage_env(args, device: Device) -> dict:
     seconds = device.timed(lambda: [a @ b for _ in range(20)])
     info["fp16_matmul_tflops"] = 20 * 2 * MATMUL**3 / seconds / 1e12
     return info
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 def stage_flops(args, device: Device) -> dict:
@@ -241,10 +218,11 @@ def stage_engine(args, device: Device, mode: str) -> dict:
     from stable_diffusion_xl.generation.request import TextToImageRequest
 
     options = dict(ENGINES["compiled" if mode == "cached" else mode])
-    if options.get("compile") and "compile_cache" in inspect.signature(Engine.load).parameters:
-        options["compile_cache"] = args.work / "compile-cache"  # SDXL_COMPILE_CACHE: filled by `compiled`
-    out = {"options": {key: str(value) for key, value in options.items()},
-           "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
+    out = {"inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
+    if options.get("compile"):  # SDXL_COMPILE_CACHE: empty for compiled and fp8, what compiled left for cached
+        options["compile_cache"] = args.work / COMPILE_CACHES[mode]
+        out["compile_cache_entries_at_start"] = len(list(options["compile_cache"].glob("*/key.json")))
+    out["options"] = {key: str(value) for key, value in options.items()}
     device.reset_peak()
     started = time.perf_counter()
     no_adapters = args.work / "no-adapters"  # a compiled engine refuses adapters
@@ -267,30 +245,35 @@ def stage_engine(args, device: Device, mode: str) -> dict:
         out["compile_counters"] = _counters()
         return out
     for batch in BATCHES:
-        runners = recipes(engine, batch, args.steps)
         rounds = (2 if batch == 1 else 1) if args.quick else args.runs
-        if not args.quick:
-            for run in runners.values():  # each recipe's first call at this size
-                run()
-        times, peaks, images = {name: [] for name in runners}, dict.fromkeys(runners, 0), {}
-        for index in range(rounds):
-            order = list(runners.items()) if index % 2 == 0 else list(runners.items())[::-1]
-            for name, run in order:
-                device.reset_peak()
-                started = time.perf_counter()
-                images[name] = run()  # each recipe ends with its images on the CPU
-                times[name].append((time.perf_counter() - started) / batch)
-                peaks[name] = max(peaks[name], device.peak())
-            log(f"{mode} batch {batch} round {index + 1}/{rounds}: "
-                + ", ".join(f"{name} {values[-1]:.3f} s/image" for name, values in times.items()))
-        out[f"batch_{batch}"] = {name: {"seconds_per_image": summary(values),
-                                        "images_per_second": summary([1 / v for v in values]),
-                                        "peak_memory_bytes": peaks[name]} for name, values in times.items()}
+        out[f"batch_{batch}"], images = _recipes_at(engine, device, batch, rounds, args, label=f"{mode} batch {batch}")
         if batch == 1:
             _compare_with_eager(args, mode, images["ours"][0], out)
     out["graphs_after_warm_up"] = compiled_graphs() - graphs - out["graphs_compiled_in_warm_up"]
     out["compile_counters"] = _counters()
     return out
+
+
+def _recipes_at(engine, device: Device, batch: int, rounds: int, args, label: str) -> tuple[dict, dict]:
+    """The three recipes at one batch size, interleaved: each one's seconds per image, images per second and peak
+    memory, and the images of its last run."""
+    runners, _ = recipes(engine, batch, args.steps)
+    if not args.quick:
+        for run in runners.values():  # each recipe's first call at this size
+            run()
+    peaks, images = dict.fromkeys(runners, 0), {}
+
+    def seconds_per_image(name, run) -> float:  # each recipe ends with its images on the CPU
+        device.reset_peak()
+        seconds = device.timed(lambda: images.update({name: run()}))
+        peaks[name] = max(peaks[name], device.peak())
+        return seconds / batch
+
+    times = harness.interleave(runners, rounds, measure=seconds_per_image, label=f"{label} round",
+                               show=lambda seconds: f"{seconds:.3f} s/image")
+    return {name: {"seconds_per_image": harness.summary(values),
+                   "images_per_second": harness.summary([1 / v for v in values]),
+                   "peak_memory_bytes": peaks[name]} for name, values in times.items()}, images
 
 
 def _counters() -> dict:
@@ -313,42 +296,6 @@ def _compare_with_eager(args, mode: str, image, out: dict) -> None:
         with Image.open(reference) as eager:
             difference = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(eager, dtype=np.int16))
         out["image_vs_eager"] = {"mean_abs_levels": float(difference.mean()), "max_levels": int(difference.max())}
-
-
-def recipes(engine, n: int, steps: int) -> dict:
-    """bench/run.py's three recipes on one engine, each making `n` images of one prompt in one batch: ours (the
-    engine), the raw diffusers pipelines doing the same ensemble of experts, and the upstream Instill recipe (the
-    base for every step, then the refiner as img2img at strength 0.3). All three decode with Engine.decode."""
-    from stable_diffusion_xl.generation.request import TextToImageRequest, nth_seed
-
-    request = TextToImageRequest(prompt=PROMPT, seed=SEED, n=n, steps=steps, guidance_scale=GUIDANCE,
-                                 high_noise_frac=HIGH_NOISE_FRAC)
-    width, height = engine.size_of(request)
-    common = {"prompt": [PROMPT] * n, "num_inference_steps": steps, "guidance_scale": GUIDANCE,
-              "output_type": "latent"}
-
-    def generators():  # one per image, as the engine seeds them
-        return [torch.Generator("cpu").manual_seed(nth_seed(SEED, i)) for i in range(n)]
-
-    def ours():
-        return engine.generate([request])[0].images
-
-    def raw_diffusers():
-        seeded = generators()
-        with torch.inference_mode():
-            latents = engine.base(**common, width=width, height=height, denoising_end=HIGH_NOISE_FRAC,
-                                  generator=seeded).images
-            latents = engine.refiner(**common, image=latents, denoising_start=HIGH_NOISE_FRAC, generator=seeded).images
-            return engine.decode(latents)[0]
-
-    def upstream():
-        seeded = generators()
-        with torch.inference_mode():
-            latents = engine.base(**common, width=width, height=height, generator=seeded).images
-            latents = engine.refiner(**common, image=latents, strength=UPSTREAM_STRENGTH, generator=seeded).images
-            return engine.decode(latents)[0]
-
-    return {"ours": ours, "raw_diffusers": raw_diffusers, "upstream": upstream}
 
 
 def stage_accuracy(args, device: Device) -> dict:
@@ -399,7 +346,7 @@ def run_stage(args, name: str) -> None:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
-    handlers = {"env": stage_env, "flops": stage_flops, "build": stage_build, "accuracy": stage_accuracy}
+    handlers = {"machine": stage_machine, "flops": stage_flops, "build": stage_build, "accuracy": stage_accuracy}
     started = time.perf_counter()
     result = handlers[name](args, device) if name in handlers else stage_engine(args, device, name)
     result["stage_seconds"] = time.perf_counter() - started
@@ -412,9 +359,8 @@ def _dry_run_patches() -> None:
     from stable_diffusion_xl.generation import compile as compilation
     from stable_diffusion_xl.generation import engine
 
-    engine.refuse_unsupported = lambda method, device: None
-    if hasattr(compilation, "BACKEND"):
-        compilation.BACKEND = "aot_eager"
+    engine.refuse_unsupported = lambda method, device, lora_dir=None: None
+    compilation.BACKEND = "aot_eager"
     try:
         from torchao.quantization import quant_api
     except ImportError:
@@ -429,30 +375,26 @@ def record(path: Path, name: str, value) -> None:
 
 
 def orchestrate(args) -> int:
-    """Every stage in a child process, in order, each within what is left of the time budget; the table is
-    written again after each."""
+    """Every stage in a child process, in order, each within what is left of the time budget; the table so far
+    goes into the JSON file after each, and the harness's ending after the last."""
     args.output.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    for stale in ("compile-cache", "inductor-cold", "inductor-second", "inductor-fp8"):  # an earlier run's
+    for stale in {*COMPILE_CACHES.values(), *INDUCTOR_CACHES.values()}:  # an earlier run's
         shutil.rmtree(args.work / stale, ignore_errors=True)
     (args.work / "eager-batch-1.png").unlink(missing_ok=True)
     args.results.unlink(missing_ok=True)
     stages = [stage for stage in STAGES if stage != "build" or args.random_weights]
     record(args.results, "run", {"command": " ".join(["python", "bench/gpu.py", *sys.argv[1:]]),
-                                 "budget_seconds": args.budget, "stages": stages})
+                                 "budget_seconds": args.budget, "stages": stages, "quick": args.quick,
+                                 "random_weights": args.random_weights, "dry_run": args.dry_run})
     for stage in stages:
-        left = args.budget - (time.perf_counter() - STARTED)
+        left = args.budget - (time.perf_counter() - harness.STARTED)
         if left < 10:
             record(args.results, f"{stage}_error", f"not run: the {args.budget} s budget was spent")
             continue
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        # A new replica's caches: compiled starts with empty ones; cached has only what SDXL_COMPILE_CACHE kept
-        # (or, before that setting exists, the inductor cache folder that compiled filled).
-        inductor = {"compiled": "inductor-cold", "fp8": "inductor-fp8", "cached": "inductor-second"}.get(stage)
-        if stage == "cached" and not _has_compile_cache():
-            inductor = "inductor-cold"
-        if inductor:
-            env["TORCHINDUCTOR_CACHE_DIR"] = str(args.work / inductor)
+        if stage in INDUCTOR_CACHES:
+            env["TORCHINDUCTOR_CACHE_DIR"] = str(args.work / INDUCTOR_CACHES[stage])
         log(f"stage {stage} ({left:.0f} s of the budget left)")
         command = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, *_passed_on(args)]
         try:
@@ -461,16 +403,12 @@ def orchestrate(args) -> int:
                 record(args.results, f"{stage}_error", f"exit status {code} (the log has the traceback)")
         except subprocess.TimeoutExpired:
             record(args.results, f"{stage}_error", f"not finished within the {left:.0f} s left of the budget")
-        write_table(args)
-    record(args.results, "total_seconds", time.perf_counter() - STARTED)
-    print(write_table(args))
+        record(args.results, "table", table(json.loads(args.results.read_text())))
+    results = json.loads(args.results.read_text())
+    if "machine" not in results:  # its stage failed: the footer still says what ran this
+        results["machine"] = harness.machine()
+    harness.write_results(results, table(results), args.output, args.suffix)
     return 0
-
-
-def _has_compile_cache() -> bool:
-    from stable_diffusion_xl.generation.engine import Engine
-
-    return "compile_cache" in inspect.signature(Engine.load).parameters
 
 
 def _passed_on(args) -> list[str]:
@@ -485,17 +423,10 @@ def _passed_on(args) -> list[str]:
 RECIPES = {"ours": "ours", "raw_diffusers": "raw diffusers", "upstream": "upstream recipe"}
 
 
-def write_table(args) -> str:
-    data = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    text = table(data)
-    args.results.with_suffix(".md").write_text(text + "\n")
-    return text
-
-
 def table(data: dict) -> str:
-    env, flops = data.get("env", {}), data.get("flops", {})
-    peak = env.get("fp16_matmul_tflops")
-    rows = [("measurement", *RECIPES.values()), ("---",) * 4]
+    machine, flops = data.get("machine", {}), data.get("flops", {})
+    peak = machine.get("fp16_matmul_tflops")
+    rows = []
     for mode in ("eager", "compiled", "fp8"):
         label = {"eager": "eager", "compiled": "compiled", "fp8": "compiled + fp8"}[mode]
         for batch in BATCHES:
@@ -532,8 +463,10 @@ def table(data: dict) -> str:
         cache = stage.get("compile_counters", {}).get("fxgraph_cache", {})
         inductor = f"; inductor cache {cache['hit']} hits, {cache['miss']} misses" if cache.get("hit") or \
             cache.get("miss") else ""
+        entries = stage.get("compile_cache_entries_at_start")
+        kept = f"; compile cache: {entries} entries at start" if entries is not None else ""
         rows.append((f"cold start: {label}", f"Engine.load {stage['load_seconds']:.1f} s + {warm_text}",
-                     f"{stage['graphs_compiled_in_warm_up']} graphs traced in warm-up{inductor}", ""))
+                     f"{stage['graphs_compiled_in_warm_up']} graphs traced in warm-up{inductor}{kept}", ""))
     accuracy = data.get("accuracy")
     if accuracy:
         rows.append(("fp8: UNet output relative error vs fp16 (one call, fixed random inputs)",
@@ -544,13 +477,14 @@ def table(data: dict) -> str:
         if image:
             rows.append((f"{label}: first image vs eager fp16, same seed (0-255 levels)",
                          f"mean {image['mean_abs_levels']:.2f}", f"max {image['max_levels']}", ""))
-    if env:
-        rows.append(("GPU; fp16 matmul 8192³", f"{env.get('gpu')} (compute capability {env.get('capability')})",
-                     f"{peak:.0f} TFLOP/s" if peak else "", ""))
+    if machine:
+        gpu = f"{machine['gpu']} (compute capability {machine.get('capability')})" if machine.get("gpu") else \
+            "no GPU (dry run)"
+        rows.append(("GPU; fp16 matmul 8192³", gpu, f"{peak:.0f} TFLOP/s" if peak else "", ""))
     if flops:
         ours, upstream = (f"{flops[recipe]['total_flops'] / 1e12:.0f} TFLOP" for recipe in ("ours", "upstream"))
         rows.append(("work per image (FLOPs)", ours, ours, upstream))
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    return harness.markdown(rows, head=("measurement", *RECIPES.values()))
 
 
 # -------------------------------------------------------------------------------------------------- main
@@ -562,13 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 runs at batch 1 and 1 at batch 4, no first calls "
                         "left out, no fp8 warm-up: inside 8 minutes on an H100")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each recipe at each batch (default 3)")
-    parser.add_argument("--steps", type=int, default=STEPS, help=f"denoising steps (default {STEPS})")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
     parser.add_argument("--weights", type=Path, help="the weights (default: weights/, or with --random-weights "
                         "a folder under --work)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sdxl-gpu-bench",
                         help="folder for caches, the reference image and the random weights")
-    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results", help="folder for the JSON and "
-                        "the table")
+    parser.add_argument("--output", type=Path, default=harness.RESULTS, help="folder for the JSON file")
     parser.add_argument("--tokenizer", type=Path, default=DEFAULT_WEIGHTS_DIR / "demo" / "stable-diffusion-xl-base-1.0"
                         / "tokenizer", help="CLIP's tokenizer files for the random weights (the demo weights')")
     parser.add_argument("--budget", type=float, default=3600.0, help="seconds for all stages (--quick: 450)")
@@ -579,8 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         args.weights = args.work / "random-weights" if args.random_weights else DEFAULT_WEIGHTS_DIR
     if args.quick and args.budget == parser.get_default("budget"):
         args.budget = 450.0
-    suffix = "-random" if args.random_weights else ""
-    args.results = args.output / f"{datetime.date.today().isoformat()}-gpu{suffix}.json"
+    args.suffix = "-gpu-random" if args.random_weights else "-gpu"
+    args.results = harness.results_path(args.output, args.suffix)
     problem = missing(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -20,13 +20,14 @@ bench/run.py (CPU, demo weights) and bench/gpu.py (a GPU, the real weights) both
   `alternate(variants, index)` is that order alone, for loops that need more than one sample per call.
 - Cells: `seconds(s, "ms")` "median unit [min–max]", `rate(s)` img/s, `tflop`, `mb`, `ratio(other, ours, label)`,
   `speedup(case, baseline, label)` on images per second; `markdown(lines)` the table of
-  (number, measurement, ours, compared with, ratio) tuples.
+  (number, measurement, ours, compared with, ratio) tuples, or of other columns with `head`.
 - `log(message)`: progress on stderr, with seconds since start; stdout keeps only the table and the footer.
 """
 
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"  # git-ignored
 STARTED = time.perf_counter()
+PACKAGES = ("diffusers", "transformers", "torchao", "ray")  # the versions machine() records besides torch's
 
 
 def log(message: str) -> None:
@@ -111,8 +113,7 @@ def speedup(case: dict, baseline: dict, label: str) -> str:
     return f"{case['images_per_second']['median'] / baseline['images_per_second']['median']:.2f}× img/s ({label})"
 
 
-def markdown(lines: list[tuple]) -> str:
-    head = ["#", "measurement", "ours", "compared with", "ratio"]
+def markdown(lines: list[tuple], head: tuple = ("#", "measurement", "ours", "compared with", "ratio")) -> str:
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     out += ["| " + " | ".join(str(cell) for cell in line) + " |" for line in lines]
     return "\n".join(out)
@@ -121,11 +122,9 @@ def markdown(lines: list[tuple]) -> str:
 # ------------------------------------------------------------------------------------- header and footer
 
 def machine() -> dict:
-    """What the numbers were measured on, with the load average at the start (write_results adds the end's)."""
-    import diffusers
-    import psutil
-    import ray
-    import transformers
+    """What the numbers were measured on, with the load average at the start (write_results adds the end's).
+    Versions are read from the installed packages' metadata, so a GPU machine without Ray still has a header."""
+    import psutil  # accelerate's dependency, so there wherever the pipelines run
 
     cpu = platform.processor()
     try:
@@ -153,11 +152,21 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "transformers": transformers.__version__, "ray": ray.__version__},
+        "versions": {"torch": torch.__version__, **{package: installed(package) for package in PACKAGES}},
         "git_commit": commit,
         "git_tracked_changes": dirty,
     }
+
+
+def installed(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def results_path(output: Path, suffix: str = "") -> Path:
+    return output / f"{datetime.date.today().isoformat()}{suffix}.json"
 
 
 def footer(results: dict, path: Path) -> str:
@@ -180,7 +189,7 @@ def write_results(results: dict, table: str, output: Path = RESULTS, suffix: str
     results["total_seconds"] = time.perf_counter() - STARTED
     results["table"] = table
     output.mkdir(parents=True, exist_ok=True)
-    path = output / f"{datetime.date.today().isoformat()}{suffix}.json"
+    path = results_path(output, suffix)
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(table)
     print(f"\n{footer(results, path)}")

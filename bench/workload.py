@@ -15,16 +15,17 @@ DEFAULT_STEPS, SERVE_STEPS = 40, 5
 GUIDANCE, HIGH_NOISE_FRAC, UPSTREAM_STRENGTH = 7.5, 0.8, 0.3
 
 
-def recipes(engine, n: int = 1):
+def recipes(engine, n: int = 1, steps: int = DEFAULT_STEPS):
     """Our engine, the raw diffusers pipelines doing the same ensemble of experts, and the upstream recipe, each
-    making `n` images of one prompt in one batch. All three decode with Engine.decode, as the pipelines do in fp32;
-    on a GPU without the fp16-fix VAE the pipelines would hand their fp16 latents to the fp32 VAE."""
+    making `n` images of one prompt in one batch of `steps` steps. All three decode with Engine.decode, as the
+    pipelines do in fp32; on a GPU without the fp16-fix VAE the pipelines would hand their fp16 latents to the
+    fp32 VAE."""
     from stable_diffusion_xl.generation.request import TextToImageRequest, nth_seed
 
-    request = TextToImageRequest(prompt=PROMPT, seed=SEED, n=n, steps=DEFAULT_STEPS, guidance_scale=GUIDANCE,
+    request = TextToImageRequest(prompt=PROMPT, seed=SEED, n=n, steps=steps, guidance_scale=GUIDANCE,
                                  high_noise_frac=HIGH_NOISE_FRAC)
     width, height = engine.size_of(request)
-    common = {"prompt": [PROMPT] * n, "num_inference_steps": DEFAULT_STEPS, "guidance_scale": GUIDANCE,
+    common = {"prompt": [PROMPT] * n, "num_inference_steps": steps, "guidance_scale": GUIDANCE,
               "output_type": "latent"}
 
     def generators():  # one per image, as the engine seeds them
