@@ -68,3 +68,19 @@ def write_flagging_checker(target: Path, image: Image.Image, others: list[Image.
     model.to(torch.float16).save_pretrained(target)
     shutil.copy(Path(source) / "preprocessor_config.json", Path(target) / "preprocessor_config.json")
     return Path(target)
+
+
+def nan_decodes(engine, monkeypatch) -> dict:
+    """Make the engine's VAE return NaN for its next `state["left"]` decodes, as an overflowing fp16 VAE does;
+    returns that state (0 to start with)."""
+    decode, state = engine.vae.decode, {"left": 0}
+
+    def nan_decode(latents, *args, **kwargs):
+        output = decode(latents, *args, **kwargs)
+        if state["left"]:
+            state["left"] -= 1
+            output.sample[:] = float("nan")
+        return output
+
+    monkeypatch.setattr(engine.vae, "decode", nan_decode)
+    return state

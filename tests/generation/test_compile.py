@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch._inductor.utils import fresh_cache
 
-from helpers import ROUNDING, count_unet_calls, max_pixel_difference, request
+from helpers import ROUNDING, count_unet_calls, max_pixel_difference, nan_decodes, request
 from stable_diffusion_xl.generation import compile as compilation
 from stable_diffusion_xl.generation.compile import CompileRefused, compiled_graphs
 from stable_diffusion_xl.generation.engine import Cancelled, Engine, Progress
@@ -135,16 +135,7 @@ def test_a_cancelled_generation_stops_after_the_step_under_way(compiled):
 def test_a_nan_decode_is_redone_and_gives_the_real_image(compiled, monkeypatch):
     engine = compiled.engine
     expected = engine.generate([request(seed=42)])[0].images[0]
-    decode, state = engine.vae.decode, {"left": 1}
-
-    def nan_once(latents, *args, **kwargs):
-        output = decode(latents, *args, **kwargs)
-        if state["left"]:
-            state["left"] -= 1
-            output.sample[:] = float("nan")
-        return output
-
-    monkeypatch.setattr(engine.vae, "decode", nan_once)
+    nan_decodes(engine, monkeypatch)["left"] = 1
     recovered = engine.generate([request(seed=42)])[0]
     assert recovered.events["nan_redecodes"] == 1 and recovered.images[0].tobytes() == expected.tobytes()
 

@@ -3,24 +3,14 @@
 import pytest
 import torch
 
-from helpers import ROUNDING, max_pixel_difference, request
+from helpers import ROUNDING, max_pixel_difference, nan_decodes, request
 from stable_diffusion_xl.generation.engine import NaNImage, OutOfMemory
 
 
 @pytest.fixture
 def faulty_vae(engine, monkeypatch):
-    """Make the VAE's next `times` decodes return NaN, as an overflowing fp16 VAE does."""
-    decode, state = engine.vae.decode, {"left": 0}
-
-    def nan_decode(latents, *args, **kwargs):
-        output = decode(latents, *args, **kwargs)
-        if state["left"]:
-            state["left"] -= 1
-            output.sample[:] = float("nan")
-        return output
-
-    monkeypatch.setattr(engine.vae, "decode", nan_decode)
-    return state
+    """Make the VAE's next decodes return NaN: set the returned state's "left"."""
+    return nan_decodes(engine, monkeypatch)
 
 
 @pytest.fixture

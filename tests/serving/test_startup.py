@@ -16,6 +16,19 @@ from stable_diffusion_xl.weights.layout import FETCH_COMMAND
 pytestmark = pytest.mark.slow
 
 
+def deploy_failure(env: dict, tmp_path: Path) -> str:
+    """The message of the application that `env` fails to deploy, as Ray's Serve API gives it."""
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    try:
+        with pytest.raises(DeployFailed) as caught, serving([Application("default", env)],
+                                                            log_path=tmp_path / "serve.log", ray_dir=ray_dir):
+            pass
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert "application 'default' failed to deploy" in str(caught.value)
+    return str(caught.value)
+
+
 @pytest.mark.parametrize("setting, message", [
     # With warm-up off, a batch size of 0 used to reach RUNNING and then fail every call.
     ({"SDXL_MAX_BATCH_SIZE": "0"}, 'SDXL_MAX_BATCH_SIZE="0": must be an integer from 1 to 64'),
@@ -24,15 +37,7 @@ pytestmark = pytest.mark.slow
 ])
 def test_a_bad_setting_fails_the_deployment_with_rays_message_naming_it(weights_dir, tmp_path, setting, message):
     env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), "SDXL_WARM_UP": "0", **setting}
-    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    try:
-        with pytest.raises(DeployFailed) as caught, serving([Application("default", env)],
-                                                            log_path=tmp_path / "serve.log", ray_dir=ray_dir):
-            pass
-    finally:
-        shutil.rmtree(ray_dir, ignore_errors=True)
-    assert "application 'default' failed to deploy" in str(caught.value)
-    assert message in str(caught.value)
+    assert message in deploy_failure(env, tmp_path)
 
 
 def test_missing_weights_fail_the_deployment_with_a_message_carrying_the_fetch_command(tmp_path):
@@ -40,17 +45,8 @@ def test_missing_weights_fail_the_deployment_with_a_message_carrying_the_fetch_c
     deployments ['StableDiffusionXL']"; the reason was in Ray's replica logs alone."""
     empty = tmp_path / "weights"
     empty.mkdir()
-    env = {"SDXL_WEIGHTS_DIR": str(empty), "SDXL_DEMO_WEIGHTS": "0"}
-    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    try:
-        with pytest.raises(DeployFailed) as caught, serving([Application("default", env)],
-                                                            log_path=tmp_path / "serve.log", ray_dir=ray_dir):
-            pass
-    finally:
-        shutil.rmtree(ray_dir, ignore_errors=True)
-    assert "application 'default' failed to deploy" in str(caught.value)
-    assert f"no SDXL weights in {empty}/stable-diffusion-xl-base-1.0" in str(caught.value)
-    assert FETCH_COMMAND in str(caught.value)
+    failure = deploy_failure({"SDXL_WEIGHTS_DIR": str(empty), "SDXL_DEMO_WEIGHTS": "0"}, tmp_path)
+    assert f"no SDXL weights in {empty}/stable-diffusion-xl-base-1.0" in failure and FETCH_COMMAND in failure
 
 
 @pytest.mark.parametrize("command", ["serve", "try"])
