@@ -80,20 +80,34 @@ def compiled_lines(co: dict, results: dict) -> list[tuple]:
 
 
 def replicas(bench) -> dict:
-    """Two compiled replicas, each a fresh process (bench/replica.py) with inductor's caches empty, on one compile
-    cache folder: the first finds it empty, compiles and saves; the second loads what the first saved."""
-    with tempfile.TemporaryDirectory(prefix="sdxl-bench-compile-cache-") as cache:
-        started = {}
+    """Pairs of compiled replicas (`--runs` pairs, at most 3: each pair is about two minutes), each replica a fresh
+    process (bench/replica.py) with inductor's caches empty. In a pair both use one new compile cache folder: the
+    first finds it empty, compiles and saves; the second loads what the first saved."""
+    pairs = []
+    for index in range(min(bench.args.runs, 3)):
+        with tempfile.TemporaryDirectory(prefix="sdxl-bench-compile-cache-") as cache:
+            pair = {}
+            for which in ("first", "second"):
+                pair[which] = numbers = replica(bench.weights_root, Path(cache))
+                log(f"  pair {index + 1}, {which} replica: {numbers['warm_up_seconds']:.1f} s, "
+                    f"{numbers['warm_up_cpu_seconds']:.1f} CPU-s, {numbers['graphs_traced']} graphs, "
+                    f"fxgraph cache {numbers['fxgraph_cache']}")
+        if pair["first"]["compile_cache_loaded"] or not pair["second"]["compile_cache_loaded"]:
+            raise RuntimeError(f"the compile cache was not empty for the first replica, or not filled for the "
+                               f"second: {pair}")
+        pairs.append(pair)
+    return summarised(pairs)
+
+
+def summarised(pairs: list[dict]) -> dict:
+    """The pairs, each replica's warm-up summarised, and the second's share of the first's, pair by pair."""
+    numbers: dict = {"pairs": pairs}
+    for unit in ("seconds", "cpu_seconds"):
         for which in ("first", "second"):
-            log(f"compile cache: the {which} replica, a fresh process, warming up")
-            started[which] = replica(bench.weights_root, Path(cache))
-            numbers = started[which]
-            log(f"  {numbers['warm_up_seconds']:.1f} s, {numbers['warm_up_cpu_seconds']:.1f} CPU-s, "
-                f"{numbers['graphs_traced']} graphs, fxgraph cache {numbers['fxgraph_cache']}")
-    if started["first"]["compile_cache_loaded"] or not started["second"]["compile_cache_loaded"]:
-        raise RuntimeError(f"the compile cache was not empty for the first replica, or not filled for the second: "
-                           f"{started}")
-    return started
+            numbers.setdefault(which, {})[f"warm_up_{unit}"] = summary([p[which][f"warm_up_{unit}"] for p in pairs])
+        numbers[f"second_of_first_{unit}"] = summary([p["second"][f"warm_up_{unit}"] / p["first"][f"warm_up_{unit}"]
+                                                      for p in pairs])
+    return numbers
 
 
 def replica(weights_root: Path, cache: Path) -> dict:
@@ -106,26 +120,29 @@ def replica(weights_root: Path, cache: Path) -> dict:
 
 
 def replica_lines(started: dict, results: dict) -> list[tuple]:
-    first, second = started["first"], started["second"]
+    pairs, first = started["pairs"], started["first"]
 
-    def warm_up(numbers: dict) -> str:
-        cache = numbers["fxgraph_cache"]
-        return (f"{numbers['warm_up_cpu_seconds']:.1f} CPU-s, {numbers['warm_up_seconds']:.1f} s wall; "
-                f"{numbers['graphs_traced']} graphs traced, inductor FX graph cache {cache['hits']} hits / "
-                f"{cache['misses']} misses")
+    def warm_up(which: str) -> str:
+        hits = "/".join(str(pair[which]["fxgraph_cache"]["hits"]) for pair in pairs)
+        misses = "/".join(str(pair[which]["fxgraph_cache"]["misses"]) for pair in pairs)
+        numbers = started[which]
+        return (f"{seconds(numbers['warm_up_cpu_seconds'], 'CPU-s')}, {seconds(numbers['warm_up_seconds'])} wall; "
+                f"{pairs[0][which]['graphs_traced']} graphs traced, inductor FX graph cache {hits} hits / "
+                f"{misses} misses")
 
-    share = second["warm_up_cpu_seconds"] / first["warm_up_cpu_seconds"]
-    wall = second["warm_up_seconds"] / first["warm_up_seconds"]
-    regional = first["warm_up_cpu_seconds"] / WHOLE_NETWORK["warm_up_cpu_seconds"]
+    share, wall = started["second_of_first_cpu_seconds"], started["second_of_first_seconds"]
+    regional = first["warm_up_cpu_seconds"]["median"] / WHOLE_NETWORK["warm_up_cpu_seconds"]
     return [
         (f"a second replica with the compile cache filled: Engine.warm_up() in a fresh process, inductor's caches "
-         f"empty, the compile cache the first replica saved, max batch {second['max_batch_size']}", warm_up(second),
-         f"the first replica (a fresh process, every cache empty): {warm_up(first)}",
-         f"{share:.2f}× CPU-s, {wall:.2f}× wall (second / first; target ≤ {REPLICA_TARGET:.2f})"),
+         f"empty, the compile cache the first replica saved, max batch {pairs[0]['second']['max_batch_size']}, "
+         f"{len(pairs)} pairs", warm_up("second"),
+         f"the first replica (a fresh process, every cache empty): {warm_up('first')}",
+         f"{share['median']:.2f}× CPU-s [{share['min']:.2f}–{share['max']:.2f}], {wall['median']:.2f}× wall "
+         f"[{wall['min']:.2f}–{wall['max']:.2f}] (second / first, per pair; target ≤ {REPLICA_TARGET:.2f})"),
         ("regional compile (the transformer blocks) against the whole-network compile it replaced: the first "
-         "replica's warm-up", f"{first['warm_up_cpu_seconds']:.1f} CPU-s, {first['warm_up_seconds']:.1f} s wall",
-         f"whole UNets and VAE decoder, an EARLIER measurement, not this run's: "
+         "replica's warm-up", f"{seconds(first['warm_up_cpu_seconds'], 'CPU-s')}, {seconds(first['warm_up_seconds'])}"
+         " wall", f"whole UNets and VAE decoder, an EARLIER measurement, not this run's: "
          f"{WHOLE_NETWORK['warm_up_cpu_seconds']} CPU-s ({WHOLE_NETWORK['measured']}), "
          f"{WHOLE_NETWORK['warm_up_seconds']} s wall ({WHOLE_NETWORK['wall_measured']})",
-         f"{regional:.2f}× CPU-s (this run / earlier; target ≤ {REGIONAL_TARGET:.2f})"),
+         f"{regional:.2f}× CPU-s (this run's median / earlier; target ≤ {REGIONAL_TARGET:.2f})"),
     ]
