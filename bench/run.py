@@ -16,8 +16,9 @@ machine they were measured on, to bench/results/<date>.json. What it measures:
 6. Users' models and prompts: a LoRA adapter switched per request against loading it or reloading the
    pipelines, long-prompt encoding (compel) against diffusers' encode_prompt, and the safety checker's
    share of a generation.
-7. Compiled against eager (SDXL_COMPILE=1): our recipe's time per image, and the compiled engine's warm-up, which
-   runs the compiler (`--no-compile` skips these rows: they take about six minutes on 2 cores).
+7. Compiled against eager (SDXL_COMPILE=1): our recipe's time per image, the compiled engine's warm-up, which runs
+   the compiler, and a second replica (a fresh process) with the compile cache filled against the first
+   (`--no-compile` skips these rows: they take about ten minutes on 2 cores).
 8. The peer APIs (OpenAI, Azure ML, cog, plain) against the Instill HTTP path: the same request, interleaved.
 Plus GPU figures on paper (bench/on_paper.py), labelled as not measured; bench/gpu.py measures them on a GPU.
 
@@ -113,7 +114,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, default=None, help="weights root holding demo/ (default: weights/)")
     parser.add_argument("--no-serve", action="store_true", help="skip the Ray Serve rows (3, 4, 8 and most of 5)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled-engine rows (7), which compile "
-                        "for about six minutes on 2 CPU cores")
+                        "for about ten minutes on 2 CPU cores")
     parser.add_argument("--rows", default="", help="only these rows, by number or name, comma-separated "
                         "(e.g. 1,6 or work_per_image,peer_apis; default: all)")
     parser.add_argument("--output", type=Path, default=harness.RESULTS, help="folder for the JSON")

@@ -8,7 +8,8 @@ under the row's name; serving rows under "serving"), `lines(numbers, results)` t
     engine.py    the Engine in process on the demo weights: recipes (1), load (5), adapters, prompts, safety (6)
     serving.py   through Ray Serve, its gRPC and HTTP proxies: overhead (3), batching (4), cold start and memory
                  (5), the peer APIs (8); one Ray Serve session runs them all, in order
-    compile.py   compiled against eager (7); last, as compiling changes process-wide torch settings
+    compile.py   compiled against eager, a second replica with the compile cache filled (7); last, as compiling
+                 changes process-wide torch settings
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ ROWS = [
     Row("8", "peer_apis", "serving", serving.peer_apis, serving.peer_api_lines),
     Row("5", "rss", "serving", serving.memory, serving.memory_lines),  # last: its sampling thread would slow the rest
     Row("7", "compiled", "weights", compile.compiled_vs_eager, compile.compiled_lines),
+    Row("7", "compile_cache", "weights", compile.replicas, compile.replica_lines),  # two fresh processes
 ]
 ORDER = "12345678P"
 
