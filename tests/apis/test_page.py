@@ -62,8 +62,9 @@ def pick_aspect_ratio(browser, ratio: str) -> None:
 
 def generate(browser, images: int, timeout: float = 120) -> list[dict]:
     """Click Generate; the figures shown once `images` of them have come back."""
-    by_id(browser, "generate").click()
-    assert not by_id(browser, "generate").is_enabled()  # disabled while the call runs
+    # Disabled while the call runs: read in the click's own turn, since a small call may be over by the next command.
+    assert browser.execute_script("const button = document.getElementById('generate'); button.click(); "
+                                  "return button.disabled;")
     WebDriverWait(browser, timeout).until(
         lambda _: by_id(browser, "progress-text").text.startswith("Done") or by_id(browser, "form-error").text)
     assert by_id(browser, "form-error").text == ""
