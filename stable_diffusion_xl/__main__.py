@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -310,11 +311,13 @@ def _train(args) -> int:
     total = options.total_steps(len(photos))
     diffusers_logging.disable_progress_bar()  # loading bars: the training's is the one that says something
     transformers.utils.logging.disable_progress_bar()
-    if options.workers > 1:
-        _connect_ray()
-    print(f"training {options.name!r} on {len(photos)} photos for {total} steps"
-          + (f" on {options.workers} workers" if options.workers > 1 else ""), file=sys.stderr)
-    with tqdm(total=total, unit="step", desc="train", dynamic_ncols=True) as bar:
+    with contextlib.ExitStack() as stack:
+        if options.workers > 1:
+            stack.enter_context(_ray_connected())
+        print(f"training {options.name!r} on {len(photos)} photos for {total} steps"
+              + (f" on {options.workers} workers" if options.workers > 1 else ""), file=sys.stderr)
+        bar = stack.enter_context(tqdm(total=total, unit="step", desc="train", dynamic_ncols=True))
+
         def on_step(step: int, steps: int, loss: float) -> None:
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.4f}")
@@ -334,25 +337,35 @@ def _train(args) -> int:
     return 0
 
 
-def _connect_ray() -> None:
+@contextlib.contextmanager
+def _ray_connected():
     """The Ray cluster RAY_ADDRESS names (its nodes need this package and the weights at the same paths), else a
-    one-node Ray on loopback, as `serve` starts it, whose workers import this package from here."""
+    one-node Ray on loopback, as `serve` starts it, whose workers import this package from here; shut down after."""
+    import shutil
+    import tempfile
+
     import ray
 
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
         return
-    import tempfile
-
     from .serving.local_serve import LOOPBACK, PACKAGE_DIR, Ports, free_port, start_ray
 
-    os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")])),
-                      DASHBOARD_METRIC_PORT=str(free_port()), AUTOSCALER_METRIC_PORT=str(free_port()),
-                      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    path = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")]))
+    os.environ.update(PYTHONPATH=path, DASHBOARD_METRIC_PORT=str(free_port()), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+                      AUTOSCALER_METRIC_PORT=str(free_port()))
     ray_dir = tempfile.mkdtemp(prefix="ray-train-", dir="/tmp")  # Ray's socket paths must stay short
     print(f"starting a local Ray on {LOOPBACK} ...", file=sys.stderr)
-    start_ray(Ports(), ray_dir)
-
+    try:
+        start_ray(Ports(), ray_dir)
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,8 +35,9 @@ class TrainingOptions:
     token: str = _option("TOK", "The trigger word: a rare token that comes to mean the subject; put it in prompts.")
     class_word: str = _option("person", "What the subject is (person, dog, style, ...): the default caption is "
                               "`a photo of TOKEN CLASS`.")
-    steps: int | None = _option(None, f"Training steps (one photo each per worker); default {STEPS_PER_PHOTO} per "
-                                f"photo, from {MIN_DEFAULT_STEPS} to {MAX_DEFAULT_STEPS}.", minimum=1,
+    steps: int | None = _option(None, f"Training steps (each takes one photo on each worker); default "
+                                f"{STEPS_PER_PHOTO} per photo, from {MIN_DEFAULT_STEPS} to {MAX_DEFAULT_STEPS}, "
+                                "divided among the workers.", minimum=1,
                                 maximum=MAX_STEPS, shown=f"{STEPS_PER_PHOTO} per photo")
     rank: int = _option(32, "The LoRA rank: larger learns more detail and makes a larger file.", minimum=1,
                         maximum=256)
@@ -71,7 +72,9 @@ class TrainingOptions:
             raise InvalidRequest("resolution", f"must be a multiple of 64, got {self.resolution}")
 
     def total_steps(self, photo_count: int) -> int:
-        return self.steps if self.steps is not None else default_steps(photo_count)
+        """The steps asked for, else the default's photo views shared among the workers (a step takes one photo
+        on each)."""
+        return self.steps if self.steps is not None else math.ceil(default_steps(photo_count) / self.workers)
 
     @property
     def caption(self) -> str:
