@@ -4,7 +4,7 @@ InvalidRequest naming the field by its wire name."""
 import pytest
 
 from stable_diffusion_xl.generation.request import InvalidRequest
-from stable_diffusion_xl.training.options import OPTIONS, TrainingOptions, default_steps
+from stable_diffusion_xl.training.options import OPTIONS, TrainingOptions, default_steps, from_fields
 
 
 def test_defaults_are_the_published_recipes():
@@ -51,3 +51,17 @@ def test_each_option_out_of_range_names_its_field(fields, field, reason):
 def test_every_option_documents_itself():
     for name, spec in OPTIONS.items():
         assert spec.metadata["description"], name
+
+
+def test_options_from_wire_named_fields_take_json_numbers_and_refuse_unknown_keys():
+    options = from_fields({"name": "me", "learning-rate": 0.0002, "steps": 20.0, "train-text-encoder": True})
+    assert (options.learning_rate, options.steps, options.train_text_encoder) == (0.0002, 20, True)
+    with pytest.raises(InvalidRequest) as error:
+        from_fields({"name": "me", "learning_rate": 0.1}, where="options.")
+    assert error.value.field == "options.learning_rate" and "did you mean `learning-rate`?" in error.value.reason
+    with pytest.raises(InvalidRequest) as error:
+        from_fields({"rank": 8}, where="options.")
+    assert (error.value.field, error.value.reason) == ("options.name", "is required")
+    with pytest.raises(InvalidRequest) as error:
+        from_fields({"name": "me", "rank": "8"})
+    assert (error.value.field, error.value.reason) == ("rank", 'must be an integer, got "8"')
