@@ -58,10 +58,12 @@ class PeakRss:
 
 
 def step_times(weights, *, steps: int = 20, warm_up: int = WARM_UP_STEPS, resolution: int | None = None,
-               rank: int = 32, train_text_encoder: bool = False, photos: int = 4) -> dict:
+               rank: int = 32, train_text_encoder: bool = False, photos: int = 4,
+               gradient_checkpointing: bool | None = None) -> dict:
     """Train for `steps` steps (batch 1) into a temporary LoRA folder: seconds per step after `warm_up` steps (each
     step ends with the loss read back, so the GPU's work is in it), the seconds before the first step (loading the
-    base, encoding the photos once) and peak memory: the GPU's allocator peak on CUDA, the RSS rise on the CPU."""
+    base, encoding the photos once) and peak memory: the GPU's allocator peak on CUDA, the RSS rise on the CPU.
+    `gradient_checkpointing` None: the trainer's choice (on for a GPU with under 40 GiB)."""
     from stable_diffusion_xl.training.loop import native_resolution
     from stable_diffusion_xl.training.options import TrainingOptions
     from stable_diffusion_xl.training.trainer import train
@@ -76,12 +78,14 @@ def step_times(weights, *, steps: int = 20, warm_up: int = WARM_UP_STEPS, resolu
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as lora_dir, PeakRss() as rss:
         result = train(weights, Path(lora_dir), training_photos(photos, resolution), options,
-                       on_step=lambda step, total, loss: ends.append(time.perf_counter()))
+                       on_step=lambda step, total, loss: ends.append(time.perf_counter()),
+                       gradient_checkpointing=gradient_checkpointing)
         adapter_bytes = result.adapter.stat().st_size
     durations = [later - earlier for earlier, later in zip(ends, ends[1:])][warm_up:]
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "resolution": resolution, "rank": rank,
-        "train_text_encoder": train_text_encoder, "steps": steps, "warm_up_steps": warm_up,
+        "train_text_encoder": train_text_encoder, "gradient_checkpointing": gradient_checkpointing, "steps": steps,
+        "warm_up_steps": warm_up,
         "step_seconds": summary(durations), "setup_seconds": ends[0] - started, "total_seconds": result.metadata[
             "seconds"], "adapter_bytes": adapter_bytes, "peak_rss_rise_bytes": rss.peak,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,

@@ -31,7 +31,8 @@ class TrainingFailed(RuntimeError):
 
 def fit_on_ray(weights: WeightPaths, crops: list[Crop], options: TrainingOptions, total_steps: int,
                workspace: Workspace, *, on_step: Callable[[int, int, float], None] | None = None,
-               should_stop: Callable[[], bool] | None = None, use_gpu: bool | None = None) -> Fitted:
+               should_stop: Callable[[], bool] | None = None, use_gpu: bool | None = None,
+               gradient_checkpointing: bool | None = None) -> Fitted:
     """loop.fit on options.workers Ray Train workers; `use_gpu` (default: this machine has one) gives each a GPU."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -42,7 +43,7 @@ def fit_on_ray(weights: WeightPaths, crops: list[Crop], options: TrainingOptions
     use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
     control = ray.remote(num_cpus=0)(Control).remote()
     config = {"weights": weights, "crops": crops, "options": options, "total_steps": total_steps,
-              "workspace": workspace, "control": control}
+              "workspace": workspace, "control": control, "gradient_checkpointing": gradient_checkpointing}
     with tempfile.TemporaryDirectory(prefix="sdxl-train-") as storage:  # Ray Train's run state; no checkpoints
         trainer = TorchTrainer(
             worker_loop, train_loop_config=config,
@@ -132,6 +133,7 @@ def worker_loop(config: dict) -> None:
     try:
         fitted = fit(config["weights"], config["crops"], config["options"], config["total_steps"],
                      checkpoints=config["workspace"], world=world,
+                     gradient_checkpointing=config["gradient_checkpointing"],
                      on_step=lambda *event: control.report.remote(*event),
                      should_stop=lambda: rank == 0 and ray.get(control.stopped.remote()))
     except TrainingCancelled:

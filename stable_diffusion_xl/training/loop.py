@@ -3,8 +3,9 @@
 peft LoRA on the UNet's attention projections (and, when asked, on both text encoders' attention); the photos'
 latents and, with frozen text encoders, their prompt embeddings computed once; the noise-prediction loss with
 SDXL's micro-conditioning (original size, crop top-left, target size) and pooled text embedding; the base's
-own noise schedule as DDPM; AdamW at a constant rate. bf16 (fp16 where bf16 is missing) autocast and gradient
-checkpointing on a GPU, fp32 on a CPU.
+own noise schedule as DDPM; AdamW at a constant rate. bf16 (fp16 where bf16 is missing) autocast on a GPU, with
+gradient checkpointing where the GPU has under 40 GiB (it recomputes each block's forward: about a third more
+work, for a fraction of the memory); fp32 on a CPU.
 
 Every random draw of step s on worker r comes from a generator seeded by (seed, s, r), and the photo order
 from (seed, epoch): a resumed run draws exactly what the uninterrupted one would have. One `World` describes
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 MAX_GRAD_NORM, WEIGHT_DECAY = 1.0, 1e-4  # diffusers' script defaults
+CHECKPOINTING_BELOW_BYTES = 40 * 2**30  # SDXL at 1024², batch 1: ~10 GiB with gradient checkpointing, more without
 
 
 class TrainingCancelled(Exception):
@@ -205,9 +207,10 @@ def noise_loss(unet, encoders: tuple, schedule, example: Example, generator: tor
 
 def fit(weights: WeightPaths, crops: list[Crop], options: TrainingOptions, total_steps: int, *, checkpoints=None,
         world: World | None = None, on_step: Callable[[int, int, float], None] | None = None,
-        should_stop: Callable[[], bool] | None = None) -> Fitted:
-    """Train a LoRA on `crops` for `total_steps` steps; `checkpoints` (output.Checkpoints) keeps and resumes
-    the state. Raises TrainingCancelled as soon as should_stop() says so (on any worker)."""
+        should_stop: Callable[[], bool] | None = None, gradient_checkpointing: bool | None = None) -> Fitted:
+    """Train a LoRA on `crops` for `total_steps` steps; `checkpoints` (output.Workspace) keeps and resumes the
+    state. Raises TrainingCancelled as soon as should_stop() says so (on any worker). `gradient_checkpointing`:
+    None turns it on for a GPU with under CHECKPOINTING_BELOW_BYTES of memory."""
     from diffusers.training_utils import cast_training_params
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
@@ -233,8 +236,12 @@ def fit(weights: WeightPaths, crops: list[Crop], options: TrainingOptions, total
                                            target_modules=TEXT_ENCODER_TARGETS))
             trained[name] = encoder
     on_gpu = device != "cpu"
+    if gradient_checkpointing is None:
+        gradient_checkpointing = on_gpu and torch.cuda.get_device_properties(device).total_memory < \
+            CHECKPOINTING_BELOW_BYTES
     if on_gpu:
         cast_training_params(list(trained.values()), dtype=torch.float32)  # LoRA weights in fp32, the rest not
+    if gradient_checkpointing:
         pipeline.unet.enable_gradient_checkpointing()
         for name in trained.keys() - {"unet"}:  # non-reentrant: the frozen embeddings' outputs need no grad
             trained[name].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -243,7 +250,7 @@ def fit(weights: WeightPaths, crops: list[Crop], options: TrainingOptions, total
     encoders = tuple(wrapped.get(name, model) for name, model in
                      (("text_encoder", pipeline.text_encoder), ("text_encoder_2", pipeline.text_encoder_2)))
     parameters = [p for model in trained.values() for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, weight_decay=WEIGHT_DECAY, fused=on_gpu)
 
     step, losses = 0, []
     state = checkpoints.load() if checkpoints is not None and options.resume else None

@@ -36,12 +36,14 @@ class TrainingResult:
 
 def train(weights: WeightPaths, lora_dir: Path, photos: list[Photo], options: TrainingOptions, *,
           on_step: Callable[[int, int, float], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> TrainingResult:
+          should_stop: Callable[[], bool] | None = None,
+          gradient_checkpointing: bool | None = None) -> TrainingResult:
     """Train a LoRA adapter named `options.name` on `photos` and publish it in `lora_dir`.
 
     on_step(step, total_steps, loss) follows every step; should_stop() is asked before each: when it says True
     the run stops, removes its checkpoint and raises TrainingCancelled, leaving `lora_dir` as it was. A taken
-    name (without options.overwrite) raises NameTaken, and too few photos PhotoError, before any work."""
+    name (without options.overwrite) raises NameTaken, and too few photos PhotoError, before any work.
+    `gradient_checkpointing` None: on for a GPU with under 40 GiB (loop.CHECKPOINTING_BELOW_BYTES)."""
     started = time.perf_counter()
     workspace = Workspace(Path(lora_dir), options.name)
     workspace.check_name(options.overwrite)
@@ -60,10 +62,11 @@ def train(weights: WeightPaths, lora_dir: Path, photos: list[Photo], options: Tr
         if options.workers > 1:
             from .distributed import fit_on_ray
 
-            fitted = fit_on_ray(weights, crops, options, total, workspace, on_step=on_step, should_stop=should_stop)
+            fitted = fit_on_ray(weights, crops, options, total, workspace, on_step=on_step, should_stop=should_stop,
+                                gradient_checkpointing=gradient_checkpointing)
         else:
             fitted = fit(weights, crops, options, total, checkpoints=workspace, on_step=on_step,
-                         should_stop=should_stop)
+                         should_stop=should_stop, gradient_checkpointing=gradient_checkpointing)
     except TrainingCancelled:
         workspace.clear()
         raise

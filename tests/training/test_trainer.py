@@ -170,3 +170,14 @@ def test_too_few_photos_and_resuming_nothing_are_refused_before_any_work(paths, 
         train(paths, tmp_path, photos, TrainingOptions(name="fresh", resume=True))
     assert error.value.field == "resume" and "no checkpoint" in error.value.reason
     assert folder_state(tmp_path) == {}
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(paths, photos, tmp_path):
+    """What a GPU under 40 GiB turns on (recomputing each block's forward in the backward pass) changes nothing
+    but memory and time."""
+    options = TrainingOptions(name="same", steps=3, learning_rate=LEARNING_RATE)
+    plain = load_file(train(paths, tmp_path / "plain", photos, options).adapter)
+    checkpointed = load_file(train(paths, tmp_path / "checkpointed", photos, options,
+                                   gradient_checkpointing=True).adapter)
+    assert plain.keys() == checkpointed.keys()
+    assert all(torch.allclose(plain[key].float(), checkpointed[key].float(), atol=1e-3) for key in plain)
