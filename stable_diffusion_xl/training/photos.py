@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 FORMATS = {"JPEG", "PNG", "WEBP"}
 MIN_SIDE = 256  # pixels, the shorter side
 MAX_PHOTOS = 200
+MAX_FILES = 2 * MAX_PHOTOS  # photos and their captions
+MAX_PHOTO_BYTES = 64 * 2**20
 MAX_ZIP_BYTES = 256 * 2**20  # the .zip itself and what it unpacks to
 MAX_CAPTION_CHARS = 1000
 SKIPPED = ("__MACOSX", "Thumbs.db", "desktop.ini")  # what archivers and file browsers leave beside photos
@@ -52,6 +54,9 @@ def read_photos(source: Path | list[tuple[str, bytes]], *, max_zip_bytes: int | 
             files += _unzip(name, data, max_zip_bytes) if name.lower().endswith(".zip") else [(name, data)]
     captions = {PurePosixPath(name).with_suffix("").as_posix(): data for name, data in files
                 if name.lower().endswith(".txt")}
+    _check_count(len(files), "the photos")
+    for name, data in files:
+        _check_size(name, len(data))
     photos = [_photo(name, data, captions) for name, data in sorted(files) if not name.lower().endswith(".txt")]
     if len(photos) < MIN_PHOTOS:
         raise PhotoError(f"{MIN_PHOTOS} photos at least are needed, got {len(photos)}")
@@ -65,8 +70,11 @@ def read_photos(source: Path | list[tuple[str, bytes]], *, max_zip_bytes: int | 
 
 def _files_of(path: Path, max_zip_bytes: int) -> list[tuple[str, bytes]]:
     if path.is_dir():
-        return [(child.name, child.read_bytes()) for child in sorted(path.iterdir())
-                if child.is_file() and not _skipped(child.name)]
+        children = [child for child in sorted(path.iterdir()) if child.is_file() and not _skipped(child.name)]
+        _check_count(len(children), path.name)
+        for child in children:
+            _check_size(child.name, child.stat().st_size)
+        return [(child.name, child.read_bytes()) for child in children]
     if path.is_file() and path.suffix.lower() == ".zip":
         if path.stat().st_size > max_zip_bytes:
             raise PhotoError(f"{excerpt(path.name)}: the zip is over the limit of {_size(max_zip_bytes)}")
@@ -84,6 +92,7 @@ def _unzip(name: str, data: bytes, max_zip_bytes: int) -> list[tuple[str, bytes]
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = [info for info in archive.infolist() if not info.is_dir()]
+        _check_count(len(members), name)
         for info in members:
             parts = PurePosixPath(info.filename.replace("\\", "/")).parts
             if info.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
@@ -93,6 +102,7 @@ def _unzip(name: str, data: bytes, max_zip_bytes: int) -> list[tuple[str, bytes]
         files = []
         for info in members:
             if not any(_skipped(part) for part in PurePosixPath(info.filename).parts):
+                _check_size(info.filename, info.file_size)
                 with archive.open(info) as member:
                     content = member.read(info.file_size + 1)
                 if len(content) != info.file_size:
@@ -101,6 +111,16 @@ def _unzip(name: str, data: bytes, max_zip_bytes: int) -> list[tuple[str, bytes]
         return files
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as error:
         raise PhotoError(f"{excerpt(name)}: not a readable zip ({type(error).__name__})") from None
+
+
+def _check_count(count: int, where: str) -> None:
+    if count > MAX_FILES:
+        raise PhotoError(f"{excerpt(where)}: {count} files; {MAX_PHOTOS} photos at most (and their captions)")
+
+
+def _check_size(name: str, size: int) -> None:
+    if size > MAX_PHOTO_BYTES:
+        raise PhotoError(f"{excerpt(name)}: is {_size(size)}; a photo may be {_size(MAX_PHOTO_BYTES)} at most")
 
 
 def _size(count: int) -> str:

@@ -2,6 +2,7 @@
 one PhotoError line naming the photo (never its bytes)."""
 
 import io
+import re
 import warnings
 import zipfile
 
@@ -152,3 +153,11 @@ def test_the_default_zip_limit_is_read_when_called(monkeypatch):
     data = zipped(pairs())
     monkeypatch.setattr(photos_module, "MAX_ZIP_BYTES", len(data) - 1)
     assert "over the limit" in refused([("photos.zip", data)])
+
+
+def test_a_file_too_large_to_be_a_photo_and_too_many_files_are_refused_before_they_are_decoded(monkeypatch, tmp_path):
+    monkeypatch.setattr(photos_module, "MAX_PHOTO_BYTES", 1000)
+    assert re.fullmatch(r'"photo-0.jpg": is [\d,]+ bytes; a photo may be 1,000 bytes at most', refused(pairs()))
+    monkeypatch.setattr(photos_module, "MAX_FILES", 5)
+    assert "7 files; 200 photos at most" in refused(write_photos(tmp_path, 7))
+    assert "8 files; 200 photos at most" in refused([("photos.zip", zipped(pairs()))])
