@@ -223,6 +223,9 @@ def fit(weights: WeightPaths, crops: list[Crop], options: TrainingOptions, total
     schedule = noise_schedule(pipeline)
     examples = encode(pipeline, crops, embed=not options.train_text_encoder)
     pipeline.vae.to("cpu")  # encoded once: its memory goes back to the training
+    if not options.train_text_encoder:  # their embeddings are cached
+        pipeline.text_encoder.to("cpu")
+        pipeline.text_encoder_2.to("cpu")
     frozen = [pipeline.unet, pipeline.text_encoder, pipeline.text_encoder_2, pipeline.vae]
     for model in frozen:
         model.requires_grad_(False)

@@ -181,3 +181,13 @@ def test_gradient_checkpointing_trains_the_same_adapter(paths, photos, tmp_path)
                                    gradient_checkpointing=True).adapter)
     assert plain.keys() == checkpointed.keys()
     assert all(torch.allclose(plain[key].float(), checkpointed[key].float(), atol=1e-3) for key in plain)
+
+
+def test_training_the_text_encoders_too_writes_their_layers_and_the_engine_serves_them(paths, photos, tmp_path,
+                                                                                     weights_dir):
+    options = TrainingOptions(name="both", steps=2, rank=4, train_text_encoder=True, learning_rate=LEARNING_RATE)
+    result = train(paths, tmp_path, photos, options)
+    assert {key.split(".")[0] for key in load_file(result.adapter)} == {"unet", "text_encoder", "text_encoder_2"}
+    engine = Engine.load(weights_dir, demo=True, lora_dir=tmp_path)
+    engine.generate([request("a photo of TOK person", seed=5, steps=2, lora="both")])
+    assert set(engine.base.text_encoder.peft_config) == set(engine.base.text_encoder_2.peft_config) == {"both"}
