@@ -10,6 +10,7 @@ under the row's name; serving rows under "serving"), `lines(numbers, results)` t
                  (5), the peer APIs (8); one Ray Serve session runs them all, in order
     edits.py     the Engine in process: an edit against text-to-image at three strengths, the edit pipelines'
                  memory (9)
+    training.py  a LoRA training step and its peak memory (T)
     compile.py   compiled against eager, a second replica with the compile cache filled (7); last, as compiling
                  changes process-wide torch settings
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.rows import compile, edits, engine, paper, serving
+from bench.rows import compile, edits, engine, paper, serving, training
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Bench:
 
 @dataclass(frozen=True)
 class Row:
-    number: str  # its number in the table: "1" to "8", or "P" (on paper)
+    number: str  # its number in the table: "1" to "9", "T" (training) or "P" (on paper)
     name: str  # its key in the results and its name for `run.py --rows`
     needs: str  # "nothing", "weights" (demo weights and an Engine in process) or "serving" (Ray Serve up too)
     measure: Callable[[Bench], Any]
@@ -60,10 +61,11 @@ ROWS = [
     Row("4", "batching", "serving", serving.batching, serving.batching_lines),
     Row("8", "peer_apis", "serving", serving.peer_apis, serving.peer_api_lines),
     Row("5", "rss", "serving", serving.memory, serving.memory_lines),  # last: its sampling thread would slow the rest
+    Row("T", "training", "weights", training.training_step, training.training_lines),
     Row("7", "compiled", "weights", compile.compiled_vs_eager, compile.compiled_lines),
     Row("7", "compile_cache", "weights", compile.replicas, compile.replica_lines),  # two fresh processes
 ]
-ORDER = "123456789P"
+ORDER = "123456789TP"
 
 
 def numbers_of(row: Row, results: dict):
