@@ -21,6 +21,9 @@ seed, the three recipes) is bench/workload.py's:
   compile cache folder of its own, empty): Engine.load and warm_up() at the default maximum batch, then our
   recipe, the raw diffusers pipelines and the upstream Instill recipe, interleaved, at batch 1 and 4: seconds per
   image, images per second, effective TFLOP/s and peak GPU memory;
+- training: the DreamBooth-LoRA trainer (stable_diffusion_xl/training) on 4 random photos at the native size
+  (1024² at real size), rank 32, batch 1: seconds per step (median after the first), peak GPU memory, and the
+  seconds from the call to the first step (loading, encoding the photos);
 - accuracy: fp8 against fp16, the UNets' relative output error on one call with fixed random inputs; and each
   engine's first image against the eager one's for the same seed (mean absolute difference in 0-255 levels).
 
@@ -54,12 +57,13 @@ from stable_diffusion_xl.weights.layout import DEFAULT_WEIGHTS_DIR, FETCH_COMMAN
 
 BATCHES = (1, 4)
 ENGINES = {"eager": {}, "compiled": {"compile": True}, "fp8": {"compile": True, "quantize": "fp8"}}
-STAGES = ("machine", "flops", "build", "eager", "accuracy", "compiled", "fp8", "cached")  # by priority, for a cut run
+STAGES = ("machine", "flops", "build", "eager", "training", "accuracy", "compiled", "fp8", "cached")  # by priority
 # Each stage's caches under --work, emptied when a run starts: `cached` is a second replica given the compile cache
 # `compiled` filled, and a new inductor cache, so its cold start gains only from what SDXL_COMPILE_CACHE keeps.
 COMPILE_CACHES = {"compiled": "compile-cache", "fp8": "compile-cache-fp8", "cached": "compile-cache"}
 INDUCTOR_CACHES = {"compiled": "inductor-cold", "fp8": "inductor-fp8", "cached": "inductor-second"}
 MATMUL = 8192
+TRAINING_PHOTOS, TRAINING_STEPS = 4, 30
 
 
 def missing(args) -> str | None:
@@ -335,6 +339,40 @@ def stage_accuracy(args, device: Device) -> dict:
     return out
 
 
+def stage_training(args, device: Device) -> dict:
+    """The trainer as `train` runs it, timed per step through its on_step callback."""
+    import numpy as np
+    from PIL import Image
+
+    from stable_diffusion_xl.training.options import TrainingOptions
+    from stable_diffusion_xl.training.photos import Photo
+    from stable_diffusion_xl.training.trainer import train
+    from stable_diffusion_xl.weights.layout import WeightPaths
+
+    weights = WeightPaths.locate(args.weights)
+    random = np.random.default_rng(0)
+    photos = [Photo(f"photo-{index}.png", Image.fromarray(random.integers(0, 256, (1024, 1024, 3), np.uint8)), None)
+              for index in range(TRAINING_PHOTOS)]
+    steps = TRAINING_STEPS if not device.dry else 4
+    stamps: list[float] = []
+    device.reset_peak()
+    started = time.perf_counter()
+
+    def on_step(step: int, total: int, loss: float) -> None:  # the loss's .item() has synchronised the GPU
+        stamps.append(time.perf_counter())
+        if step % 10 == 0 or step == total:
+            log(f"training step {step}/{total}: loss {loss:.4f}")
+
+    result = train(weights, args.work / "trained-loras", photos,
+                   TrainingOptions(name="gpu-bench", steps=steps, overwrite=True), on_step=on_step)
+    intervals = np.diff(stamps).tolist()
+    return {"steps": steps, "photos": TRAINING_PHOTOS, "resolution": result.metadata["resolution"],
+            "rank": result.metadata["rank"], "seconds_to_first_step": stamps[0] - started,
+            "seconds_per_step": harness.summary(intervals[1:] or intervals),
+            "peak_memory_bytes": device.peak(), "adapter_bytes": result.adapter.stat().st_size,
+            "total_seconds": time.perf_counter() - started}
+
+
 # ------------------------------------------------------------------------------------- running the stages
 
 def run_stage(args, name: str) -> None:
@@ -346,7 +384,8 @@ def run_stage(args, name: str) -> None:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
-    handlers = {"machine": stage_machine, "flops": stage_flops, "build": stage_build, "accuracy": stage_accuracy}
+    handlers = {"machine": stage_machine, "flops": stage_flops, "build": stage_build, "accuracy": stage_accuracy,
+                "training": stage_training}
     started = time.perf_counter()
     result = handlers[name](args, device) if name in handlers else stage_engine(args, device, name)
     result["stage_seconds"] = time.perf_counter() - started
@@ -467,6 +506,15 @@ def table(data: dict) -> str:
         kept = f"; compile cache: {entries} entries at start" if entries is not None else ""
         rows.append((f"cold start: {label}", f"Engine.load {stage['load_seconds']:.1f} s + {warm_text}",
                      f"{stage['graphs_compiled_in_warm_up']} graphs traced in warm-up{inductor}{kept}", ""))
+    training = data.get("training")
+    if training:
+        per_step = training["seconds_per_step"]
+        rows.append((f"training: LoRA rank {training['rank']}, {training['resolution']}², batch 1 (median of "
+                     f"{per_step['n']} steps)", f"{per_step['median']:.3f} s/step",
+                     f"{training['peak_memory_bytes'] / 2**30:.1f} GiB peak",
+                     f"{training['seconds_to_first_step']:.1f} s to the first step"))
+    else:
+        rows.append(("training: LoRA, batch 1", f"not measured: {data.get('training_error', 'not run')}", "", ""))
     accuracy = data.get("accuracy")
     if accuracy:
         rows.append(("fp8: UNet output relative error vs fp16 (one call, fixed random inputs)",
