@@ -21,9 +21,9 @@ seed, the three recipes) is bench/workload.py's:
   compile cache folder of its own, empty): Engine.load and warm_up() at the default maximum batch, then our
   recipe, the raw diffusers pipelines and the upstream Instill recipe, interleaved, at batch 1 and 4: seconds per
   image, images per second, effective TFLOP/s and peak GPU memory;
-- training: the DreamBooth-LoRA trainer (stable_diffusion_xl/training) on 4 random photos at the native size
-  (1024² at real size), rank 32, batch 1: seconds per step (median after the first), peak GPU memory, and the
-  seconds from the call to the first step (loading, encoding the photos);
+- training: the LoRA trainer (stable_diffusion_xl/training, timed by bench/training.py) on 4 photos at the native
+  size (1024² at real size), rank 32, batch 1, with gradient checkpointing and without: seconds per step (median
+  after two), peak GPU memory, and the seconds before the first step (loading, encoding the photos);
 - accuracy: fp8 against fp16, the UNets' relative output error on one call with fixed random inputs; and each
   engine's first image against the eager one's for the same seed (mean absolute difference in 0-255 levels).
 
@@ -340,37 +340,16 @@ def stage_accuracy(args, device: Device) -> dict:
 
 
 def stage_training(args, device: Device) -> dict:
-    """The trainer as `train` runs it, timed per step through its on_step callback."""
-    import numpy as np
-    from PIL import Image
-
-    from stable_diffusion_xl.training.options import TrainingOptions
-    from stable_diffusion_xl.training.photos import Photo
-    from stable_diffusion_xl.training.trainer import train
+    """The trainer's steps, with gradient checkpointing (its choice on GPUs under 70 GiB) and without (above)."""
+    from bench.training import step_times
     from stable_diffusion_xl.weights.layout import WeightPaths
 
     weights = WeightPaths.locate(args.weights)
-    random = np.random.default_rng(0)
-    photos = [Photo(f"photo-{index}.png", Image.fromarray(random.integers(0, 256, (1024, 1024, 3), np.uint8)), None)
-              for index in range(TRAINING_PHOTOS)]
-    steps = TRAINING_STEPS if not device.dry else 4
-    stamps: list[float] = []
-    device.reset_peak()
-    started = time.perf_counter()
-
-    def on_step(step: int, total: int, loss: float) -> None:  # the loss's .item() has synchronised the GPU
-        stamps.append(time.perf_counter())
-        if step % 10 == 0 or step == total:
-            log(f"training step {step}/{total}: loss {loss:.4f}")
-
-    result = train(weights, args.work / "trained-loras", photos,
-                   TrainingOptions(name="gpu-bench", steps=steps, overwrite=True), on_step=on_step)
-    intervals = np.diff(stamps).tolist()
-    return {"steps": steps, "photos": TRAINING_PHOTOS, "resolution": result.metadata["resolution"],
-            "rank": result.metadata["rank"], "seconds_to_first_step": stamps[0] - started,
-            "seconds_per_step": harness.summary(intervals[1:] or intervals),
-            "peak_memory_bytes": device.peak(), "adapter_bytes": result.adapter.stat().st_size,
-            "total_seconds": time.perf_counter() - started}
+    # A dry run's tiny networks are native at 128², under the trainer's smallest size.
+    run = {"steps": 4, "warm_up": 1, "resolution": 256} if device.dry else {"steps": TRAINING_STEPS}
+    return {f"checkpointing_{'on' if on else 'off'}": step_times(weights, photos=TRAINING_PHOTOS,
+                                                                 gradient_checkpointing=on, **run)
+            for on in (True, False)}
 
 
 # ------------------------------------------------------------------------------------- running the stages
@@ -506,14 +485,15 @@ def table(data: dict) -> str:
         kept = f"; compile cache: {entries} entries at start" if entries is not None else ""
         rows.append((f"cold start: {label}", f"Engine.load {stage['load_seconds']:.1f} s + {warm_text}",
                      f"{stage['graphs_compiled_in_warm_up']} graphs traced in warm-up{inductor}{kept}", ""))
-    training = data.get("training")
-    if training:
-        per_step = training["seconds_per_step"]
-        rows.append((f"training: LoRA rank {training['rank']}, {training['resolution']}², batch 1 (median of "
-                     f"{per_step['n']} steps)", f"{per_step['median']:.3f} s/step",
-                     f"{training['peak_memory_bytes'] / 2**30:.1f} GiB peak",
-                     f"{training['seconds_to_first_step']:.1f} s to the first step"))
-    else:
+    for variant, training in data.get("training", {}).items():
+        if variant == "stage_seconds":
+            continue
+        per_step = training["step_seconds"]
+        rows.append((f"training: LoRA rank {training['rank']}, {training['resolution']}², batch 1, "
+                     f"gradient {variant.replace('_', ' ')} (median of {per_step['n']} steps)",
+                     f"{per_step['median']:.3f} s/step", f"{(training['peak_gpu_bytes'] or 0) / 2**30:.1f} GiB peak",
+                     f"{training['setup_seconds']:.1f} s to the first step"))
+    if "training" not in data:
         rows.append(("training: LoRA, batch 1", f"not measured: {data.get('training_error', 'not run')}", "", ""))
     accuracy = data.get("accuracy")
     if accuracy:
