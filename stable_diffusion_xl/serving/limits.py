@@ -9,7 +9,7 @@ from typing import Any
 from ..generation.adapters import DEFAULT_MAX_LORAS
 from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
 from ..weights.layout import SDXL_SCHEDULER_CONFIG
-from ..weights.lora_files import is_plain_name
+from ..weights.lora_files import LoraFolder, is_plain_name
 from .environment import setting
 
 
@@ -26,12 +26,18 @@ class Limits:
     body_timeout_s: int = setting("SDXL_BODY_TIMEOUT_S", 10, "seconds an HTTP body may take to arrive; a slower one "
                                   "is refused (HTTP 408), so stalled uploads cannot hold a replica", minimum=1,
                                   maximum=600)
+    max_upload_bytes: int = setting("SDXL_TRAIN_MAX_UPLOAD_BYTES", 64 << 20, "largest body of `POST /v1/trainings` "
+                                    "(its photos), in bytes; a larger one is refused (HTTP 413) before it is read; "
+                                    "it may take 10 times SDXL_BODY_TIMEOUT_S to arrive", minimum=1024,
+                                    maximum=1 << 30)
     max_loras: int = setting("SDXL_MAX_LORAS", DEFAULT_MAX_LORAS, "LoRA adapters a replica keeps loaded (the least "
                              "recently used is unloaded past it); also the most one request may stack", minimum=1,
                              maximum=64)
-    # Not settings: found when the replica starts, the adapters in its LoRA folder and its weights' scheduler
-    # config (base and refiner split a sampler's steps by its timesteps).
+    # Not settings: found when the replica starts, the adapters in its LoRA folder (fixed names, or the folder
+    # itself, re-listed when a request names an adapter not on its list) and its weights' scheduler config (base
+    # and refiner split a sampler's steps by its timesteps).
     lora_names: tuple[str, ...] = ()
+    lora_folder: LoraFolder | None = None
     scheduler_config: Mapping[str, Any] = field(default_factory=lambda: SDXL_SCHEDULER_CONFIG)
 
     def check(self, request: TextToImageRequest, images_before: int, where: str) -> None:
@@ -51,7 +57,11 @@ class Limits:
             raise InvalidRequest(f"{where}lora", f"stacks {len(request.lora)} adapters; this deployment keeps at most "
                                                  f"{self.max_loras} loaded")
         for name in request.lora:
-            if not is_plain_name(name) or name not in self.lora_names:
-                shown = ", ".join(self.lora_names[:20]) + (", ..." if len(self.lora_names) > 20 else "")
+            if not is_plain_name(name) or not self.has_lora(name):
+                names = self.lora_folder.names if self.lora_folder else self.lora_names
+                shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
                 raise InvalidRequest(f"{where}lora", f"no adapter named {excerpt(name)} on this deployment; "
                                                      f"available: {shown or 'none'}")
+
+    def has_lora(self, name: str) -> bool:
+        return name in self.lora_names or (self.lora_folder is not None and self.lora_folder.has(name))
