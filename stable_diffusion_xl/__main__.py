@@ -6,11 +6,13 @@
     python -m stable_diffusion_xl fetch-weights
     python -m stable_diffusion_xl demo-weights
     python -m stable_diffusion_xl compile-cache                               # on the GPU kind replicas run on
+    python -m stable_diffusion_xl train --images photos/ --name me            # a LoRA adapter from 8-15 photos
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -22,6 +24,8 @@ from .generation.quantize import QuantizeRefused, refuse_unsupported
 from .generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
 from .serving.environment import SettingError
 from .serving.settings import Settings
+from .training.options import OPTIONS
+from .training.photos import PhotoError
 from .weights.layout import (
     COMPILE_CACHE_SUBDIR,
     DEFAULT_WEIGHTS_DIR,
@@ -82,6 +86,19 @@ def main(argv: list[str] | None = None) -> int:
                        f"{COMPILE_CACHE_SUBDIR}/ beside the models)")
     cache.add_argument("--mode", choices=MODES, help="inductor's mode (default: SDXL_COMPILE_MODE, else default)")
 
+    train = commands.add_parser("train", help="train a LoRA adapter (DreamBooth-LoRA) on photos of a subject, "
+                                "into the LoRA folder the deployment reads")
+    train.add_argument("--images", type=Path, required=True, help="a folder or .zip of JPEG/PNG/WebP photos; a "
+                       "photo.txt beside photo.jpg is its caption")
+    for name, spec in OPTIONS.items():
+        if name != "name":
+            train.add_argument(f"--{name}", **_argument(spec))
+    train.add_argument("--name", required=True, help=OPTIONS["name"].metadata["description"])
+    train.add_argument("--demo", action="store_true", help=DEMO_HELP)
+    train.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
+    train.add_argument("--lora-dir", type=Path, help=f"where the adapter goes (default: SDXL_LORA_DIR, else "
+                       f"{LORA_SUBDIR}/ beside the models, where `serve` reads adapters)")
+
     args = parser.parse_args(argv)
     from .serving.local_serve import DeployFailed, PortInUse  # imports the Instill SDK, which sets up the root logger
 
@@ -89,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo,
-                    "compile-cache": _compile_cache}
+                    "compile-cache": _compile_cache, "train": _train}
         return handlers[args.command](args)
-    except (InvalidRequest, WeightsMissing, SettingError, QuantizeRefused) as error:
+    except (InvalidRequest, WeightsMissing, SettingError, QuantizeRefused, PhotoError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (DeployFailed, PortInUse) as error:  # Ray's own message on why the replica could not start; a taken port
@@ -104,11 +121,13 @@ def _argument(spec: dataclasses.Field) -> dict:
     meta = spec.metadata
     if spec.type in ("bool", "bool | None"):
         return {"action": argparse.BooleanOptionalAction, "default": spec.default, "help": meta["description"]}
+    if spec.type == "int | None":  # the default is computed (training steps, resolution)
+        return {"type": int, "default": None, "help": f"{meta['description']} (default: {meta['shown']})"}
     if spec.type.startswith("tuple["):  # --lora a b --lora-scale 0.8
         kind = str if spec.type == "tuple[str, ...]" else float
         return {"type": kind, "nargs": "+", "default": spec.default, "help": meta["description"]}
     kind = {"str": str, "int": int, "float": float}[spec.type]
-    return {"type": kind, "default": spec.default, "choices": meta["choices"],
+    return {"type": kind, "default": spec.default, "choices": meta.get("choices"),
             "help": f"{meta['description']} (default: {spec.default})"}
 
 
@@ -267,6 +286,86 @@ def _compile_cache(args) -> int:
     print(f"compile cache: {artifacts.parent} ({artifacts.stat().st_size / 1e6:.1f} MB)")
     return 0
 
+
+def _train(args) -> int:
+    """Photos -> <lora-dir>/<name>.safetensors and .json, with a progress bar; one `error:` line for bad input."""
+    import warnings
+
+    import transformers
+    from diffusers.utils import logging as diffusers_logging
+    from tqdm import tqdm
+
+    from .training.options import TrainingOptions
+    from .training.photos import read_photos
+    from .training.trainer import refuse_taken, train
+
+    options = TrainingOptions(**{spec.name: getattr(args, spec.name) for spec in OPTIONS.values()})
+    paths = WeightPaths.locate(args.weights, demo=args.demo)
+    lora_dir = args.lora_dir or Settings.from_env().lora_dir or paths.loras
+    refuse_taken(lora_dir, options)  # before the photos are read
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        photos = read_photos(args.images)
+    for warning in warned:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    total = options.total_steps(len(photos))
+    diffusers_logging.disable_progress_bar()  # loading bars: the training's is the one that says something
+    transformers.utils.logging.disable_progress_bar()
+    with contextlib.ExitStack() as stack:
+        if options.workers > 1:
+            stack.enter_context(_ray_connected())
+        print(f"training {options.name!r} on {len(photos)} photos for {total} steps"
+              + (f" on {options.workers} workers" if options.workers > 1 else ""), file=sys.stderr)
+        bar = stack.enter_context(tqdm(total=total, unit="step", desc="train", dynamic_ncols=True))
+
+        def on_step(step: int, steps: int, loss: float) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        try:
+            result = train(paths, lora_dir, photos, options, on_step=on_step)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: rerun with --resume to continue from the last checkpoint (every "
+                  f"{options.checkpoint_every} steps)", file=sys.stderr)
+            return 130
+    meta = result.metadata
+    print(f"adapter {result.adapter} ({result.adapter.stat().st_size / 1e6:.1f} MB, {meta['steps']} steps, loss "
+          f"{meta['first_loss']:.4f} -> {meta['last_loss']:.4f}, {meta['seconds']:.0f} s); use it with "
+          f"\"lora\": \"{options.name}\" and a prompt with {options.token}, e.g. \"{options.caption} ...\"")
+    if args.demo:
+        print(DEMO_NOTE)
+    return 0
+
+
+@contextlib.contextmanager
+def _ray_connected():
+    """The Ray cluster RAY_ADDRESS names (its nodes need this package and the weights at the same paths), else a
+    one-node Ray on loopback, as `serve` starts it, whose workers import this package from here; shut down after."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    from .serving.local_serve import LOOPBACK, PACKAGE_DIR, Ports, free_port, start_ray
+
+    path = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")]))
+    os.environ.update(PYTHONPATH=path, DASHBOARD_METRIC_PORT=str(free_port()), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+                      AUTOSCALER_METRIC_PORT=str(free_port()))
+    ray_dir = tempfile.mkdtemp(prefix="ray-train-", dir="/tmp")  # Ray's socket paths must stay short
+    print(f"starting a local Ray on {LOOPBACK} ...", file=sys.stderr)
+    try:
+        start_ray(Ports(), ray_dir)
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 if __name__ == "__main__":
     sys.exit(main())

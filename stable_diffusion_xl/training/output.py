@@ -1,0 +1,131 @@
+"""What a training leaves in the LoRA folder: `<name>.safetensors` (diffusers' LoRA format, as the serving path
+loads it) and `<name>.json` beside it, each written whole to a temporary file and renamed into place; and, while
+it runs, its resumable checkpoint in the hidden `.training/<name>/` there, removed when it succeeds or is
+cancelled.
+
+A crash leaves the LoRA folder's adapters as they were (and the checkpoint, for `--resume`); an adapter is only
+ever replaced by a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..generation.request import InvalidRequest, excerpt
+from ..weights.lora_files import SUFFIX
+
+WORK_SUBDIR = ".training"  # hidden: lora_files.available() lists plain names only
+METADATA_SUFFIX = ".json"
+
+
+class NameTaken(InvalidRequest):
+    """An adapter of that name is in the LoRA folder, and the options do not say to overwrite it."""
+
+    def __init__(self, name: str):
+        super().__init__("name", f"{excerpt(name)} is taken: the LoRA folder has an adapter of that name; choose "
+                                 "another name, or overwrite it (--overwrite)")
+
+
+def adapter_path(lora_dir: Path, name: str) -> Path:
+    return lora_dir / f"{name}{SUFFIX}"
+
+
+def metadata_path(lora_dir: Path, name: str) -> Path:
+    return lora_dir / f"{name}{METADATA_SUFFIX}"
+
+
+def read_metadata(lora_dir: Path, name: str) -> dict | None:
+    """The JSON a training wrote beside an adapter; None for an adapter that has none (or an unreadable one)."""
+    try:
+        return json.loads(metadata_path(lora_dir, name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Workspace:
+    """`lora_dir/.training/<name>/`: one run's checkpoint, and its files until they are renamed into place."""
+
+    def __init__(self, lora_dir: Path, name: str, signature: dict | None = None):
+        self.lora_dir, self.name = Path(lora_dir), name
+        self.signature = signature or {}  # what must match for a later run to resume from this one's checkpoint
+        self.folder = self.lora_dir / WORK_SUBDIR / name
+        self.checkpoint = self.folder / "checkpoint.pt"
+        self.checkpoint_info = self.folder / "checkpoint.json"  # step and options, read without torch.load
+
+    def check_name(self, overwrite: bool) -> None:
+        if adapter_path(self.lora_dir, self.name).exists() and not overwrite:
+            raise NameTaken(self.name)
+
+    def prepare(self, *, resume: bool) -> int:
+        """The step a run starts at: 0, after removing a stale checkpoint, or the checkpoint's step with `resume`
+        (InvalidRequest when there is none, or it was made with other options)."""
+        if not resume:
+            self.clear()
+            return 0
+        try:
+            info = json.loads(self.checkpoint_info.read_text())
+        except (OSError, ValueError):
+            raise InvalidRequest("resume", f"no checkpoint of {excerpt(self.name)} to resume from in "
+                                           f"{self.folder.parent}") from None
+        changed = sorted(key for key in self.signature if info["signature"].get(key) != self.signature[key])
+        if changed:
+            was = ", ".join(f"{key} {info['signature'].get(key)!r}" for key in changed)
+            raise InvalidRequest("resume", f"the checkpoint of {excerpt(self.name)} was made with {was}; resume with "
+                                           "the same options and photos, or start over without resume")
+        return int(info["step"])
+
+    def save(self, state: dict) -> None:
+        """A checkpoint: LoRA weights, optimizer and step; the previous one stays until this one is whole."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.checkpoint, lambda path: torch.save(state, path))
+        info = {"step": state["step"], "signature": self.signature}
+        _write_atomically(self.checkpoint_info, lambda path: path.write_text(json.dumps(info)))
+
+    def load(self) -> dict | None:
+        if not self.checkpoint.is_file():
+            return None
+        return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+
+    def publish(self, write_adapter: Callable[[Path], None], metadata: dict, *, overwrite: bool) -> Path:
+        """Write the adapter (by `write_adapter(path)`) and its JSON beside each other in the workspace, then
+        rename them into the LoRA folder: the JSON first, so that a listed adapter always has its JSON."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="publish-", dir=self.folder))
+        try:
+            adapter, meta = staging / f"{self.name}{SUFFIX}", staging / f"{self.name}{METADATA_SUFFIX}"
+            write_adapter(adapter)
+            meta.write_text(json.dumps(metadata, indent=2) + "\n")
+            self.check_name(overwrite)  # again: another run may have taken the name meanwhile
+            for written in (adapter, meta):
+                os.chmod(written, 0o644)  # replicas may run as another user
+            os.replace(meta, metadata_path(self.lora_dir, self.name))
+            os.replace(adapter, adapter_path(self.lora_dir, self.name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return adapter_path(self.lora_dir, self.name)
+
+    def clear(self) -> None:
+        """Remove this run's folder, and `.training/` when no other run has one."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.folder.parent.rmdir()
+        except OSError:  # absent, or other runs' folders in it
+            pass
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

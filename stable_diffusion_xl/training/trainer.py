@@ -1,0 +1,103 @@
+"""train(): photos and options in, a LoRA adapter and its JSON in the LoRA folder out. Ray-free with one worker;
+with several, the same loop runs under Ray Train (distributed.py) on the Ray this process is connected to.
+
+    photos = read_photos(Path("photos/"))
+    result = train(WeightPaths.locate(), Path("weights/loras"), photos, TrainingOptions(name="me"))
+    # then a request with "lora": "me" and a prompt holding the token: "a photo of TOK person on a beach"
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..weights.layout import WeightPaths
+from .loop import Fitted, TrainingCancelled, crop, fit, native_resolution
+from .options import MIN_PHOTOS, TrainingOptions
+from .output import NameTaken, Workspace, metadata_path
+from .photos import Photo, PhotoError
+
+__all__ = ["NameTaken", "TrainingCancelled", "TrainingResult", "train"]
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    name: str
+    adapter: Path  # <lora_dir>/<name>.safetensors
+    metadata: dict  # what <lora_dir>/<name>.json holds
+
+    @property
+    def metadata_file(self) -> Path:
+        return metadata_path(self.adapter.parent, self.name)
+
+
+def train(weights: WeightPaths, lora_dir: Path, photos: list[Photo], options: TrainingOptions, *,
+          on_step: Callable[[int, int, float], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> TrainingResult:
+    """Train a LoRA adapter named `options.name` on `photos` and publish it in `lora_dir`.
+
+    on_step(step, total_steps, loss) follows every step; should_stop() is asked before each: when it says True
+    the run stops, removes its checkpoint and raises TrainingCancelled, leaving `lora_dir` as it was. A taken
+    name (without options.overwrite) raises NameTaken, and too few photos PhotoError, before any work."""
+    started = time.perf_counter()
+    workspace = Workspace(Path(lora_dir), options.name)
+    workspace.check_name(options.overwrite)
+    if len(photos) < MIN_PHOTOS:
+        raise PhotoError(f"{MIN_PHOTOS} photos at least are needed, got {len(photos)}")
+    resolution = options.resolution or native_resolution(weights)
+    total = options.total_steps(len(photos))
+    workspace.signature = {
+        "photos": len(photos), "steps": total, "rank": options.rank, "learning-rate": options.learning_rate,
+        "resolution": resolution, "seed": options.seed, "train-text-encoder": options.train_text_encoder,
+        "workers": options.workers, "caption": options.caption,
+    }
+    start_step = workspace.prepare(resume=options.resume)
+    crops = [crop(photo, resolution, options.caption) for photo in photos]
+    try:
+        if options.workers > 1:
+            from .distributed import fit_on_ray
+
+            fitted = fit_on_ray(weights, crops, options, total, workspace, on_step=on_step, should_stop=should_stop)
+        else:
+            fitted = fit(weights, crops, options, total, checkpoints=workspace, on_step=on_step,
+                         should_stop=should_stop)
+    except TrainingCancelled:
+        workspace.clear()
+        raise
+    metadata = describe(weights, photos, options, fitted, seconds=time.perf_counter() - started,
+                        resumed_at=start_step)
+    adapter = workspace.publish(lambda path: save_adapter(fitted, path), metadata, overwrite=options.overwrite)
+    workspace.clear()
+    return TrainingResult(options.name, adapter, metadata)
+
+
+def save_adapter(fitted: Fitted, path: Path) -> None:
+    """diffusers' LoRA file, as its training scripts write one: what pipeline.load_lora_weights reads."""
+    from diffusers import StableDiffusionXLPipeline
+
+    StableDiffusionXLPipeline.save_lora_weights(path.parent, weight_name=path.name, **fitted.layers,
+                                                **fitted.adapter_metadata)
+
+
+def describe(weights: WeightPaths, photos: list[Photo], options: TrainingOptions, fitted: Fitted, *,
+             seconds: float, resumed_at: int) -> dict:
+    """The adapter's JSON: how to use it (token, caption) and how it was made."""
+    return {
+        "name": options.name, "token": options.token, "class_word": options.class_word, "caption": options.caption,
+        "usage": {"lora": options.name, "prompt": f"{options.caption}, ..."},
+        "base": weights.base.name, "demo_weights": weights.demo,
+        "photos": len(photos), "captioned_photos": sum(photo.caption is not None for photo in photos),
+        "steps": fitted.steps, "resumed_at_step": resumed_at, "rank": options.rank,
+        "learning_rate": options.learning_rate, "resolution": fitted.resolution, "seed": options.seed,
+        "train_text_encoder": options.train_text_encoder, "workers": options.workers,
+        "first_loss": round(fitted.first_loss, 6), "last_loss": round(fitted.last_loss, 6),
+        "seconds": round(seconds, 1), "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def refuse_taken(lora_dir: Path, options: TrainingOptions) -> None:
+    """NameTaken when `lora_dir` has an adapter named options.name and options.overwrite is off."""
+    Workspace(Path(lora_dir), options.name).check_name(options.overwrite)
