@@ -31,9 +31,10 @@ from ..serving.trainings import Trainings
 from ..serving.transport import HttpCall, read_body
 from ..training.options import TrainingOptions, wire_name
 
-# What a caller may set, by wire name: every option but a checkpoint's, which the trainer's own machine keeps.
+# What a caller may set, by wire name: every option but the checkpoints' (kept on the trainer's own machine) and
+# the workers (a training here is one Ray task with SDXL_TRAIN_GPUS GPUs; the `train` command spreads one wider).
 OPTIONS = {wire_name(spec): spec for spec in dataclasses.fields(TrainingOptions)
-           if spec.name not in ("resume", "checkpoint_every")}
+           if spec.name not in ("resume", "checkpoint_every", "workers")}
 FIELDS = ["images", *OPTIONS]
 KNOWN_FIELDS.update(FIELDS, ["id"])
 MAX_PARTS = 500  # form parts: photos and options

@@ -127,12 +127,9 @@ class Trainings:
         self.board = TrainingBoard.options(name=f"board:{application}", namespace=NAMESPACE, lifetime="detached",
                                            get_if_exists=True).remote()
 
-    def resources(self, workers: int) -> tuple[dict, str]:
+    def resources(self) -> tuple[dict, str]:
         """What a training asks of Ray, and how its queued status says so. A cluster without any GPU trains on a CPU
-        (slowly: the demo weights, the tests); a training of several workers leaves the GPUs to Ray Train's
-        workers."""
-        if workers > 1:
-            return {"num_cpus": 0, "num_gpus": 0}, f"{workers} Ray Train workers"
+        (slowly: the demo weights, the tests)."""
         if self.gpus and ray.cluster_resources().get("GPU", 0) > 0:
             return {"num_cpus": 1, "num_gpus": self.gpus}, f"{self.gpus} GPU{'s' if self.gpus > 1 else ''}"
         why = "SDXL_TRAIN_GPUS=0" if not self.gpus else "this cluster has no GPU"
@@ -149,7 +146,7 @@ class Trainings:
         if (self.lora_dir / f"{options.name}{SUFFIX}").exists() and not options.overwrite:
             raise InvalidRequest("name", f"an adapter named {excerpt(options.name)} exists; choose another name, or "
                                          "send overwrite=true to replace it", http_status=409)
-        resources, waiting_for = self.resources(options.workers)
+        resources, waiting_for = self.resources()
         training_id = uuid.uuid4().hex
         status = await self.board.submit.remote(training_id, self.weights, self.lora_dir, photos, options, resources,
                                                 waiting_for)
