@@ -5,6 +5,7 @@ naming the field with nothing written; an adapter copied into the folder is serv
 import base64
 import io
 import json
+import os
 import shutil
 import socket
 import time
@@ -105,6 +106,25 @@ def test_cancel_stops_a_running_training_and_leaves_no_file(cluster):
     seen = wait_for(cluster, reply["id"], lambda status: status["status"] not in ("queued", "running"), timeout=120)
     assert seen[-1]["status"] == "cancelled" and seen[-1].get("step", 0) < 5000
     assert adapter_files(cluster, "http-cancelled") == [] and not (cluster.lora_dir / ".training").exists()
+
+
+def test_a_training_waits_queued_while_the_cluster_is_busy_says_why_and_cancel_takes_it_off_the_queue(cluster):
+    # The session's Ray has os.cpu_count() CPUs (local_serve.py), a training takes one: one more stays queued.
+    if os.cpu_count() > 4:
+        pytest.skip(f"fills all {os.cpu_count()} CPUs with trainings: run on a machine of 4 CPUs or fewer (CI has 2)")
+    busy = [start(cluster, photos(3), name=f"http-busy-{index}", steps=5000)[1] for index in range(os.cpu_count())]
+    for training in busy:
+        wait_for(cluster, training["id"], lambda status: status["status"] == "running")
+    status, waiting = start(cluster, photos(3), name="http-waiting", steps=1)
+    assert status == 202 and waiting["reason"] == "waiting for a CPU (this cluster has no GPU) on the Ray cluster"
+    time.sleep(2)  # Ray does not start it meanwhile
+    assert http(cluster.ports, f"{TRAINING}/v1/trainings/{waiting['id']}", method="GET")[1]["status"] == "queued"
+    for training in [waiting, *busy]:
+        assert http(cluster.ports, f"{TRAINING}/v1/trainings/{training['id']}/cancel", method="POST")[0] == 200
+    for training in [waiting, *busy]:
+        assert wait_for(cluster, training["id"], lambda status: status["status"] not in ("queued", "running"),
+                        timeout=120)[-1]["status"] == "cancelled"
+    assert [path for path in cluster.lora_dir.rglob("*") if path.name.startswith(("http-busy", "http-waiting"))] == []
 
 
 def not_an_image() -> list[tuple[str, bytes]]:
