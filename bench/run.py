@@ -20,6 +20,8 @@ machine they were measured on, to bench/results/<date>.json. What it measures:
    the compiler, and a second replica (a fresh process) with the compile cache filled against the first
    (`--no-compile` skips these rows: they take about ten minutes on 2 cores).
 8. The peer APIs (OpenAI, Azure ML, cog, plain) against the Instill HTTP path: the same request, interleaved.
+9. Training a LoRA adapter: seconds per training step (rank 32, batch 1, at the demo weights' 256²) and the peak
+   memory it adds.
 Plus GPU figures on paper (bench/on_paper.py), labelled as not measured; bench/gpu.py measures them on a GPU.
 
 `--rows 1,6` (numbers or names, e.g. `--rows work_per_image,peer_apis`) measures only those rows; `--runs 1

@@ -84,3 +84,23 @@ def nan_decodes(engine, monkeypatch) -> dict:
 
     monkeypatch.setattr(engine.vae, "decode", nan_decode)
     return state
+
+
+def training_photo(index: int, size: tuple[int, int] = (320, 300)) -> Image.Image:
+    """A photo of one subject for training tests: the same yellow disc, a little moved, on a background whose
+    colour and the frame's width vary with `index`."""
+    from PIL import ImageDraw
+
+    width, height = size
+    image = Image.new("RGB", (width + 8 * index, height), (40 + 20 * index % 200, 90, 160))
+    ImageDraw.Draw(image).ellipse((60 + 5 * index, 50, 220 + 5 * index, 230), fill=(230, 200, 40))
+    return image
+
+
+def write_photos(folder: Path, count: int = 6, *, kind: str = "JPEG") -> Path:
+    """`count` training photos, photo-<i>.jpg (or .png, .webp), in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}[kind]
+    for index in range(count):
+        training_photo(index).save(folder / f"photo-{index}{suffix}", kind)
+    return folder

@@ -8,6 +8,7 @@ under the row's name; serving rows under "serving"), `lines(numbers, results)` t
     engine.py    the Engine in process on the demo weights: recipes (1), load (5), adapters, prompts, safety (6)
     serving.py   through Ray Serve, its gRPC and HTTP proxies: overhead (3), batching (4), cold start and memory
                  (5), the peer APIs (8); one Ray Serve session runs them all, in order
+    training.py  a LoRA training step and its peak memory (9)
     compile.py   compiled against eager, a second replica with the compile cache filled (7); last, as compiling
                  changes process-wide torch settings
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.rows import compile, engine, paper, serving
+from bench.rows import compile, engine, paper, serving, training
 
 
 @dataclass
@@ -57,10 +58,11 @@ ROWS = [
     Row("4", "batching", "serving", serving.batching, serving.batching_lines),
     Row("8", "peer_apis", "serving", serving.peer_apis, serving.peer_api_lines),
     Row("5", "rss", "serving", serving.memory, serving.memory_lines),  # last: its sampling thread would slow the rest
+    Row("9", "training", "weights", training.training_step, training.training_lines),
     Row("7", "compiled", "weights", compile.compiled_vs_eager, compile.compiled_lines),
     Row("7", "compile_cache", "weights", compile.replicas, compile.replica_lines),  # two fresh processes
 ]
-ORDER = "12345678P"
+ORDER = "123456789P"
 
 
 def numbers_of(row: Row, results: dict):

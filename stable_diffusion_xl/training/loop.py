@@ -236,8 +236,8 @@ def fit(weights: WeightPaths, crops: list[Crop], options: TrainingOptions, total
     if on_gpu:
         cast_training_params(list(trained.values()), dtype=torch.float32)  # LoRA weights in fp32, the rest not
         pipeline.unet.enable_gradient_checkpointing()
-        for name in trained.keys() - {"unet"}:
-            trained[name].gradient_checkpointing_enable()
+        for name in trained.keys() - {"unet"}:  # non-reentrant: the frozen embeddings' outputs need no grad
+            trained[name].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     wrapped = {name: world.wrap(model) for name, model in trained.items()}  # data-parallel on several workers
     unet = wrapped["unet"]
     encoders = tuple(wrapped.get(name, model) for name, model in

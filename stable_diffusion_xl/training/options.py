@@ -9,7 +9,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..generation.request import MAX_SEED, InvalidRequest, check_text, excerpt
+from ..generation.request import MAX_SEED, InvalidRequest, check_text, excerpt, unknown_key
 from ..weights.lora_files import is_plain_name
 
 MIN_PHOTOS, FEW_PHOTOS = 3, 8  # refused under 3, warned under 8
@@ -87,6 +87,28 @@ def wire_name(spec: dataclasses.Field) -> str:
 
 
 OPTIONS = {wire_name(spec): spec for spec in dataclasses.fields(TrainingOptions)}
+
+
+def from_fields(fields: dict, where: str = "") -> TrainingOptions:
+    """Options from wire-named fields (`learning-rate`, as JSON or a form sends them), refusing unknown keys; JSON's
+    2.0 is taken as the integer 2. Errors name the field after `where` (e.g. "options.")."""
+    unknown = sorted(set(fields) - set(OPTIONS))
+    if unknown:
+        raise unknown_key(unknown[0], OPTIONS, kind="option").within(where)
+    values = {}
+    for key, value in fields.items():
+        spec = OPTIONS[key]
+        if spec.type.startswith("int") and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        values[spec.name] = value
+    if "name" not in values:
+        raise InvalidRequest(f"{where}name", "is required")
+    try:
+        return TrainingOptions(**values)
+    except InvalidRequest as error:
+        raise error.within(where) from None
+
+
 _KINDS = {"str": (str, "a string"), "int": (int, "an integer"), "int | None": (int, "an integer"),
           "float": ((int, float), "a number"), "bool": (bool, "true or false")}
 

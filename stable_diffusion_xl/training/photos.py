@@ -39,9 +39,11 @@ class Photo:
     caption: str | None  # from its sidecar .txt; None: the training's default caption
 
 
-def read_photos(source: Path | list[tuple[str, bytes]], *, max_zip_bytes: int = MAX_ZIP_BYTES) -> list[Photo]:
+def read_photos(source: Path | list[tuple[str, bytes]], *, max_zip_bytes: int | None = None) -> list[Photo]:
     """The photos of a folder, a .zip file, or (filename, bytes) pairs (a .zip among them is unpacked), in file
-    name order; raises PhotoError on the first problem."""
+    name order; raises PhotoError on the first problem. A zip may be `max_zip_bytes` long, packed and unpacked
+    (default MAX_ZIP_BYTES). Fewer than 8 photos: a UserWarning (warnings.warn) says that more help."""
+    max_zip_bytes = max_zip_bytes or MAX_ZIP_BYTES
     if isinstance(source, (str, Path)):
         files = _files_of(Path(source), max_zip_bytes)
     else:
@@ -67,7 +69,7 @@ def _files_of(path: Path, max_zip_bytes: int) -> list[tuple[str, bytes]]:
                 if child.is_file() and not _skipped(child.name)]
     if path.is_file() and path.suffix.lower() == ".zip":
         if path.stat().st_size > max_zip_bytes:
-            raise PhotoError(f"{excerpt(path.name)}: the zip is over the limit of {max_zip_bytes / 2**20:.0f} MiB")
+            raise PhotoError(f"{excerpt(path.name)}: the zip is over the limit of {_size(max_zip_bytes)}")
         return _unzip(path.name, path.read_bytes(), max_zip_bytes)
     if path.is_file():
         raise PhotoError(f"{excerpt(path.name)}: give a folder of photos or a .zip of them")
@@ -76,7 +78,7 @@ def _files_of(path: Path, max_zip_bytes: int) -> list[tuple[str, bytes]]:
 
 def _unzip(name: str, data: bytes, max_zip_bytes: int) -> list[tuple[str, bytes]]:
     """A zip's files, refusing one over the limit (packed or unpacked) or with a path that leads out of it."""
-    limit = f"the limit of {max_zip_bytes / 2**20:.0f} MiB"
+    limit = f"the limit of {_size(max_zip_bytes)}"
     if len(data) > max_zip_bytes:
         raise PhotoError(f"{excerpt(name)}: the zip is over {limit}")
     try:
@@ -99,6 +101,10 @@ def _unzip(name: str, data: bytes, max_zip_bytes: int) -> list[tuple[str, bytes]
         return files
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as error:
         raise PhotoError(f"{excerpt(name)}: not a readable zip ({type(error).__name__})") from None
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.0f} MiB" if count >= 2**20 else f"{count:,} bytes"
 
 
 def _skipped(name: str) -> bool:

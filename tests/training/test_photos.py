@@ -1,0 +1,154 @@
+"""Reading training photos: a folder, a .zip, uploaded pairs; captions, orientation; and every photo problem as
+one PhotoError line naming the photo (never its bytes)."""
+
+import io
+import warnings
+import zipfile
+
+import pytest
+from PIL import Image
+
+from helpers import training_photo, write_photos
+from stable_diffusion_xl.training import photos as photos_module
+from stable_diffusion_xl.training.photos import PhotoError, read_photos
+
+
+def jpeg(index: int = 0, size=(320, 300), **save) -> bytes:
+    buffer = io.BytesIO()
+    training_photo(index, size).save(buffer, "JPEG", **save)
+    return buffer.getvalue()
+
+
+def pairs(count: int = 8) -> list[tuple[str, bytes]]:
+    return [(f"photo-{index}.jpg", jpeg(index)) for index in range(count)]
+
+
+def zipped(files: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files:
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def refused(source, **kwargs) -> str:
+    with pytest.raises(PhotoError) as error:
+        read_photos(source, **kwargs)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_folder_of_photos_is_read_in_name_order_as_rgb_with_sidecar_captions(tmp_path):
+    write_photos(tmp_path, 8, kind="PNG")
+    (tmp_path / "photo-3.txt").write_text("a photo of TOK person smiling\n")
+    (tmp_path / ".DS_Store").write_bytes(b"\0junk")  # hidden files are skipped
+    photos = read_photos(tmp_path)
+    assert [photo.name for photo in photos] == [f"photo-{index}.png" for index in range(8)]
+    assert all(photo.image.mode == "RGB" for photo in photos)
+    assert [photo.caption for photo in photos] == [None] * 3 + ["a photo of TOK person smiling"] + [None] * 4
+
+
+def test_jpeg_png_and_webp_are_read_by_content_and_fewer_than_8_warn(tmp_path):
+    files = [("a.jpg", jpeg(0))]
+    for kind, name in (("PNG", "b.png"), ("WEBP", "c.webp")):
+        buffer = io.BytesIO()
+        training_photo(1).save(buffer, kind)
+        files.append((name, buffer.getvalue()))
+    with pytest.warns(UserWarning, match="only 3 photos"):
+        assert len(read_photos(files)) == 3
+
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: the photo is shown portrait
+    files = [("rotated.jpg", jpeg(0, size=(400, 300), exif=exif)), *pairs(7)]
+    rotated = next(photo for photo in read_photos(files) if photo.name == "rotated.jpg")
+    assert rotated.image.size == (300, 400)
+
+
+def test_a_zip_file_and_an_uploaded_zip_give_the_same_photos_and_captions(tmp_path):
+    data = zipped([*[(f"set/{name}", content) for name, content in pairs(8)], ("set/photo-0.txt", b"TOK at sea"),
+                   ("__MACOSX/set/._photo-0.jpg", b"resource fork")])
+    (tmp_path / "photos.zip").write_bytes(data)
+    from_file, uploaded = read_photos(tmp_path / "photos.zip"), read_photos([("photos.zip", data)])
+    assert [(p.name, p.caption) for p in from_file] == [(p.name, p.caption) for p in uploaded]
+    assert len(from_file) == 8 and from_file[0].caption == "TOK at sea"
+
+
+def test_fewer_than_three_photos_are_refused():
+    assert "3 photos at least" in refused(pairs(2))
+
+
+def test_a_file_that_is_not_an_image_is_named_and_its_bytes_never_quoted():
+    secret = b"this is no photo but a password: hunter2"
+    message = refused([*pairs(), ("notes.jpg", secret)])
+    assert message.startswith('"notes.jpg": is not an image') and "hunter2" not in message
+
+
+def test_a_long_hostile_file_name_is_excerpted():
+    message = refused([*pairs(), ("<script>" + "x" * 500 + ".jpg", b"nope")])
+    assert len(message) < 160 and "x" * 100 not in message
+
+
+def test_other_image_formats_are_refused():
+    buffer = io.BytesIO()
+    training_photo(0).save(buffer, "GIF")
+    assert "is GIF, not a JPEG, PNG or WebP" in refused([*pairs(), ("anim.gif", buffer.getvalue())])
+
+
+def test_a_truncated_photo_is_refused():
+    data = jpeg(0)
+    assert refused([*pairs(), ("cut.jpg", data[: len(data) // 2])]) == '"cut.jpg": is truncated or corrupt'
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # the 320x300 photos are 96,000: a "bomb" here
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "decompression bomb" in refused(pairs())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 90_000)  # between the limit and twice it: Pillow only warns
+    assert "decompression bomb" in refused(pairs())
+
+
+def test_a_photo_under_256_pixels_is_refused():
+    message = refused([*pairs(), ("small.jpg", jpeg(0, size=(400, 200)))])
+    assert message == '"small.jpg": is 400x200; photos need 256 pixels or more on their shorter side'
+
+
+def test_a_zip_over_the_limit_is_refused_packed_or_unpacked(tmp_path):
+    data = zipped(pairs())
+    (tmp_path / "big.zip").write_bytes(data)
+    assert "over the limit" in refused(tmp_path / "big.zip", max_zip_bytes=len(data) - 1)
+    assert "over the limit" in refused([("big.zip", data)], max_zip_bytes=len(data) - 1)
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros.jpg", bytes(2_000_000))
+    assert "unpacks to more than" in refused([("bomb.zip", bomb.getvalue())], max_zip_bytes=1_000_000)
+
+
+@pytest.mark.parametrize("path", ["../escape.jpg", "/etc/escape.jpg", "set/../../escape.jpg", "C:/escape.jpg",
+                                  "..\\escape.jpg"])
+def test_a_zip_with_a_path_outside_it_is_refused(path):
+    message = refused([("photos.zip", zipped([*pairs(), (path, jpeg(0))]))])
+    assert "holds a path outside the zip" in message
+
+
+def test_a_file_that_is_not_a_zip_but_named_so_is_refused():
+    assert refused([("photos.zip", b"PK\x03\x04 not really")]) == '"photos.zip": not a readable zip (BadZipFile)'
+
+
+def test_a_missing_folder_and_a_single_photo_are_refused(tmp_path):
+    assert "no such folder or .zip" in refused(tmp_path / "nowhere")
+    write_photos(tmp_path, 1)
+    assert "give a folder of photos or a .zip" in refused(tmp_path / "photo-0.jpg")
+
+
+def test_a_caption_that_is_not_utf8_is_refused():
+    assert "caption file is not UTF-8" in refused([*pairs(), ("photo-0.txt", b"\xff\xfe\xfa")])
+
+
+def test_the_default_zip_limit_is_read_when_called(monkeypatch):
+    data = zipped(pairs())
+    monkeypatch.setattr(photos_module, "MAX_ZIP_BYTES", len(data) - 1)
+    assert "over the limit" in refused([("photos.zip", data)])
