@@ -29,7 +29,7 @@ from ..serving.environment import FLAG_VALUES
 from ..serving.limits import Limits
 from ..serving.trainings import Trainings
 from ..serving.transport import HttpCall, read_body
-from ..training.options import TrainingOptions, wire_name
+from ..training.options import TrainingOptions, from_fields, wire_name
 
 # What a caller may set, by wire name: every option but the checkpoints' (kept on the trainer's own machine) and
 # the workers (a training here is one Ray task with SDXL_TRAIN_GPUS GPUs; the `train` command spreads one wider).
@@ -82,7 +82,7 @@ class StartTraining(TrainingCall):
         unknown = sorted(set(fields) - set(OPTIONS))
         if unknown:
             raise unknown_key(unknown[0], FIELDS, kind="field")
-        status = await trainings.start(photos, {OPTIONS[name].name: value for name, value in fields.items()})
+        status = await trainings.start(photos, from_fields(fields))
         return self.answer_status(status, status["id"], 202)
 
     async def upload(self, limits: Limits) -> bytes:

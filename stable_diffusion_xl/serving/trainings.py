@@ -100,7 +100,8 @@ class TrainingBoard:
         training.pop("reason", None)
 
     async def step(self, training_id: str, step: int, total: int, loss: float) -> None:
-        self.trainings[training_id].update(step=step, total=total, loss=loss)
+        if training_id in self.trainings:  # a board Ray restarted knows none of the trainings before
+            self.trainings[training_id].update(step=step, total=total, loss=loss)
 
     async def stopping(self, training_id: str) -> bool:
         return training_id in self.stop
@@ -124,8 +125,9 @@ class Trainings:
 
     def __init__(self, application: str, weights: WeightPaths, lora_dir: Path, gpus: int, max_zip_bytes: int):
         self.weights, self.lora_dir, self.gpus, self.max_zip_bytes = weights, lora_dir, gpus, max_zip_bytes
+        # Restarted by Ray if its process dies (its statuses are lost then; the adapters stay in the folder).
         self.board = TrainingBoard.options(name=f"board:{application}", namespace=NAMESPACE, lifetime="detached",
-                                           get_if_exists=True).remote()
+                                           get_if_exists=True, max_restarts=-1).remote()
 
     def resources(self) -> tuple[dict, str]:
         """What a training asks of Ray, and how its queued status says so. A cluster without any GPU trains on a CPU
@@ -135,10 +137,8 @@ class Trainings:
         why = "SDXL_TRAIN_GPUS=0" if not self.gpus else "this cluster has no GPU"
         return {"num_cpus": 1, "num_gpus": 0}, f"a CPU ({why})"
 
-    async def start(self, photos: list[tuple[str, bytes]], fields: dict) -> dict:
-        """Queue a training of `photos` with `fields` (TrainingOptions' own names); InvalidRequest names what is wrong,
-        and then nothing is queued or written."""
-        options = TrainingOptions(**fields)
+    async def start(self, photos: list[tuple[str, bytes]], options: TrainingOptions) -> dict:
+        """Queue a training of `photos`; InvalidRequest names what is wrong, and then nothing is queued or written."""
         try:
             await asyncio.to_thread(read_photos, photos, max_zip_bytes=self.max_zip_bytes)
         except PhotoError as error:

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -141,7 +142,9 @@ def truncated() -> list[tuple[str, bytes]]:
     (not_an_image, {"name": "bad-photo"}, 400, "images"),
     (truncated, {"name": "cut-photo"}, 400, "images"),
     (lambda: photos(3, size=128), {"name": "small-photo"}, 400, "images"),
+    (lambda: photos(3), {}, 400, "name"),
     (lambda: photos(3), {"name": "../escape"}, 400, "name"),
+    (lambda: photos(3), {"name": "many-workers", "workers": 2}, 400, "workers"),
     (lambda: photos(3), {"name": "rank-zero", "rank": 0}, 400, "rank"),
     (lambda: photos(3), {"name": "steps-text", "steps": "many"}, 400, "steps"),
     (lambda: photos(3), {"name": "typo", "learning_rate": 1e-4}, 400, "learning_rate"),
@@ -200,6 +203,13 @@ def test_an_adapter_copied_into_the_folder_is_served_by_name_without_a_restart(c
 
 # The page's Train panel, in a real headless Chromium
 
+# Records each text the panel's status line showed, for the test to read after the training.
+WATCH_TRAINING = """
+const line = document.getElementById("train-status");
+window.seen = [];
+new MutationObserver(() => seen.push(line.textContent)).observe(line, {childList: true, characterData: true});
+"""
+
 def test_the_train_panel_trains_the_chosen_photos_and_fills_the_form_to_generate_with_it(cluster, tmp_path):
     paths = []
     for name, data in photos(3):
@@ -213,14 +223,18 @@ def test_the_train_panel_trains_the_chosen_photos_and_fills_the_form_to_generate
 
         browser.get(f"http://127.0.0.1:{cluster.ports.http}/{TRAINING}/ui")
         WebDriverWait(browser, 30).until(lambda _: by_id(browser, "train-panel").is_displayed())
+        browser.execute_script(WATCH_TRAINING)
         by_id(browser, "train-images").send_keys("\n".join(paths))
-        for id_, value in {"train-token": "pgx", "train-steps": "2", "train-name": "page-subject"}.items():
+        for id_, value in {"train-token": "pgx", "train-steps": "40", "train-name": "page-subject"}.items():
             by_id(browser, id_).send_keys(value)
         by_id(browser, "train-name").send_keys(Keys.ENTER)  # the keyboard submits the form
         WebDriverWait(browser, 600).until(
             lambda _: by_id(browser, "train-status").text.startswith(("Trained", "Failed", "Cancelled", "Not")))
         assert by_id(browser, "train-status").text == "Trained page-subject: use it with the prompt “a photo of pgx " \
                                                       "person”."
+        seen = browser.execute_script("return window.seen")
+        assert seen[0] == "Sending the photos…" and seen[1].startswith("Queued: waiting for a CPU")
+        assert any(re.fullmatch(r"Training: step \d+ of 40, loss \d+\.\d{4}", text) for text in seen), seen
         by_id(browser, "train-use").click()
         box = "input[name=lora][value='page-subject']"
         WebDriverWait(browser, 30).until(lambda _: browser.find_elements(By.CSS_SELECTOR, f"{box}:checked"))
