@@ -22,6 +22,7 @@ from urllib3 import encode_multipart_formdata
 from browser import chromium, console_errors
 from instill_contract import task_input
 from served import API_KEY, KEYED, MODEL, TINY, TRAINING, http, raw_reply
+from stable_diffusion_xl.apis.trainings import SWITCHED_OFF  # its field names are metric labels, as in the replica
 from stable_diffusion_xl.serving.client import grpc_call
 
 pytestmark = pytest.mark.slow
@@ -182,7 +183,8 @@ def test_unknown_ids_are_404_and_the_switch_off_and_the_key_are_answered_as_else
     status, reply, _ = http(cluster.ports, f"{TRAINING}/v1/trainings/not-an-id/cancel", method="POST")
     assert (status, reply["field"]) == (404, "id")
     status, reply = start(cluster, photos(3), app=MODEL, name="off")
-    assert status == 404 and "SDXL_TRAINING=1" in reply["error"]
+    assert (status, reply) == (404, {"error": f"path: {SWITCHED_OFF}", "field": "path"})
+    assert "start it with SDXL_TRAINING=1" in SWITCHED_OFF
     status, reply = start(cluster, photos(3), app=KEYED, name="keyless")
     assert (status, reply["field"]) == (401, "authorization")
     status, reply = start(cluster, photos(3), app=KEYED, name="keyed", headers={"Authorization": f"Bearer {API_KEY}"})
