@@ -53,17 +53,23 @@ def fit_on_ray(weights: WeightPaths, crops: list[Crop], options: TrainingOptions
             run_config=RunConfig(name=f"lora-{options.name}", storage_path=storage,
                                  failure_config=FailureConfig(max_failures=0), verbose=0),
         )
+        def report() -> None:
+            for event in ray.get(control.drain.remote()):
+                if on_step:
+                    on_step(*event)
+
         with ThreadPoolExecutor(1, thread_name_prefix="ray-train") as pool:
             running = pool.submit(trainer.fit)
-            while True:
-                done = wait([running], timeout=POLL_S).done
-                for event in ray.get(control.drain.remote()):
-                    if on_step:
-                        on_step(*event)
-                if done:
-                    break
-                if should_stop and should_stop():
-                    control.stop.remote()
+            try:
+                while not wait([running], timeout=POLL_S).done:
+                    report()
+                    if should_stop and should_stop():
+                        control.stop.remote()
+                report()
+            except BaseException:  # Ctrl-C, or on_step failed: the workers stop at their next step, then this raises
+                control.stop.remote()
+                wait([running])
+                raise
             try:
                 running.result()
             except Exception as error:  # TrainingFailedError: the worker's own error is its cause
