@@ -11,6 +11,7 @@ import logging
 import time
 
 from instill.helpers.ray_config import InstillDeployable, instill_deployment
+from ray import serve
 
 from stable_diffusion_xl.apis.routes import incoming
 from stable_diffusion_xl.generation.engine import Cancelled, Engine, Progress
@@ -19,6 +20,7 @@ from stable_diffusion_xl.generation.schedulers import SCHEDULERS
 from stable_diffusion_xl.generation.sizes import ASPECT_RATIOS, image_size
 from stable_diffusion_xl.serving.metrics import ReplicaMetrics
 from stable_diffusion_xl.serving.settings import Settings
+from stable_diffusion_xl.serving.trainings import Trainings
 from stable_diffusion_xl.weights.layout import WeightPaths
 from stable_diffusion_xl.weights.library_logs import quiet_library_logs
 
@@ -40,14 +42,15 @@ class StableDiffusionXL:
             compile=self.settings.compile, compile_mode=self.settings.compile_mode,
             compile_cache=self.settings.compile_cache, quantize=self.settings.quantize,
         )
-        # What a call may ask for: the settings' limits, the adapters found and the weights' scheduler.
-        self.limits = dataclasses.replace(self.settings.limits, lora_names=self.engine.adapters.names,
+        # What a call may ask for: the settings' limits, the adapters' folder and the weights' scheduler.
+        self.limits = dataclasses.replace(self.settings.limits, lora_folder=self.engine.adapters.files,
                                           scheduler_config=self.engine.scheduler_configs["base"])
         if self.settings.warm_up:
             started = time.perf_counter()
             self.engine.warm_up()
             log.info("warmed up every aspect ratio in %.1f s", time.perf_counter() - started)
         self.metrics = ReplicaMetrics()
+        self.trainings = self.start_trainings() if self.settings.training else None
 
     async def __call__(self, request, grpc_context=None):
         call = incoming(request, grpc_context)
@@ -55,6 +58,8 @@ class StableDiffusionXL:
             return call.answer_at_once(self.status())
         try:
             call.authorize(self.api_key)
+            if call.trains:  # queued on the Ray cluster, never run here
+                return await call.train(self.trainings, self.limits)
             requests = await call.requests(self.limits)
         except InvalidRequest as error:
             self.metrics.reject(call.api, error)
@@ -75,10 +80,18 @@ class StableDiffusionXL:
     def status(self) -> dict:
         """What a client may offer its users: the adapters, samplers and image sizes this deployment has."""
         return {"status": "ready", "model": "stable-diffusion-xl", "demo_weights": self.engine.demo,
-                "loras": {"available": list(self.engine.adapters.names), "loaded": self.engine.adapters.loaded},
+                "loras": {"available": list(self.engine.adapters.files.relist()), "loaded": self.engine.adapters.loaded,
+                          "trigger_tokens": self.engine.adapters.files.trigger_tokens()},
                 "schedulers": list(SCHEDULERS), "safety_checker": self.engine.safety_checker is not None,
                 "sizes": {ratio: image_size(ratio, self.engine.resolution) for ratio in ASPECT_RATIOS},
-                "api_key_required": self.api_key is not None}
+                "api_key_required": self.api_key is not None,
+                "training": {"enabled": self.trainings is not None, "gpus": self.settings.train_gpus}}
+
+    def start_trainings(self) -> Trainings:
+        """SDXL_TRAINING=1: this application's trainings, on the weights and into the LoRA folder it serves."""
+        weights = WeightPaths.locate(self.settings.weights_dir, demo=self.settings.demo_weights)
+        return Trainings(serve.get_replica_context().app_name, weights, self.engine.adapters.folder,
+                         self.settings.train_gpus, self.settings.limits.max_training_upload_mb << 20)
 
     def generate(self, call, requests, progress: Progress):
         try:

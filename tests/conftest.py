@@ -10,7 +10,7 @@ import torch
 
 from helpers import request, write_flagging_checker
 from image_build import check_build, run_instill_build
-from served import API_KEY, FILTERED, FLAGGED_SEED, KEYED, MODEL, SMALL, TINY
+from served import API_KEY, FILTERED, FLAGGED_SEED, KEYED, MODEL, SMALL, TINY, TRAINING
 from stable_diffusion_xl.generation.engine import Engine
 from stable_diffusion_xl.serving.local_serve import Application, serving
 from stable_diffusion_xl.weights import demo as demo_weights
@@ -80,7 +80,7 @@ def flagging_checker(weights_dir, engine, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cluster(weights_dir, flagging_checker, tmp_path_factory):
-    """One real Ray Serve for the session: four applications named as Instill Core names them, the gRPC
+    """One real Ray Serve for the session: five applications named as Instill Core names them, the gRPC
     proxy and HTTP on loopback, Ray's files in a short folder of our own (its socket paths must stay short)."""
     # A short body timeout, so the stalled-upload test waits seconds, not the default 10 s.
     env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), "SDXL_BODY_TIMEOUT_S": "2"}
@@ -89,13 +89,15 @@ def cluster(weights_dir, flagging_checker, tmp_path_factory):
     filtering = {"SDXL_SAFETY_CHECKER": "1", "SDXL_SAFETY_CHECKER_DIR": str(flagging_checker)}
     key_file = tmp_path_factory.mktemp("secrets") / "api-key"
     key_file.write_text(f"{API_KEY}\n")  # as a mounted secret often ends
+    lora_dir = tmp_path_factory.mktemp("loras")  # TRAINING's, where adapters appear while it serves
     apps = [Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1", "SDXL_MAX_LORAS": "1"}),
             Application(FILTERED, {**env, **filtering}),
-            Application(KEYED, {**env, "SDXL_API_KEY_FILE": str(key_file), "SDXL_WARM_UP": "0"})]
+            Application(KEYED, {**env, "SDXL_API_KEY_FILE": str(key_file), "SDXL_WARM_UP": "0"}),
+            Application(TRAINING, {**env, "SDXL_TRAINING": "1", "SDXL_LORA_DIR": str(lora_dir), "SDXL_WARM_UP": "0"})]
     try:
         with serving(apps, log_path=log, ray_dir=ray_dir) as ports, \
                 grpc.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
-            yield SimpleNamespace(ports=ports, channel=channel, ray_dir=ray_dir)
+            yield SimpleNamespace(ports=ports, channel=channel, ray_dir=ray_dir, lora_dir=lora_dir)
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
 

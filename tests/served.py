@@ -13,6 +13,8 @@ MODEL = "users_6f1c0e2a_stable-diffusion-xl_v1"
 SMALL = "users_6f1c0e2a_stable-diffusion-xl-small_v1"  # the same model with max n = 1 and one resident LoRA
 FILTERED = "users_6f1c0e2a_stable-diffusion-xl-filtered_v1"  # with a safety checker that flags one known image
 KEYED = "users_6f1c0e2a_stable-diffusion-xl-keyed_v1"  # the same model, whose HTTP routes and gRPC need API_KEY
+# With SDXL_TRAINING=1 and a LoRA folder of its own (the cluster's lora_dir), empty at the start
+TRAINING = "users_6f1c0e2a_stable-diffusion-xl-training_v1"
 API_KEY = "sk-test-4f9d2c7a1e"
 FLAGGED_SEED = 51  # image 0 of n=2 at this seed (TINY, the default prompt) is the one FILTERED's checker flags
 FAST = {"steps": 5}

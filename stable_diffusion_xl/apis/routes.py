@@ -1,10 +1,13 @@
 """Which `Call` a request to the application is: decided once, at the top of the model's `__call__`.
 
 Ray Serve calls the deployment with a gRPC request and its context, or with an HTTP request alone.
-HTTP paths are read below the application's route prefix (`/` with `serve` and `instill run`).
+HTTP paths are read below the application's route prefix (`/` with `serve` and `instill run`). A path is looked up
+as it is, then against the paths with an `{id}` segment, whose value the dialect reads as `request.path_params`.
 """
 
 from __future__ import annotations
+
+import re
 
 from starlette.requests import Request
 
@@ -16,6 +19,7 @@ from .instill import InstillGrpc, InstillHttp
 from .openai_images import OpenAIImages, OpenAIModels
 from .page import PAGE_FILES, PageFile
 from .plain_predict import PlainPredict
+from .trainings import CancelTraining, StartTraining, TrainingStatus
 
 # path -> {method: dialect}; a GET of the route itself is the status ping Instill Core sends.
 HTTP_ROUTES = {
@@ -27,7 +31,13 @@ HTTP_ROUTES = {
     "/health-check": {"GET": CogHealth},
     "/predict": {"POST": PlainPredict},
     **{path: {"GET": PageFile, "HEAD": PageFile} for path in PAGE_FILES},
+    "/v1/trainings": {"POST": StartTraining},
+    "/v1/trainings/{id}": {"GET": TrainingStatus},
+    "/v1/trainings/{id}/cancel": {"POST": CancelTraining},
 }
+# The paths with an {id} segment: one path segment, matched whole.
+TEMPLATES = {re.compile(re.escape(path).replace(re.escape("{id}"), "(?P<id>[^/]+)")): path
+             for path in HTTP_ROUTES if "{id}" in path}
 
 
 def incoming(call, grpc_context=None) -> Call:
@@ -39,6 +49,10 @@ def incoming(call, grpc_context=None) -> Call:
 def http_route(request: Request) -> Call:
     path = route_path(request)
     methods = HTTP_ROUTES.get(path)
+    for template, route in TEMPLATES.items():
+        if methods is None and (found := template.fullmatch(path)):
+            methods = HTTP_ROUTES[route]
+            request.scope["path_params"] = found.groupdict()
     if methods is None:
         known = ", ".join(HTTP_ROUTES)
         return Refused(request, InvalidRequest("path", f"{excerpt(path)} is not served here; paths: {known}", 404))

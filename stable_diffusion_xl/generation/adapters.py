@@ -1,6 +1,7 @@
 """LoRA adapters resident in the base: loaded from the deployment's folder (weights/lora_files.py) when first asked for.
 
-A request names adapters by file stem, and a name is only ever looked up in that folder. Loaded adapters
+A request names adapters by file stem, and a name is only ever looked up in that folder; a name the replica does
+not know re-lists it, so an adapter copied or trained into it is served without a restart. Loaded adapters
 stay resident as peft adapters of the base pipeline (its UNet, and its text encoders when the file
 trains them), up to a limit past which the least recently used one is deleted; each batch switches to
 its own adapters and scales, or turns them all off. The base's weights are never fused or reloaded.
@@ -12,7 +13,7 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-from ..weights.lora_files import SUFFIX, available
+from ..weights.lora_files import SUFFIX, LoraFolder
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_LORAS = 8
@@ -23,8 +24,13 @@ class ResidentAdapters:
 
     def __init__(self, pipeline, folder: Path | None, limit: int):
         self.pipeline, self.folder, self.limit = pipeline, folder, limit
-        self.names = available(folder)
+        self.files = LoraFolder(folder)
         self._loaded: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The adapters in the folder, as last listed."""
+        return self.files.names
 
     @property
     def loaded(self) -> list[str]:
@@ -45,7 +51,7 @@ class ResidentAdapters:
         if name in self._loaded:
             self._loaded.move_to_end(name)
             return
-        if name not in self.names:  # requests are checked against the folder; this guards the engine itself
+        if not self.files.has(name):  # requests are checked against the folder; this guards the engine itself
             raise ValueError(f"no LoRA adapter named {name!r} in {self.folder}")
         while len(self._loaded) >= self.limit:
             evicted = next(loaded for loaded in self._loaded if loaded not in keep)

@@ -10,7 +10,7 @@ from ..generation.adapters import DEFAULT_MAX_LORAS
 from ..generation.pictures import DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MEGAPIXELS, UploadLimits
 from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
 from ..weights.layout import SDXL_SCHEDULER_CONFIG
-from ..weights.lora_files import is_plain_name
+from ..weights.lora_files import LoraFolder, is_plain_name
 from .environment import setting
 
 
@@ -34,12 +34,18 @@ class Limits:
     max_upload_megapixels: int = setting("SDXL_MAX_UPLOAD_MEGAPIXELS", DEFAULT_MAX_UPLOAD_MEGAPIXELS, "largest "
                                          "input picture in megapixels, as its header declares them (checked before "
                                          "its pixels are decoded)", minimum=1, maximum=89)
+    max_training_upload_mb: int = setting("SDXL_TRAIN_MAX_UPLOAD_MB", 64, "largest body of `POST /v1/trainings` "
+                                          "(its photos), in MB; a larger one is refused (HTTP 413) before it is "
+                                          "read; it may take 10 times SDXL_BODY_TIMEOUT_S to arrive", minimum=1,
+                                          maximum=1024)
     max_loras: int = setting("SDXL_MAX_LORAS", DEFAULT_MAX_LORAS, "LoRA adapters a replica keeps loaded (the least "
                              "recently used is unloaded past it); also the most one request may stack", minimum=1,
                              maximum=64)
-    # Not settings: found when the replica starts, the adapters in its LoRA folder and its weights' scheduler
-    # config (base and refiner split a sampler's steps by its timesteps).
+    # Not settings: found when the replica starts, the adapters in its LoRA folder (fixed names, or the folder
+    # itself, re-listed when a request names an adapter not on its list) and its weights' scheduler config (base
+    # and refiner split a sampler's steps by its timesteps).
     lora_names: tuple[str, ...] = ()
+    lora_folder: LoraFolder | None = None
     scheduler_config: Mapping[str, Any] = field(default_factory=lambda: SDXL_SCHEDULER_CONFIG)
 
     @property
@@ -68,7 +74,11 @@ class Limits:
             raise InvalidRequest(f"{where}lora", f"stacks {len(request.lora)} adapters; this deployment keeps at most "
                                                  f"{self.max_loras} loaded")
         for name in request.lora:
-            if not is_plain_name(name) or name not in self.lora_names:
-                shown = ", ".join(self.lora_names[:20]) + (", ..." if len(self.lora_names) > 20 else "")
+            if not is_plain_name(name) or not self.has_lora(name):
+                names = self.lora_folder.names if self.lora_folder else self.lora_names
+                shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
                 raise InvalidRequest(f"{where}lora", f"no adapter named {excerpt(name)} on this deployment; "
                                                      f"available: {shown or 'none'}")
+
+    def has_lora(self, name: str) -> bool:
+        return name in self.lora_names or (self.lora_folder is not None and self.lora_folder.has(name))

@@ -21,7 +21,8 @@ class Settings:
     weights_dir: Path = setting("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR, "folder with the fetched weights",
                                 shown="`weights/` beside model.py")
     lora_dir: Path | None = setting("SDXL_LORA_DIR", None, "folder of LoRA adapters, `<name>.safetensors` each "
-                                    "(read at start-up)", shown="`loras/` beside the models")
+                                    "(listed at start-up, again when a request names one not seen yet); shared "
+                                    "storage on several nodes", shown="`loras/` beside the models")
     demo_weights: bool = setting("SDXL_DEMO_WEIGHTS", False, "`1` loads `weights/demo` (noise); never a silent "
                                  "fallback")
     max_batch_size: int = setting("SDXL_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an "
@@ -56,6 +57,11 @@ class Settings:
                                   allowed="printable ASCII, no spaces", secret=True)
     api_key_file: Path | None = setting("SDXL_API_KEY_FILE", None, "a file holding that key instead (a mounted "
                                         "secret); surrounding whitespace is ignored", shown="none", allowed="a file")
+    training: bool = setting("SDXL_TRAINING", False, "`1` serves `POST /v1/trainings`: LoRA trainings from photos "
+                             "(and the page's Train panel), each a Ray task beside the replicas; off, those routes "
+                             "answer 404")
+    train_gpus: int = setting("SDXL_TRAIN_GPUS", 1, "GPUs each training asks Ray for; a training waits, queued, until "
+                              "they are free; a cluster without GPUs trains on a CPU", minimum=0, maximum=16)
     limits: Limits = field(default_factory=Limits, metadata={"group": Limits})
     # Ray Serve: a replica makes one image batch at a time, so it holds one request running and one
     # ready; the rest wait in Serve's queue, where autoscaling sees them.

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -18,6 +19,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..generation.engine import Generation, Progress
 from ..generation.request import InvalidRequest, TextToImageRequest
 from .limits import Limits
+
+if TYPE_CHECKING:
+    from .trainings import Trainings
 
 PROGRESS_INTERVAL_S = 0.25  # how often a streaming call reports the steps done
 
@@ -29,6 +33,7 @@ class Call:
     api = "unknown"  # the dialect's name in metrics and logs
     at_once = False  # answered at once from the model's status, with no generation: pings, model lists, the page
     streams = False  # progress events while the images are made, then the answer
+    trains = False  # a training call (apis/trainings.py): `train` answers it, with no generation
 
     def authorize(self, api_key: str | None) -> None:
         """Refuse the call unless it carries `api_key` (when one is set)."""
@@ -37,6 +42,10 @@ class Call:
         raise NotImplementedError
 
     def answer(self, requests: list[TextToImageRequest], generations: list[Generation], jpeg_quality: int):
+        raise NotImplementedError
+
+    async def train(self, trainings: Trainings | None, limits: Limits):
+        """A training call's answer, from the deployment's trainings (None: SDXL_TRAINING is off)."""
         raise NotImplementedError
 
     def reject(self, error: InvalidRequest):

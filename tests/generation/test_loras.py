@@ -135,7 +135,7 @@ def test_over_grpc_the_resident_limit_holds_and_the_status_lists_the_adapters(cl
     for name in (STYLE, KOHYA, STYLE):
         grpc_call(cluster.channel, SMALL, task_input(seed=1, lora=name, **TINY))
         status, body, _ = http(cluster.ports, SMALL, timeout=10)
-        assert status == 200 and body["loras"] == {"available": [KOHYA, STYLE], "loaded": [name]}
+        assert status == 200 and body["loras"] == {"available": [KOHYA, STYLE], "loaded": [name], "trigger_tokens": {}}
     assert "euler" in body["schedulers"]
 
 

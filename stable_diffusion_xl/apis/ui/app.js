@@ -38,8 +38,10 @@ async function loadStatus() {
   $("aspect-ratio").replaceChildren(...shapes);
   $("scheduler").replaceChildren(...status.schedulers.map((name) => element("option", { value: name }, name)));
   $("scheduler-field").hidden = status.schedulers.length === 0;
+  const tokens = status.loras.trigger_tokens ?? {};
   $("lora").replaceChildren(...status.loras.available.map((name) => element("label", { className: "check" },
-    element("input", { type: "checkbox", name: "lora", value: name }), ` ${name}`)));
+    element("input", { type: "checkbox", name: "lora", value: name }), ` ${name}`,
+    tokens[name] ? element("span", { className: "token" }, ` (trigger word: ${tokens[name]})`) : "")));
   $("lora-field").hidden = status.loras.available.length === 0;
   $("key-field").hidden = !status.api_key_required;
   $("authorization").value = sessionStorage.getItem(API_KEY) ?? "";
@@ -354,3 +356,123 @@ $("clear-history").addEventListener("click", () => {
 });
 showHistory();
 loadStatus();
+
+// --- The Train panel (SDXL_TRAINING=1): photos -> a LoRA adapter trained on the cluster, then generate with it ---
+
+const TRAINING_POLL_MS = 1000;
+const TRAIN_FIELDS = ["name", "token", "class-word", "steps"]; // the API's names; the inputs are train-<name>
+let training = null; // the status of the training this page follows
+
+async function showTrainPanel() {
+  try {
+    const status = await (await fetch(API)).json();
+    $("train-panel").hidden = !status.training?.enabled;
+  } catch {
+    // loadStatus says the model did not answer
+  }
+}
+
+function keyHeaders() {
+  return $("authorization").value ? { Authorization: `Bearer ${$("authorization").value}` } : {};
+}
+
+async function startTraining(event) {
+  event.preventDefault();
+  for (const place of $("train-panel").querySelectorAll(".error")) place.textContent = "";
+  for (const input of $("train-panel").querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+  const form = new FormData();
+  for (const file of $("train-images").files) form.append("images", file, file.name);
+  for (const name of TRAIN_FIELDS) {
+    const value = $(`train-${name}`).value.trim();
+    if (value) form.append(name, value);
+  }
+  $("train-start").disabled = true;
+  $("train-use").hidden = true;
+  $("train-status").textContent = "Sending the photos…";
+  let reply;
+  try {
+    const response = await fetch(new URL("v1/trainings", API), { method: "POST", headers: keyHeaders(), body: form });
+    reply = await response.json().catch(() => ({ error: `the server answered ${response.status}` }));
+    if (!response.ok) {
+      showTrainError(reply);
+      $("train-status").textContent = "Not started: see the message above.";
+      $("train-start").disabled = false;
+      return;
+    }
+  } catch (error) {
+    showTrainError({ error: error.message });
+    $("train-start").disabled = false;
+    return;
+  }
+  showTraining(reply);
+  setTimeout(followTraining, TRAINING_POLL_MS);
+}
+
+// The API's message beside the field it names (the key's beside the key), else under the buttons.
+function showTrainError({ field, error }) {
+  if (field === "authorization") return showError(field, error);
+  const own = $(`train-${field}-error`);
+  const place = own ?? $("train-form-error");
+  const message = own ? error.replace(`${field}: `, "") : error;
+  place.textContent = `${message.charAt(0).toUpperCase()}${message.slice(1)}`;
+  if (own) {
+    $(`train-${field}`).setAttribute("aria-invalid", "true");
+    $(`train-${field}`).focus();
+  }
+}
+
+async function followTraining() {
+  try {
+    const response = await fetch(new URL(`v1/trainings/${training.id}`, API), { headers: keyHeaders() });
+    if (response.ok) showTraining(await response.json());
+  } catch {
+    // the next poll tries again
+  }
+  if (["queued", "running"].includes(training.status)) setTimeout(followTraining, TRAINING_POLL_MS);
+}
+
+function showTraining(status) {
+  training = status;
+  const bar = $("train-progress");
+  const active = ["queued", "running"].includes(status.status);
+  $("train-start").disabled = active;
+  $("train-cancel").disabled = !active;
+  if (status.status === "queued") {
+    bar.removeAttribute("value");
+    $("train-status").textContent = `Queued: ${status.reason}.`;
+  } else if (status.status === "running") {
+    bar.max = status.total ?? 1;
+    bar.value = status.step;
+    const loss = status.loss == null ? "" : `, loss ${status.loss.toFixed(4)}`;
+    $("train-status").textContent = status.total ? `Training: step ${status.step} of ${status.total}${loss}`
+      : "Training: preparing the photos…";
+  } else {
+    bar.max = 1;
+    bar.value = status.status === "succeeded" ? 1 : 0;
+    $("train-status").textContent = {
+      succeeded: `Trained ${status.adapter}: use it with the prompt “${status.use?.prompt}”.`,
+      failed: `Failed: ${status.reason}`,
+      cancelled: "Cancelled: no adapter was written.",
+    }[status.status];
+  }
+  $("train-use").hidden = status.status !== "succeeded";
+}
+
+async function cancelTraining() {
+  $("train-cancel").disabled = true;
+  await fetch(new URL(`v1/trainings/${training.id}/cancel`, API), { method: "POST", headers: keyHeaders() });
+}
+
+// The new adapter checked in the form (the status lists it now), with a prompt that holds its trigger word.
+async function generateWithTraining() {
+  await loadStatus();
+  for (const box of document.querySelectorAll("[name=lora]")) box.checked = box.value === training.adapter;
+  $("lora").dispatchEvent(new Event("change"));
+  $("prompt").value = training.use.prompt;
+  $("prompt").focus();
+}
+
+$("train-form").addEventListener("submit", startTraining);
+$("train-cancel").addEventListener("click", cancelTraining);
+$("train-use").addEventListener("click", generateWithTraining);
+showTrainPanel();

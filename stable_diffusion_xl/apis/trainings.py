@@ -1,0 +1,180 @@
+"""Trainings over HTTP (SDXL_TRAINING=1): a LoRA adapter from a few photos, trained on the Ray cluster.
+
+    POST <prefix>/v1/trainings              photos and options -> 202 {"id", "status": "queued", ...}
+    GET  <prefix>/v1/trainings/<id>         queued (and why), running (step, total, loss), succeeded, failed, cancelled
+    POST <prefix>/v1/trainings/<id>/cancel  stops it
+
+The photos come as a multipart form (`images` files, repeatable, or one zip; the options as form fields) or as JSON
+({"images": [data URIs], "name": ..., ...}). Options are TrainingOptions' fields by their wire names
+(`learning-rate`). Errors are {"error", "field"}, as the plain and Instill HTTP routes answer them. The training
+itself runs on the Ray cluster (serving/trainings.py), never in this replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import email.policy
+import json
+import re
+from email.parser import BytesParser
+
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse
+
+from ..generation.request import KNOWN_FIELDS, InvalidRequest, excerpt, unknown_key
+from ..serving.environment import FLAG_VALUES
+from ..serving.limits import Limits
+from ..serving.trainings import Trainings
+from ..serving.transport import HttpCall, read_body
+from ..training.options import TrainingOptions, from_fields, wire_name
+
+# What a caller may set, by wire name: every option but the checkpoints' (kept on the trainer's own machine) and
+# the workers (a training here is one Ray task with SDXL_TRAIN_GPUS GPUs; the `train` command spreads one wider).
+OPTIONS = {wire_name(spec): spec for spec in dataclasses.fields(TrainingOptions)
+           if spec.name not in ("resume", "checkpoint_every", "workers")}
+FIELDS = ["images", *OPTIONS]
+KNOWN_FIELDS.update(FIELDS, ["id"])
+MAX_PARTS = 500  # form parts: photos and options
+UPLOAD_TIME_FACTOR = 10  # photos take longer to arrive than a prompt: this many times SDXL_BODY_TIMEOUT_S
+DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[\w.+-]+)*;base64,(.*)", re.DOTALL)
+TRAINING_ID = re.compile(r"[0-9a-f]{32}")
+SWITCHED_OFF = ("trainings are off on this deployment: start it with SDXL_TRAINING=1 to serve "
+                "/v1/trainings")
+
+
+class TrainingCall(HttpCall):
+    api, trains = "trainings", True
+
+    async def train(self, trainings: Trainings | None, limits: Limits) -> JSONResponse:
+        if trainings is None:
+            raise InvalidRequest("path", SWITCHED_OFF, http_status=404)
+        return await self.act(trainings, limits)
+
+    async def act(self, trainings: Trainings, limits: Limits) -> JSONResponse:
+        raise NotImplementedError
+
+    def training_id(self) -> str:
+        training_id = self.request.path_params["id"]
+        if not TRAINING_ID.fullmatch(training_id):
+            raise InvalidRequest("id", f"{excerpt(training_id)} is not a training's id", http_status=404)
+        return training_id
+
+    def answer_status(self, status: dict | None, training_id: str, http_status: int = 200) -> JSONResponse:
+        if status is None:
+            raise InvalidRequest("id", f"no training {training_id} on this deployment (finished ones are forgotten "
+                                       "after a while, and all when the Ray cluster restarts)", http_status=404)
+        return JSONResponse(status, status_code=http_status)
+
+
+class StartTraining(TrainingCall):
+    """`POST /v1/trainings`: the photos and options; 202 with the queued training once it is checked."""
+
+    async def act(self, trainings: Trainings, limits: Limits) -> JSONResponse:
+        body = await self.upload(limits)
+        content_type = self.request.headers.get("content-type", "")
+        if content_type.lower().startswith("multipart/form-data"):
+            photos, fields = form_fields(body, content_type)
+        else:
+            photos, fields = json_fields(body)
+        unknown = sorted(set(fields) - set(OPTIONS))
+        if unknown:
+            raise unknown_key(unknown[0], FIELDS, kind="field")
+        status = await trainings.start(photos, from_fields(fields))
+        return self.answer_status(status, status["id"], 202)
+
+    async def upload(self, limits: Limits) -> bytes:
+        """The body, bounded before it is read whole (413), and in time (408)."""
+        timeout = limits.body_timeout_s * UPLOAD_TIME_FACTOR
+        try:
+            return await asyncio.wait_for(read_body(self.request, limits.max_training_upload_mb << 20), timeout)
+        except TimeoutError:
+            raise InvalidRequest("body", f"did not arrive within {timeout} s", http_status=408) from None
+        except ClientDisconnect:
+            raise InvalidRequest("body", "the client hung up before sending it whole") from None
+
+
+class TrainingStatus(TrainingCall):
+    """`GET /v1/trainings/<id>`."""
+
+    async def act(self, trainings: Trainings, limits: Limits) -> JSONResponse:
+        training_id = self.training_id()
+        return self.answer_status(await trainings.status(training_id), training_id)
+
+
+class CancelTraining(TrainingCall):
+    """`POST /v1/trainings/<id>/cancel`: a queued training is cancelled at once, a running one at its next step."""
+
+    async def act(self, trainings: Trainings, limits: Limits) -> JSONResponse:
+        training_id = self.training_id()
+        return self.answer_status(await trainings.cancel(training_id), training_id)
+
+
+def form_fields(body: bytes, content_type: str) -> tuple[list[tuple[str, bytes]], dict]:
+    """A multipart form's `images` files and its other fields, read as TrainingOptions' types."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise InvalidRequest("body", "must be a multipart form with a boundary, or JSON")
+    photos, fields = [], {}
+    for index, part in enumerate(message.iter_parts()):
+        if index >= MAX_PARTS:
+            raise InvalidRequest("body", f"has more than {MAX_PARTS} parts")
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        if name == "images":
+            photos.append((part.get_filename() or f"photo-{len(photos)}", payload))
+        elif isinstance(name, str) and name in OPTIONS:
+            fields[name] = option_value(name, payload.decode("utf-8", "replace").strip())
+        elif isinstance(name, str):
+            fields[name] = None  # an unknown field, named by the caller's check
+        else:
+            raise InvalidRequest("body", "has a form part without a name")
+    return photos, fields
+
+
+def option_value(name: str, text: str):
+    """A form field's text as its option's type: numbers and flags as an HTML form sends them."""
+    kind = str(OPTIONS[name].type)
+    if kind.startswith("int"):
+        if text == "" and "None" in kind:
+            return None
+        if not re.fullmatch(r"-?\d{1,12}", text):
+            raise InvalidRequest(name, f"must be an integer, got {excerpt(text)}")
+        return int(text)
+    if kind.startswith("float"):
+        try:
+            return float(text)
+        except ValueError:
+            raise InvalidRequest(name, f"must be a number, got {excerpt(text)}") from None
+    if kind.startswith("bool"):
+        if text.lower() not in FLAG_VALUES:
+            raise InvalidRequest(name, f"must be true or false, got {excerpt(text)}")
+        return FLAG_VALUES[text.lower()]
+    return text
+
+
+def json_fields(body: bytes) -> tuple[list[tuple[str, bytes]], dict]:
+    """{"images": [data URIs], ...options}."""
+    try:
+        fields = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("body", "must be JSON ({\"images\": [data URIs], \"name\": ...}) or a multipart "
+                                     "form") from None
+    if not isinstance(fields, dict):
+        raise InvalidRequest("body", f"must be a JSON object, got {excerpt(fields)}")
+    images = fields.pop("images", None)
+    if not isinstance(images, list):
+        raise InvalidRequest("images", f"must be a list of data URIs, got {excerpt(images)}")
+    photos = []
+    for index, uri in enumerate(images):
+        found = DATA_URI.fullmatch(uri) if isinstance(uri, str) else None
+        try:
+            kind = (found.group(1) or "").rpartition("/")[2]  # the photo's name says its format, as a file's would
+            photos.append((f"photo-{index}.{kind}" if kind else f"photo-{index}",
+                           base64.b64decode(found.group(2), validate=True)))
+        except (AttributeError, binascii.Error):
+            raise InvalidRequest(f"images[{index}]", f"must be a base64 data URI, got {excerpt(uri)}") from None
+    return photos, fields

@@ -1,0 +1,162 @@
+"""Trainings over HTTP (SDXL_TRAINING=1): run on the Ray cluster, never inside a serving replica.
+
+Each training is a Ray task of its own with its own resource request (SDXL_TRAIN_GPUS GPUs and one CPU; no GPU on
+a cluster that has none), which Ray starts once those resources are free: until then the training is `queued`.
+Its status lives in one small actor per application, the board (`TrainingBoard`, detached and named after the
+application, holding no GPU): any replica finds it by name, and it outlives the replica that accepted a training
+(scaled down or replaced), which is why it, not the replica, submits the task (a task dies with its submitter).
+The task reports each step and loss to the board and asks it whether to stop. The board forgets all with the Ray
+cluster, and keeps the last `KEEP_FINISHED` finished trainings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import ray
+
+from ..generation.request import InvalidRequest, excerpt
+from ..training.options import TrainingOptions
+from ..training.photos import PhotoError, read_photos
+from ..weights.layout import WeightPaths
+from ..weights.lora_files import SUFFIX
+
+NAMESPACE = "sdxl-trainings"
+KEEP_FINISHED = 100
+ACTIVE = ("queued", "running")
+
+
+def one_line(error: BaseException) -> str:
+    """An error as a status reports it: its first line, bounded."""
+    lines = str(error).strip().splitlines()
+    line = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+@ray.remote(max_retries=0)  # a failed training is reported, not run again
+def run_training(board, training_id: str, weights: WeightPaths, lora_dir: Path, photos: list[tuple[str, bytes]],
+                 options: TrainingOptions) -> dict:
+    """The training's Ray task: the trainer on the photos, reporting to `board`; what the board records at the end."""
+    from ..training.trainer import TrainingCancelled, train
+
+    ray.get(board.started.remote(training_id))
+    try:
+        result = train(weights, lora_dir, read_photos(photos), options,
+                       on_step=lambda step, total, loss: board.step.remote(training_id, step, total, loss),
+                       should_stop=lambda: ray.get(board.stopping.remote(training_id)))
+    except TrainingCancelled:
+        return {"status": "cancelled"}
+    except Exception as error:  # the reason goes to the caller who asked for the training, in one line
+        return {"status": "failed", "reason": one_line(error)}
+    use = {"lora": options.name, "prompt": options.caption}
+    return {"status": "succeeded", "adapter": options.name, "use": use, "metadata": result.metadata}
+
+
+@ray.remote(num_cpus=0)
+class TrainingBoard:
+    """Every training of one application: its status, and the task running it."""
+
+    def __init__(self):
+        self.trainings: dict[str, dict] = {}
+        self.tasks: dict[str, ray.ObjectRef] = {}
+        self.stop: set[str] = set()
+
+    async def submit(self, training_id: str, weights: WeightPaths, lora_dir: Path, photos: list[tuple[str, bytes]],
+                     options: TrainingOptions, resources: dict, waiting_for: str) -> dict:
+        """Queue a training; its name may not be one a queued or running training will write."""
+        if any(t["name"] == options.name and t["status"] in ACTIVE for t in self.trainings.values()):
+            return {"error": f"{options.name} is being trained now; choose another name"}
+        self.trainings[training_id] = {
+            "id": training_id, "status": "queued", "name": options.name, "token": options.token,
+            "reason": f"waiting for {waiting_for} on the Ray cluster", "created": time.time(), "photos": len(photos)}
+        me = ray.get_runtime_context().current_actor
+        self.tasks[training_id] = run_training.options(**resources).remote(me, training_id, weights, lora_dir, photos,
+                                                                            options)
+        asyncio.get_running_loop().create_task(self._finish(training_id))
+        return self.trainings[training_id]
+
+    async def _finish(self, training_id: str) -> None:
+        try:
+            outcome = await self.tasks[training_id]
+        except ray.exceptions.TaskCancelledError:
+            outcome = {"status": "cancelled"}
+        except Exception as error:  # the worker died (out of memory, a lost node): Ray's error class says which
+            outcome = {"status": "failed", "reason": f"the training's Ray task ended ({type(error).__name__})"}
+        self.tasks.pop(training_id, None)
+        self.stop.discard(training_id)
+        training = self.trainings[training_id]
+        training.pop("reason", None)
+        training.update(outcome, finished=time.time())
+        finished = [key for key, t in self.trainings.items() if t["status"] not in ACTIVE]
+        for key in finished[:-KEEP_FINISHED]:
+            del self.trainings[key]
+
+    async def started(self, training_id: str) -> None:
+        training = self.trainings[training_id]
+        training.update(status="running", step=0, total=None, loss=None, started=time.time())
+        training.pop("reason", None)
+
+    async def step(self, training_id: str, step: int, total: int, loss: float) -> None:
+        if training_id in self.trainings:  # a board Ray restarted knows none of the trainings before
+            self.trainings[training_id].update(step=step, total=total, loss=loss)
+
+    async def stopping(self, training_id: str) -> bool:
+        return training_id in self.stop
+
+    async def status(self, training_id: str) -> dict | None:
+        return self.trainings.get(training_id)
+
+    async def cancel(self, training_id: str) -> dict | None:
+        """Stop a training: a queued one is taken off Ray's queue, a running one stops at its next step."""
+        training = self.trainings.get(training_id)
+        if training is None or training["status"] not in ACTIVE:
+            return training
+        self.stop.add(training_id)
+        if training["status"] == "queued":
+            ray.cancel(self.tasks[training_id])
+        return {**training, "cancelling": True}
+
+
+class Trainings:
+    """A replica's side of the trainings: checks one before it is queued, and asks the board about them."""
+
+    def __init__(self, application: str, weights: WeightPaths, lora_dir: Path, gpus: int, max_zip_bytes: int):
+        self.weights, self.lora_dir, self.gpus, self.max_zip_bytes = weights, lora_dir, gpus, max_zip_bytes
+        # Restarted by Ray if its process dies (its statuses are lost then; the adapters stay in the folder).
+        self.board = TrainingBoard.options(name=f"board:{application}", namespace=NAMESPACE, lifetime="detached",
+                                           get_if_exists=True, max_restarts=-1).remote()
+
+    def resources(self) -> tuple[dict, str]:
+        """What a training asks of Ray, and how its queued status says so. A cluster without any GPU trains on a CPU
+        (slowly: the demo weights, the tests)."""
+        if self.gpus and ray.cluster_resources().get("GPU", 0) > 0:
+            return {"num_cpus": 1, "num_gpus": self.gpus}, f"{self.gpus} GPU{'s' if self.gpus > 1 else ''}"
+        why = "SDXL_TRAIN_GPUS=0" if not self.gpus else "this cluster has no GPU"
+        return {"num_cpus": 1, "num_gpus": 0}, f"a CPU ({why})"
+
+    async def start(self, photos: list[tuple[str, bytes]], options: TrainingOptions) -> dict:
+        """Queue a training of `photos`; InvalidRequest names what is wrong, and then nothing is queued or written."""
+        try:
+            await asyncio.to_thread(read_photos, photos, max_zip_bytes=self.max_zip_bytes)
+        except PhotoError as error:
+            raise InvalidRequest("images", str(error)) from None
+        if (self.lora_dir / f"{options.name}{SUFFIX}").exists() and not options.overwrite:
+            raise InvalidRequest("name", f"an adapter named {excerpt(options.name)} exists; choose another name, or "
+                                         "send overwrite=true to replace it", http_status=409)
+        resources, waiting_for = self.resources()
+        training_id = uuid.uuid4().hex
+        status = await self.board.submit.remote(training_id, self.weights, self.lora_dir, photos, options, resources,
+                                                waiting_for)
+        if "error" in status:
+            raise InvalidRequest("name", status["error"], http_status=409)
+        return status
+
+    async def status(self, training_id: str) -> dict | None:
+        return await self.board.status.remote(training_id)
+
+    async def cancel(self, training_id: str) -> dict | None:
+        return await self.board.cancel.remote(training_id)
+
