@@ -1,0 +1,125 @@
+"""OpenAI's image edits: `POST /v1/images/edits`, multipart/form-data as the official SDKs send it
+(`client.images.edit(image=..., mask=..., prompt=...)`), answered as `/v1/images/generations` is.
+
+- `image`: one picture file. The SDKs send a list as `image[]` parts (gpt-image models take up to 16 reference
+  pictures); SDXL edits one picture, so more than one is refused naming `image`, never silently dropped.
+- `mask` (optional): a PNG whose transparent pixels mark what to repaint, OpenAI's convention: converted to the
+  engine's (white repaints, black keeps). A mask without an alpha channel marks nothing and is refused naming
+  `mask`; an all-opaque one marks nothing to repaint and is refused too. An all-transparent one repaints the
+  whole picture, as OpenAI does. With a mask the edit is inpainting, without one image-to-image.
+- `size`: `auto` (the default) or the native SDXL size the picture fits to; the picture's shape decides the
+  size (the answer's `size` says which), so any other size is refused naming the one that would be served.
+- SDXL's own parameters (`seed`, `steps`, `strength`, `negative_prompt`, `lora`, ...) are extra form fields,
+  which the SDKs send with `extra_body` (a list as `name[]` parts). Form fields arrive as text: each is read as
+  its parameter's type, and the request's own checks name it when it is not one.
+
+The whole body (pictures and fields) is bounded by SDXL_MAX_UPLOAD_MB before it is read, and each picture by
+the same limit before it is decoded. Errors are OpenAI's shape, as the generations route's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..generation.request import PARAMETERS, InvalidRequest, TextToImageRequest, excerpt
+from ..serving.limits import Limits
+from .openai_images import BACKGROUNDS, OUTPUT_FORMATS, RESPONSE_FORMATS, SIZES, OpenAIImages
+from .vocabulary import Vocabulary, choose
+
+# OpenAI's edit fields that mean nothing to SDXL, taken (as strings) so that a client's existing call works.
+IGNORED = ("model", "user", "quality", "input_fidelity", "safety_identifier")
+NOT_SERVED = {"markup": "is not served: paint what to repaint as the transparent pixels of `mask`",
+              "partial_images": "is not served: this deployment answers with the finished images"}
+FILES = ("image", "mask")
+VOCABULARY = Vocabulary({}, without=["aspect-ratio", "image", "mask"],
+                        own=["image", "mask", "size", "response_format", "output_format", "output_compression",
+                             "stream", "background", *IGNORED])
+_INTEGER = re.compile(r"[+-]?\d{1,20}")
+
+
+class OpenAIEdits(OpenAIImages):
+    """`POST /v1/images/edits`: the answer of `/v1/images/generations` (`created`, `data`, `size`,
+    `output_format`, `seeds`)."""
+
+    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+        parts = await self.form_body(limits.max_upload_bytes, limits.body_timeout_s, "SDXL_MAX_UPLOAD_MB")
+        fields, files = form_fields(parts)
+        for name in NOT_SERVED:
+            if name in fields or name in files:
+                raise InvalidRequest(name, NOT_SERVED[name])
+        VOCABULARY.reject_unknown({**fields, **files})
+        self.response_format = choose(fields.pop("response_format", "b64_json"), "response_format", RESPONSE_FORMATS)
+        self.output_format = choose(fields.pop("output_format", "png"), "output_format", OUTPUT_FORMATS)
+        self.quality = as_integer(fields.pop("output_compression", None))
+        if self.quality is not None and (type(self.quality) is not int or not 0 <= self.quality <= 100):
+            raise InvalidRequest("output_compression", f"must be an integer from 0 to 100, got {excerpt(self.quality)}")
+        if fields.pop("stream", "false") != "false":
+            raise InvalidRequest("stream", "must be false: this deployment answers with the finished images")
+        for name in IGNORED:
+            fields.pop(name, None)
+        if fields.get("background") == "transparent":
+            raise InvalidRequest("background", "transparent is not served: SDXL makes opaque images; use opaque or "
+                                               "auto")
+        choose(fields.pop("background", "auto"), "background", BACKGROUNDS)
+        size = choose(fields.pop("size", "auto"), "size", ["auto", *SIZES])
+        image, mask = pictures(files, limits)
+        served = image_size_for(image)
+        if size not in ("auto", served):
+            raise InvalidRequest("size", f"is {size}, but an edit keeps the picture's shape: this picture is served "
+                                         f"at {served}; send auto or {served}")
+        settled = {"image": image, "mask": mask, "aspect-ratio": SIZES[served]}
+        return [VOCABULARY.request(typed(fields), limits, settled=settled)]
+
+
+def form_fields(parts: list[tuple[str, str | bytes]]) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
+    """The form's text fields ({name: text}, or {name: [texts]} for `name[]` parts) and its files
+    ({name: [contents]}, `image[]` under `image`). A field sent twice without `[]` is refused naming it."""
+    fields: dict[str, Any] = {}
+    files: dict[str, list[bytes]] = {}
+    for name, value in parts:
+        base, listed = (name[:-2], True) if name.endswith("[]") else (name, False)
+        if isinstance(value, bytes):
+            if base not in FILES:
+                raise InvalidRequest(base, "is a file; only image and mask are uploads")
+            files.setdefault(base, []).append(value)
+        elif base in FILES:
+            raise InvalidRequest(base, "must be a file upload (multipart with a filename), not a text field")
+        elif listed:
+            fields.setdefault(base, [])
+            if not isinstance(fields[base], list):
+                raise InvalidRequest(base, "is given both as a list and as one value")
+            fields[base].append(value)
+        elif base in fields:
+            raise InvalidRequest(base, "is given more than once")
+        else:
+            fields[base] = value
+    return fields, files
+
+
+def typed(fields: dict[str, Any]) -> dict[str, Any]:
+    """SDXL's parameters, sent as form text, read as their types; text that is not one stays text, for the
+    request's own check to name."""
+    values = {}
+    for name, value in fields.items():
+        spec = PARAMETERS.get(VOCABULARY.ours.get(name, ""))
+        kind = spec.type.removeprefix("tuple[").removesuffix(", ...]") if spec else "str"
+        values[name] = [as_type(item, kind) for item in value] if isinstance(value, list) else as_type(value, kind)
+    return values
+
+
+def as_type(text: str, kind: str) -> Any:
+    if kind == "int":
+        return as_integer(text)
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    if kind.startswith("bool"):
+        return {"true": True, "false": False}.get(text, text)
+    return text
+
+
+def as_integer(text: str | None) -> int | str | None:
+    return int(text) if text is not None and _INTEGER.fullmatch(text) else text
