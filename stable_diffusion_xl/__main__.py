@@ -107,9 +107,9 @@ def _argument(spec: dataclasses.Field) -> dict:
     if spec.type.startswith("tuple["):  # --lora a b --lora-scale 0.8
         kind = str if spec.type == "tuple[str, ...]" else float
         return {"type": kind, "nargs": "+", "default": spec.default, "help": meta["description"]}
-    kind = {"str": str, "int": int, "float": float}[spec.type]
+    kind = {"str": str, "int": int, "float": float, "float | None": float}[spec.type]
     return {"type": kind, "default": spec.default, "choices": meta["choices"],
-            "help": f"{meta['description']} (default: {spec.default})"}
+            "help": f"{meta['description']} (default: {meta['shown'] or spec.default})"}
 
 
 def _generate(args) -> int:

@@ -10,6 +10,7 @@ from .serving.environment import declared
 from .serving.settings import Settings
 
 _JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "bool | None": "boolean",
+               "float | None": "number",
                "tuple[str, ...]": "string or array", "tuple[float, ...]": "number or array"}
 
 

@@ -2,6 +2,9 @@
 
 Core sends a gRPC `CallRequest` with one or more task inputs. People and `instill run` POST the raw
 input JSON to the route: one task input or a list, in the envelope or flat.
+
+The contract (TASK_TEXT_TO_IMAGE) takes no picture, so its envelope, over gRPC or HTTP, makes images from text
+only; the flat HTTP form also takes an edit's `image` and `mask` (data URIs or base64) and `strength`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,17 @@ from instill.protogen.model.ray.v1alpha.user_defined_pb2 import CallRequest, Cal
 from starlette.responses import JSONResponse
 
 from ..generation.engine import Generation
-from ..generation.request import InvalidRequest, TextToImageRequest, check_text, excerpt, from_fields, unknown_key
+from ..generation.pictures import read_pictures
+from ..generation.request import (
+    PICTURES,
+    InvalidRequest,
+    TextToImageRequest,
+    check_text,
+    excerpt,
+    from_fields,
+    text_only,
+    unknown_key,
+)
 from ..serving.encoding import encode_all, to_base64
 from ..serving.limits import Limits
 from ..serving.transport import Call, HttpCall, key_problem
@@ -64,7 +77,7 @@ class InstillHttp(HttpCall):
     api = "instill-http"
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
-        return parse_json(await self.json_body(limits), limits)
+        return parse_json(await self.json_body(limits, pictures=True), limits)
 
     def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
         outputs = build_output(self.request, requests, generations, jpeg_quality)
@@ -109,6 +122,10 @@ def usage(request: TextToImageRequest, generation: Generation) -> dict:
         "lora": list(request.lora),
         "lora-scale": list(request.lora_scale),
         "high-noise-frac": request.high_noise_frac if generation.refined else None,
+        "mode": request.mode,  # text-to-image, image-to-image or inpainting
+        "strength": request.strength,  # null for text-to-image
+        # The input picture's own size; width and height above are the native size it was fitted to.
+        "input-size": None if request.image is None else list(request.image.size),
         "tokens": dict(generation.tokens),  # {"prompt": 213, "negative-prompt": 12}: CLIP tokens, syntax removed
         "content-filtered": [index for index, unsafe in enumerate(generation.filtered) if unsafe],
         "seconds": {stage: round(seconds, 4) for stage, seconds in generation.timings.items()},
@@ -128,6 +145,9 @@ def parse_task_input(task_input: Any, limits: Limits, images_before: int = 0) ->
     if not isinstance(parameter, dict):
         raise InvalidRequest("parameter", "must be an object")
     extra = sorted(set(data) - {"prompt", "model"})
+    for name in extra:
+        if name in PICTURES:
+            raise text_only(name).within("data.")
     if extra:
         raise unknown_key(extra[0], ["prompt", "model"], "key").within("data.")
     model = data.get("model", "")  # Core's model id; the deployment serves one model, so it is not used
@@ -142,8 +162,8 @@ def parse_task_input(task_input: Any, limits: Limits, images_before: int = 0) ->
 
 def parse_flat(body: dict, limits: Limits, images_before: int = 0) -> TextToImageRequest:
     """The flat form people and `instill run` send: {"prompt": ..., "n": 2, ...}; "model" is ignored."""
-    fields = {key: value for key, value in body.items() if key != "model"}
-    request = from_fields(fields.pop("prompt", None), fields, also=["prompt", "model"])
+    fields = read_pictures({key: value for key, value in body.items() if key != "model"}, limits.uploads)
+    request = from_fields(fields.pop("prompt", None), fields, also=["prompt", "model"], pictures=True)
     limits.check(request, images_before, "")
     return request
 

@@ -2,8 +2,9 @@
 
     {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed", "num_images"}
 
-answered with {"images": [data URIs], "seeds": [...]}; SDXL's other parameters by our names in snake_case.
-Errors are this deployment's own {"error", "field"}.
+answered with {"images": [data URIs], "seeds": [...], "mode", "width", "height"}; SDXL's other parameters by our
+names in snake_case. An edit sends `image` (and `mask`, white repaints) as data URIs or base64, and `strength`
+(docs/edits.md). Errors are this deployment's own {"error", "field"}.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ from ..serving.limits import Limits
 from ..serving.transport import HttpCall
 from .vocabulary import Vocabulary, json_object
 
-VOCABULARY = Vocabulary({"num_inference_steps": "steps", "num_images": "n"})
+VOCABULARY = Vocabulary({"num_inference_steps": "steps", "num_images": "n"}, pictures=True)
 
 
 class PlainPredict(HttpCall):
     api = "plain"
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
-        return [VOCABULARY.request(json_object(await self.json_body(limits), "body"), limits)]
+        return [VOCABULARY.request(json_object(await self.json_body(limits, pictures=True), "body"), limits)]
 
     def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
         (generation,) = generations
         (images,) = encode_all(generations, to_data_uri, "jpeg", jpeg_quality)
-        return JSONResponse({"images": images, "seeds": generation.seeds})
+        (request,) = requests
+        return JSONResponse({"images": images, "seeds": generation.seeds, "mode": request.mode,
+                             "width": generation.width, "height": generation.height})

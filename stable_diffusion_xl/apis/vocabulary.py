@@ -7,13 +7,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..generation.pictures import read_pictures
 from ..generation.request import (
     KNOWN_FIELDS,
     PARAMETERS,
+    PICTURES,
     InvalidRequest,
     TextToImageRequest,
     excerpt,
     from_fields,
+    text_only,
     unknown_key,
 )
 
@@ -23,14 +26,17 @@ if TYPE_CHECKING:
 
 class Vocabulary:
     def __init__(self, renamed: Mapping[str, str], *, without: Iterable[str] = (), own: Iterable[str] = (),
-                 elsewhere: Iterable[str] = ()):
+                 elsewhere: Iterable[str] = (), pictures: bool = False):
         """`renamed` maps the API's names to our wire names; SDXL's other parameters, which the API has no name
         for, are taken by ours in snake_case, except those `without` (which the API sets another way). `own`
         are the API's other fields in the same object, which it reads itself; `elsewhere` its names in other
-        objects of the body."""
+        objects of the body. With `pictures` the API takes an edit's `image` and `mask` (renamed as it names
+        them): data URIs or base64, decoded with the deployment's upload limits, or pictures decoded already."""
         self.ours = {"prompt": "prompt", **renamed}
+        self.pictures = pictures
         taken = {*self.ours.values(), *without}
-        self.ours |= {wire.replace("-", "_"): wire for wire in PARAMETERS if wire not in taken}
+        wires = [*PARAMETERS, *(PICTURES if pictures else ())]
+        self.ours |= {wire.replace("-", "_"): wire for wire in wires if wire not in taken}
         self.theirs = {wire: name for name, wire in self.ours.items()}
         self.fields = list(dict.fromkeys([*self.ours, *own]))  # every field of the object, as a hint lists them
         # Names of the API's own are as safe in logs and metric labels as ours (InvalidRequest.label).
@@ -39,20 +45,30 @@ class Vocabulary:
     def reject_unknown(self, fields: Mapping[str, Any]) -> None:
         """Before any other check, so that a misspelt key is what the error names (not a check its absence
         failed), with the closest of the object's fields first."""
+        self._refuse_pictures(fields)
         unknown = sorted(set(fields) - set(self.fields))
         if unknown:
             raise unknown_key(unknown[0], self.fields)
+
+    def _refuse_pictures(self, fields: Mapping[str, Any]) -> None:
+        """A picture sent to a text-only API is named as such, not as an unknown key."""
+        for name in PICTURES:
+            if name in fields and not self.pictures and name not in self.fields:
+                raise text_only(name)
 
     def request(self, fields: Mapping[str, Any], limits: Limits, images_before: int = 0,
                 settled: Mapping[str, Any] | None = None) -> TextToImageRequest:
         """One request from the API's fields, plus `settled`: values the dialect has translated itself, by our
         wire names (such as the aspect ratio of a size)."""
+        self._refuse_pictures(fields)
         unknown = sorted(set(fields) - set(self.ours))  # the dialect has taken its own fields out
         if unknown:
             raise unknown_key(unknown[0], self.fields)
+        if self.pictures:
+            fields = read_pictures(fields, limits.uploads, (self.theirs["image"], self.theirs["mask"]))
         parameters = {self.ours[name]: value for name, value in fields.items() if name != "prompt"}
         try:
-            request = from_fields(fields.get("prompt"), {**parameters, **(settled or {})})
+            request = from_fields(fields.get("prompt"), {**parameters, **(settled or {})}, pictures=self.pictures)
             limits.check(request, images_before, "")
         except InvalidRequest as error:
             raise InvalidRequest(self.theirs.get(error.field, error.field), error.reason, error.http_status) from None

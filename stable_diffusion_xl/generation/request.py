@@ -1,8 +1,14 @@
-"""One typed text-to-image request: its fields, defaults, ranges, parsing and validation.
+"""One typed request: its fields, defaults, ranges, parsing and validation.
 
 Every surface (gRPC task inputs, HTTP JSON, the CLI) builds a `TextToImageRequest`; the
 dataclass checks its own fields, so an invalid request cannot reach the engine. The field
 metadata is also what the CLI flags and README's parameter table are written from.
+
+Despite its name it also carries edits: an `image` (PIL, RGB) makes it image-to-image, and a `mask` (PIL "L",
+white repaints) inpainting; `strength` says how much is redrawn (`mode` says which of the three). The pictures
+arrive decoded (generation/pictures.py `read_pictures` decodes a JSON dialect's data URIs), are no
+PARAMETERS (no CLI flag, no row of the parameter table, no snake_case name in the peer APIs: a dialect takes
+them with `from_fields(..., pictures=True)`), and fix the aspect ratio: the nearest to the image's own.
 
 Errors quote user values only as short, escaped excerpts, so an error fits in a gRPC status
 and a hostile value is never sent back, logged or used as a metric label whole.
@@ -19,12 +25,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
+
 from .schedulers import DEFAULT_SCHEDULER, SCHEDULERS
-from .sizes import ASPECT_RATIOS
+from .sizes import ASPECT_RATIOS, nearest_aspect_ratio
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
 EXCERPT_CHARS = 24
+MODES = ("text-to-image", "image-to-image", "inpainting")
+# How much of the picture is redrawn by default, as diffusers' docs and cog-sdxl have it.
+DEFAULT_STRENGTH = {"image-to-image": 0.8, "inpainting": 0.85}
+PICTURES = ("image", "mask")  # request fields that hold a decoded picture
+MASK_THRESHOLD = 128  # a mask's pixels at or above it repaint (diffusers binarizes its mask at 0.5)
 
 
 class InvalidRequest(ValueError):
@@ -99,7 +112,8 @@ def _option(default, description, *, minimum=None, maximum=None, choices=None, s
 class TextToImageRequest:
     prompt: str = field(metadata={"description": "What the image should show."})
     negative_prompt: str = _option("", "What the image should not show.")
-    aspect_ratio: str = _option("1:1", "Shape of the image, mapped to SDXL's native ~1 MP size.", choices=ASPECT_RATIOS)
+    aspect_ratio: str = _option("1:1", "Shape of the image, mapped to SDXL's native ~1 MP size. With an input image, "
+                                "the image's nearest one.", choices=ASPECT_RATIOS)
     n: int = _option(1, "How many images to generate for the prompt.", minimum=1)
     seed: int = _option(
         0, f"Seed of image 0; image i uses seed + i, wrapping from {MAX_SEED} to 1. 0 picks a random seed. "
@@ -127,6 +141,13 @@ class TextToImageRequest:
         (), "Strength of the adapters: one number for all, or a list with one per adapter.", minimum=0.0,
         maximum=2.0, shown="1.0 each",
     )
+    strength: float | None = _option(
+        None, "Only with an input image (see edits.md): how much of it is redrawn, from 0 (returned as it is) to 1 "
+        "(redrawn whole).", minimum=0.0, maximum=1.0, shown="0.8 (0.85 with a mask)",
+    )
+    # The picture to edit (RGB) and what of it to repaint ("L": 255 repaints, 0 keeps): decoded, never JSON.
+    image: Image.Image | None = field(default=None, hash=False, repr=False)
+    mask: Image.Image | None = field(default=None, hash=False, repr=False)
 
     def __post_init__(self):
         # lora and lora-scale take one value or a list, kept as a tuple (the batch key must be hashable).
@@ -136,8 +157,10 @@ class TextToImageRequest:
         if self.refiner is None:
             object.__setattr__(self, "refiner", not self.lora)
         for spec in dataclasses.fields(self):
-            _check_field(spec, getattr(self, spec.name))
+            if spec.name not in PICTURES and not (spec.type.endswith("| None") and getattr(self, spec.name) is None):
+                _check_field(spec, getattr(self, spec.name))
         self._resolve_lora_scales()
+        self._check_pictures()
         if not self.prompt.strip():
             raise InvalidRequest("prompt", "must not be empty")
         for name, text in (("prompt", self.prompt), ("negative-prompt", self.negative_prompt)):
@@ -155,12 +178,50 @@ class TextToImageRequest:
                                                "give one number, or one per adapter")
         object.__setattr__(self, "lora_scale", tuple(float(scale) for scale in scales))
 
+    def _check_pictures(self) -> None:
+        """An edit's image and mask; their own defects (format, bytes, pixels) were refused as they were decoded."""
+        for name, mode in zip(PICTURES, ("RGB", "L")):
+            picture = getattr(self, name)
+            if picture is not None and not isinstance(picture, Image.Image):
+                raise InvalidRequest(name, f"must be a picture (a data URI or base64 text), got {excerpt(picture)}")
+            if picture is not None and picture.mode != mode:
+                object.__setattr__(self, name, picture.convert(mode))
+        if self.image is None:
+            if self.mask is not None:
+                raise InvalidRequest("mask", "needs an `image` to repaint")
+            if self.strength is not None:
+                raise InvalidRequest("strength", "applies to an input `image`; this request has none")
+            return
+        if self.mask is not None:
+            if self.mask.size != self.image.size:
+                raise InvalidRequest("mask", f"is {self.mask.width}x{self.mask.height}, the image "
+                                             f"{self.image.width}x{self.image.height}: send a mask of the image's size")
+            if self.mask.getextrema()[1] < MASK_THRESHOLD:
+                raise InvalidRequest("mask", "marks nothing to repaint (it is all black, or all kept)")
+        object.__setattr__(self, "aspect_ratio", nearest_aspect_ratio(*self.image.size))
+        if self.strength is None:
+            object.__setattr__(self, "strength", DEFAULT_STRENGTH[self.mode])
+
+    @property
+    def mode(self) -> str:
+        """"text-to-image", "image-to-image" (an image) or "inpainting" (an image and a mask)."""
+        if self.image is None:
+            return "text-to-image"
+        return "image-to-image" if self.mask is None else "inpainting"
+
     @property
     def batch_key(self) -> tuple:
-        """What must match for two requests to share one UNet batch."""
+        """What must match for two requests to share one UNet batch. Different input pictures can share one: they
+        are fitted to the size of their aspect ratio, and the pipelines take a list."""
         return (self.aspect_ratio, self.steps, self.guidance_scale, self.high_noise_frac, self.refiner,
-                bool(self.negative_prompt), self.scheduler, self.lora, self.lora_scale)
+                bool(self.negative_prompt), self.scheduler, self.lora, self.lora_scale, self.mode, self.strength)
 
+
+
+def text_only(name: str) -> InvalidRequest:
+    """The error for a picture sent to a route that makes images from text only."""
+    return InvalidRequest(name, "is not taken here: this route makes images from text only (edits.md lists the "
+                                "routes that take an image)")
 
 
 def nth_seed(first_seed: int, index: int) -> int:
@@ -172,9 +233,10 @@ def wire_name(spec: dataclasses.Field) -> str:
     return spec.name.replace("_", "-")
 
 
-PARAMETERS = {wire_name(spec): spec for spec in dataclasses.fields(TextToImageRequest) if spec.name != "prompt"}
+PARAMETERS = {wire_name(spec): spec for spec in dataclasses.fields(TextToImageRequest)
+              if spec.name not in ("prompt", *PICTURES)}
 # Every name an error's field may end in; anything else is the caller's text (see InvalidRequest.label).
-KNOWN_FIELDS = {*PARAMETERS, "prompt", "model", "data", "parameter", "task input", "task_inputs", "body",
+KNOWN_FIELDS = {*PARAMETERS, *PICTURES, "prompt", "model", "data", "parameter", "task input", "task_inputs", "body",
                 "method", "path"}
 
 
@@ -212,9 +274,11 @@ def check_text(name: str, text: str) -> None:
 
 
 # Field annotations are strings under `from __future__ import annotations`.
-_KINDS = {"str": str, "int": int, "float": (int, float), "bool": bool, "bool | None": bool}
+_KINDS = {"str": str, "int": int, "float": (int, float), "float | None": (int, float), "bool": bool,
+          "bool | None": bool}
 _ITEM_TYPES = {"tuple[str, ...]": "str", "tuple[float, ...]": "float"}
-_KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+_KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "float | None": "a number",
+               "bool": "true or false",
                "bool | None": "true or false", "tuple[str, ...]": "a string or a list of strings",
                "tuple[float, ...]": "a number or a list of numbers"}
 
@@ -223,20 +287,29 @@ def _from_json(spec: dataclasses.Field, value: Any) -> Any:
     """JSON and protobuf Struct carry every number as a double: take 2.0 as the integer 2."""
     if spec.type == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
-    if spec.type == "float" and isinstance(value, int) and not isinstance(value, bool) and value.bit_length() < 64:
+    numeric = isinstance(value, int) and not isinstance(value, bool)
+    if spec.type.startswith("float") and numeric and value.bit_length() < 64:
         return float(value)  # larger integers stay integers, for the range check to name (float() would overflow)
     return value
 
 
-def from_fields(prompt: Any, parameters: dict, where: str = "", also: Iterable[str] = ()) -> TextToImageRequest:
+def from_fields(prompt: Any, parameters: dict, where: str = "", also: Iterable[str] = (), *,
+                pictures: bool = False) -> TextToImageRequest:
     """Build a request from a prompt and wire-named parameters, rejecting unknown keys; `also` are the other
-    names the caller may use in the same object (such as `prompt`), which a hint lists too."""
-    unknown = sorted(set(parameters) - set(PARAMETERS))
+    names the caller may use in the same object (such as `prompt`), which a hint lists too. With `pictures`,
+    `image` and `mask` are taken too, decoded already (pictures.read_pictures); without, they are refused."""
+    for name in PICTURES:
+        if name in parameters and not pictures:
+            raise text_only(name).within(where)
+    taken = {*PARAMETERS, *PICTURES} if pictures else set(PARAMETERS)
+    unknown = sorted(set(parameters) - taken)
     if unknown:
-        raise unknown_key(unknown[0], [*also, *PARAMETERS]).within(where)
+        raise unknown_key(unknown[0], [*also, *PARAMETERS, *(PICTURES if pictures else ())]).within(where)
     if prompt is None:
         raise InvalidRequest(f"{where}prompt", "is required")
-    values = {PARAMETERS[key].name: _from_json(PARAMETERS[key], value) for key, value in parameters.items()}
+    values = {key: value for key, value in parameters.items() if key in PICTURES and value is not None}
+    values |= {PARAMETERS[key].name: _from_json(PARAMETERS[key], value) for key, value in parameters.items()
+               if key in PARAMETERS}
     try:
         return TextToImageRequest(prompt=prompt, **values)
     except InvalidRequest as error:

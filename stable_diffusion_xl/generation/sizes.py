@@ -1,5 +1,7 @@
 """Instill's aspect ratios mapped to SDXL's native ~1 megapixel sizes."""
 
+import math
+
 # The sizes SDXL was trained on (and Instill lists for SDXL-class models), as (width, height).
 NATIVE_SIZES = {
     "1:1": (1024, 1024),
@@ -24,3 +26,10 @@ def image_size(aspect_ratio: str, resolution: int = NATIVE_RESOLUTION) -> tuple[
     """
     width, height = NATIVE_SIZES[aspect_ratio]
     return width * resolution // NATIVE_RESOLUTION, height * resolution // NATIVE_RESOLUTION
+
+
+def nearest_aspect_ratio(width: int, height: int) -> str:
+    """The native aspect ratio closest to width:height, on a log scale (2:1 is as far from 1:1 as 1:2): an input
+    picture is fitted to it (generation/pictures.py)."""
+    return min(NATIVE_SIZES, key=lambda ratio: abs(math.log(width * NATIVE_SIZES[ratio][1]
+                                                            / (height * NATIVE_SIZES[ratio][0]))))

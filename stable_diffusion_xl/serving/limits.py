@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..generation.adapters import DEFAULT_MAX_LORAS
+from ..generation.pictures import DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MEGAPIXELS, UploadLimits
 from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
 from ..weights.layout import SDXL_SCHEDULER_CONFIG
 from ..weights.lora_files import is_plain_name
@@ -26,6 +27,13 @@ class Limits:
     body_timeout_s: int = setting("SDXL_BODY_TIMEOUT_S", 10, "seconds an HTTP body may take to arrive; a slower one "
                                   "is refused (HTTP 408), so stalled uploads cannot hold a replica", minimum=1,
                                   maximum=600)
+    max_upload_mb: int = setting("SDXL_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB, "largest input picture (the image "
+                                 "and the mask of an edit, each), in MB as sent, checked before it is decoded; "
+                                 "an HTTP body carrying pictures may be larger than SDXL_MAX_BODY_BYTES by two of "
+                                 "them in base64", minimum=1, maximum=100)
+    max_upload_megapixels: int = setting("SDXL_MAX_UPLOAD_MEGAPIXELS", DEFAULT_MAX_UPLOAD_MEGAPIXELS, "largest "
+                                         "input picture in megapixels, as its header declares them (checked before "
+                                         "its pixels are decoded)", minimum=1, maximum=89)
     max_loras: int = setting("SDXL_MAX_LORAS", DEFAULT_MAX_LORAS, "LoRA adapters a replica keeps loaded (the least "
                              "recently used is unloaded past it); also the most one request may stack", minimum=1,
                              maximum=64)
@@ -33,6 +41,15 @@ class Limits:
     # config (base and refiner split a sampler's steps by its timesteps).
     lora_names: tuple[str, ...] = ()
     scheduler_config: Mapping[str, Any] = field(default_factory=lambda: SDXL_SCHEDULER_CONFIG)
+
+    @property
+    def uploads(self) -> UploadLimits:
+        return UploadLimits(max_bytes=self.max_upload_mb << 20, max_pixels=self.max_upload_megapixels * 1_000_000)
+
+    def body_bytes(self, pictures: bool = False) -> int:
+        """The largest HTTP body a route takes: SDXL_MAX_BODY_BYTES, plus an image and a mask in base64 where
+        the route takes pictures (each is held to SDXL_MAX_UPLOAD_MB as it is decoded)."""
+        return self.max_body_bytes + (2 * -(-(self.max_upload_mb << 20) // 3) * 4 if pictures else 0)
 
     def check(self, request: TextToImageRequest, images_before: int, where: str) -> None:
         """One input against the deployment, with the images of the call before it; errors name the input's own

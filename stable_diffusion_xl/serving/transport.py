@@ -69,11 +69,12 @@ class HttpCall(Call):
             raise InvalidRequest("authorization", f"{problem}; send it as `Authorization: Bearer <key>`",
                                  http_status=401)
 
-    async def json_body(self, limits: Limits):
-        """The body as JSON; a body over the size limit is refused before it is read whole, and one that does not
-        arrive in time is refused (it would hold one of the replica's few call slots)."""
+    async def json_body(self, limits: Limits, pictures: bool = False):
+        """The body as JSON; a body over the size limit (larger where the route takes `pictures`) is refused before
+        it is read whole, and one that does not arrive in time is refused (it would hold one of the replica's few
+        call slots)."""
         try:
-            body = await asyncio.wait_for(read_body(self.request, limits.max_body_bytes), limits.body_timeout_s)
+            body = await asyncio.wait_for(read_body(self.request, limits.body_bytes(pictures)), limits.body_timeout_s)
         except TimeoutError:
             raise InvalidRequest("body", f"did not arrive within {limits.body_timeout_s} s", http_status=408) from None
         except ClientDisconnect:  # nobody reads this answer; it keeps a hang-up out of the error logs

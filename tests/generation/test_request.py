@@ -9,6 +9,7 @@ from stable_diffusion_xl.generation.request import (
     KNOWN_FIELDS,
     MAX_SEED,
     PARAMETERS,
+    PICTURES,
     InvalidRequest,
     TextToImageRequest,
     excerpt,
@@ -207,7 +208,7 @@ def test_an_unknown_key_suggests_the_closest_known_names_first_then_lists_them_a
     assert error.field == key
     hint, _, listed = error.reason.partition(" known: ")
     assert f"`{meant}`" in hint.split(" or ")[0]
-    assert listed.split(", ") == ["prompt", "model", *PARAMETERS]
+    assert listed.split(", ") == ["prompt", "model", *PARAMETERS, *PICTURES]  # the flat form takes an edit's too
 
 
 def test_a_key_like_no_known_name_gets_the_list_without_a_guess():
