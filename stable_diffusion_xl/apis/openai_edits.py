@@ -19,10 +19,16 @@ the same limit before it is decoded. Errors are OpenAI's shape, as the generatio
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
+from PIL import Image
+from starlette.responses import JSONResponse
+
+from ..generation.pictures import as_image, decode_picture, mask_from_alpha
 from ..generation.request import PARAMETERS, InvalidRequest, TextToImageRequest, excerpt
+from ..generation.sizes import NATIVE_SIZES, nearest_aspect_ratio
 from ..serving.limits import Limits
 from .openai_images import BACKGROUNDS, OUTPUT_FORMATS, RESPONSE_FORMATS, SIZES, OpenAIImages
 from .vocabulary import Vocabulary, choose
@@ -32,9 +38,10 @@ IGNORED = ("model", "user", "quality", "input_fidelity", "safety_identifier")
 NOT_SERVED = {"markup": "is not served: paint what to repaint as the transparent pixels of `mask`",
               "partial_images": "is not served: this deployment answers with the finished images"}
 FILES = ("image", "mask")
-VOCABULARY = Vocabulary({}, without=["aspect-ratio", "image", "mask"],
-                        own=["image", "mask", "size", "response_format", "output_format", "output_compression",
+VOCABULARY = Vocabulary({}, without=["aspect-ratio"], pictures=True,
+                        own=["size", "response_format", "output_format", "output_compression",
                              "stream", "background", *IGNORED])
+UPLOAD_SETTINGS = "SDXL_MAX_UPLOAD_MB for each of image and mask, SDXL_MAX_BODY_BYTES for the fields"
 _INTEGER = re.compile(r"[+-]?\d{1,20}")
 
 
@@ -43,7 +50,7 @@ class OpenAIEdits(OpenAIImages):
     `output_format`, `seeds`)."""
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
-        parts = await self.form_body(limits.max_upload_bytes, limits.body_timeout_s, "SDXL_MAX_UPLOAD_MB")
+        parts = await self.form_body(upload_bytes(limits), limits.body_timeout_s, UPLOAD_SETTINGS)
         fields, files = form_fields(parts)
         for name in NOT_SERVED:
             if name in fields or name in files:
@@ -64,12 +71,37 @@ class OpenAIEdits(OpenAIImages):
         choose(fields.pop("background", "auto"), "background", BACKGROUNDS)
         size = choose(fields.pop("size", "auto"), "size", ["auto", *SIZES])
         image, mask = pictures(files, limits)
-        served = image_size_for(image)
+        served = "{}x{}".format(*NATIVE_SIZES[nearest_aspect_ratio(*image.size)])
         if size not in ("auto", served):
-            raise InvalidRequest("size", f"is {size}, but an edit keeps the picture's shape: this picture is served "
-                                         f"at {served}; send auto or {served}")
-        settled = {"image": image, "mask": mask, "aspect-ratio": SIZES[served]}
-        return [VOCABULARY.request(typed(fields), limits, settled=settled)]
+            raise InvalidRequest("size", f"is {size}, but an edit keeps the picture's shape: this one is made at "
+                                         f"{served}; send auto or {served}")
+        return [VOCABULARY.request(typed(fields), limits, settled={"image": image, "mask": mask})]
+
+    def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
+        """The generations answer, with the edit's mode and strength."""
+        response = super().answer(requests, generations, jpeg_quality)
+        (request,) = requests
+        body = {**json.loads(response.body), "mode": request.mode, "strength": request.strength}
+        return JSONResponse(body)
+
+
+def upload_bytes(limits: Limits) -> int:
+    """The largest form this route reads: an image and a mask as files (not base64), and the fields."""
+    return 2 * limits.uploads.max_bytes + limits.max_body_bytes
+
+
+def pictures(files: dict[str, list[bytes]], limits: Limits) -> tuple[Image.Image, Image.Image | None]:
+    """The one image (RGB) and the optional mask, converted from OpenAI's convention (transparent repaints) to
+    the engine's ("L", white repaints)."""
+    images, masks = files.get("image", []), files.get("mask", [])
+    if not images:
+        raise InvalidRequest("image", "is required: the picture to edit, as a file")
+    for name, sent in (("image", images), ("mask", masks)):
+        if len(sent) > 1:
+            raise InvalidRequest(name, f"takes one picture, got {len(sent)}: SDXL edits one picture at a time")
+    image = as_image(decode_picture(images[0], "image", limits.uploads))
+    mask = mask_from_alpha(decode_picture(masks[0], "mask", limits.uploads)) if masks else None
+    return image, mask
 
 
 def form_fields(parts: list[tuple[str, str | bytes]]) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
@@ -103,7 +135,7 @@ def typed(fields: dict[str, Any]) -> dict[str, Any]:
     values = {}
     for name, value in fields.items():
         spec = PARAMETERS.get(VOCABULARY.ours.get(name, ""))
-        kind = spec.type.removeprefix("tuple[").removesuffix(", ...]") if spec else "str"
+        kind = spec.type.removeprefix("tuple[").removesuffix(", ...]").removesuffix(" | None") if spec else "str"
         values[name] = [as_type(item, kind) for item in value] if isinstance(value, list) else as_type(value, kind)
     return values
 
