@@ -4,6 +4,12 @@ The base denoises the high-noise part of the schedule (`denoising_end=high_noise
 hands its latents to the refiner, which finishes the low-noise part
 (`denoising_start=high_noise_frac`): 40 UNet calls for 40 steps, not the 52 of refining a
 finished image. Usable without Ray: `Engine.load(...).generate([TextToImageRequest(...)])`.
+
+Edits (docs/edits.md) run on the same modules: image-to-image and inpainting pipelines are built over the
+base's and the refiner's own components (`_sharing`), so no weight is loaded twice, and LoRA adapters, compiled
+blocks and fp8 layers apply to them as they are. The input picture is fitted to its native size and encoded by
+the shared VAE; the base denoises from `strength` to the hand-off and the refiner finishes, as in text-to-image.
+Inpainting pastes the input back where the mask keeps it, so those pixels are the input's own.
 """
 
 from __future__ import annotations
@@ -30,17 +36,19 @@ from . import compile as compiling
 from .adapters import DEFAULT_MAX_LORAS, ResidentAdapters
 from .compile import DEFAULT_MODE, compile_pipelines, compiled_graphs, inductor_compiles, refuse_adapters
 from .compile_cache import CompileCache, cache_key
+from .pictures import fit, fit_mask, keep_unmasked
 from .quantize import quantize_unets, refuse_unsupported
 from .request import MAX_SEED, TextToImageRequest, nth_seed
 from .safety import SafetyChecker
-from .schedulers import both_experts_step, make_scheduler, unet_calls
+from .schedulers import both_experts_step, edit_calls, make_scheduler, unet_calls
 from .sizes import ASPECT_RATIOS, image_size
 
 log = logging.getLogger(__name__)
 STAGES = ("text_encoders", "base", "refiner", "vae_decode")
 DEFAULT_MAX_BATCH_SIZE = 4  # images per UNet batch
 # diffusers logs the part of a prompt beyond CLIP's 77 tokens, at WARNING. Prompts stay out of the logs.
-for _pipeline in ("pipeline_stable_diffusion_xl", "pipeline_stable_diffusion_xl_img2img"):
+for _pipeline in ("pipeline_stable_diffusion_xl", "pipeline_stable_diffusion_xl_img2img",
+                  "pipeline_stable_diffusion_xl_inpaint"):
     logging.getLogger(f"diffusers.pipelines.stable_diffusion_xl.{_pipeline}").setLevel(logging.ERROR)
 quiet_library_logs()  # for every user of the engine, the CLI's and the deployment's alike
 
@@ -112,12 +120,15 @@ class Progress:
 
 @dataclass(frozen=True)
 class _Job:
-    """One image to make: the index of its request, and its own prompt, negative prompt and seed."""
+    """One image to make: the index of its request, its own prompt, negative prompt and seed, and for an edit
+    its request's picture and mask, fitted to the size it is made at."""
 
     request_index: int
     prompt: str
     negative_prompt: str
     seed: int
+    image: Image.Image | None = field(default=None, compare=False)
+    mask: Image.Image | None = field(default=None, compare=False)
 
 
 def choose_device() -> tuple[str, torch.dtype]:
@@ -137,6 +148,7 @@ class Engine:
         from .prompts import PromptEncoder  # compel: long prompts and weighting syntax
 
         self.prompts = PromptEncoder(base, refiner)
+        self.edits = _edit_pipelines(base, refiner)  # {(mode, "base" | "refiner"): pipeline on the same modules}
         # The native square size the UNet was trained at: 1024 for SDXL, 256 for the demo weights.
         self.resolution = base.unet.config.sample_size * base.vae_scale_factor
         self._lock = threading.Lock()  # one generation at a time: the pipelines keep scheduler state
@@ -221,6 +233,8 @@ class Engine:
     def set_progress_bars(self, enabled: bool) -> None:
         self.base.set_progress_bar_config(disable=not enabled, desc="base")
         self.refiner.set_progress_bar_config(disable=not enabled, desc="refiner")
+        for (_, expert), pipeline in self.edits.items():
+            pipeline.set_progress_bar_config(disable=not enabled, desc=expert)
 
     def warm_up(self) -> None:
         """One tiny generation per aspect ratio, so no user waits for first-call kernel selection. Compiled, also
@@ -256,20 +270,16 @@ class Engine:
         requests = [self._as_run(request) for request in requests]
         seeds = [request.seed or secrets.randbelow(MAX_SEED) + 1 for request in requests]
         results = [Generation([], [], *self.size_of(request), safety_checked=self.safety_checker is not None,
-                              refined=request.refiner) for request in requests]
+                              refined=self._refines(request)) for request in requests]
         groups: dict[tuple, list[_Job]] = defaultdict(list)
         for index, (request, seed) in enumerate(zip(requests, seeds)):
             key = (request.batch_key, self.prompts.batch_key(request.prompt, request.negative_prompt))
-            groups[key] += [
-                _Job(index, request.prompt, request.negative_prompt, nth_seed(seed, i)) for i in range(request.n)
-            ]
+            image, mask = self._fitted(request)
+            groups[key] += [_Job(index, request.prompt, request.negative_prompt, nth_seed(seed, i), image, mask)
+                            for i in range(request.n)]
         with self._lock, torch.inference_mode():
-            progress.total = sum(
-                math.ceil(len(jobs) / self.max_batch_size)
-                * unet_calls(requests[jobs[0].request_index].scheduler, self.scheduler_configs["base"],
-                             requests[jobs[0].request_index].steps)
-                for jobs in groups.values()
-            )
+            progress.total = sum(math.ceil(len(jobs) / self.max_batch_size)
+                                 * sum(self.calls(requests[jobs[0].request_index])) for jobs in groups.values())
             try:
                 for jobs in groups.values():
                     for start in range(0, len(jobs), self.max_batch_size):
@@ -280,6 +290,23 @@ class Engine:
                     self.healthy = False
                 raise
         return results
+
+    def calls(self, request: TextToImageRequest) -> tuple[int, int]:
+        """UNet calls per batch of the base and of the refiner (for text-to-image, their sum and 0)."""
+        if request.mode == "text-to-image":
+            return unet_calls(request.scheduler, self.scheduler_configs["base"], request.steps), 0
+        return edit_calls(request.scheduler, self.scheduler_configs["base"], request.steps, request.strength,
+                          request.high_noise_frac if request.refiner else None)
+
+    def _refines(self, request: TextToImageRequest) -> bool:
+        """Whether the refiner runs (an edit's strength may leave it all of the steps, or none)."""
+        return request.refiner if request.mode == "text-to-image" else self.calls(request)[1] > 0
+
+    def _fitted(self, request: TextToImageRequest) -> tuple[Image.Image | None, Image.Image | None]:
+        """An edit's picture and mask at the size it is made at (the mask binarized: 255 repaints)."""
+        size = self.size_of(request)
+        return (None if request.image is None else fit(request.image, size),
+                None if request.mask is None else fit_mask(request.mask, size))
 
     def _as_run(self, request: TextToImageRequest) -> TextToImageRequest:
         """The request as it runs: the base alone where the steps leave either expert none (`steps: 1`)."""
@@ -325,6 +352,27 @@ class Engine:
         """One UNet batch: every job shares `batch`'s size, steps, guidance and hand-off (its batch key).
         Returns the images (black where the safety checker flagged one), the seconds per stage, which images
         were decoded again, and which were flagged."""
+        clock = _Clock(self.device)
+        if batch.mode == "text-to-image":
+            latents = self._text_to_image(batch, jobs, progress, clock)
+        else:
+            latents = self._edit(batch, jobs, progress, clock)
+        if latents is None:  # an edit with no step to run: the input as it is
+            images, redecoded = [job.image.copy() for job in jobs], set()
+        else:
+            images, redecoded = self.decode(latents)
+            clock.lap("vae_decode")
+        if batch.mode == "inpainting":  # the kept pixels are the input's own, not the VAE's rendering of them
+            images = [keep_unmasked(image, job.image, job.mask) for image, job in zip(images, jobs)]
+        flagged = [False] * len(images)
+        if self.safety_checker:  # the whole batch at once, on the pipelines' device
+            flagged = self.safety_checker.flagged(images)
+            images = [Image.new("RGB", image.size) if unsafe else image for image, unsafe in zip(images, flagged)]
+            clock.lap("safety_checker")
+        return images, clock.laps, redecoded, flagged
+
+    def _text_to_image(self, batch: TextToImageRequest, jobs: list[_Job], progress: Progress, clock: _Clock
+                       ) -> torch.Tensor:
         width, height = self.size_of(batch)
         # A CPU generator per image makes image i depend on its own seed only, on any device and batch.
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
@@ -333,7 +381,6 @@ class Engine:
         self.base.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["base"],
                                              denoising_end=batch.high_noise_frac if use_refiner else None)
         self.refiner.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["refiner"])
-        clock = _Clock(self.device)
 
         base_embeds = self._encode(self.base, jobs, guidance)
         refiner_embeds = self._encode(self.refiner, jobs, guidance) if use_refiner else None
@@ -356,14 +403,53 @@ class Engine:
             ).images
             progress.stop_if_cancelled()
         clock.lap("refiner")
-        images, redecoded = self.decode(latents)
-        clock.lap("vae_decode")
-        flagged = [False] * len(images)
-        if self.safety_checker:  # the whole batch at once, on the pipelines' device
-            flagged = self.safety_checker.flagged(images)
-            images = [Image.new("RGB", image.size) if unsafe else image for image, unsafe in zip(images, flagged)]
-            clock.lap("safety_checker")
-        return images, clock.laps, redecoded, flagged
+        return latents
+
+    def _edit(self, batch: TextToImageRequest, jobs: list[_Job], progress: Progress, clock: _Clock
+              ) -> torch.Tensor | None:
+        """An edit's latents: the base from `strength` to the hand-off, the refiner the rest (either alone where
+        the schedule leaves the other none, see schedulers.edit_calls); None where no step is left to run."""
+        base_calls, refiner_calls = self.calls(batch)
+        if base_calls + refiner_calls == 0:
+            return None
+        generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
+        guidance, both = batch.guidance_scale, base_calls > 0 and refiner_calls > 0
+        self.adapters.use(batch.lora, batch.lora_scale)
+        base, refiner = self.edits[batch.mode, "base"], self.edits[batch.mode, "refiner"]
+        base.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["base"],
+                                        denoising_end=batch.high_noise_frac if both else None)
+        refiner.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["refiner"])
+        # Encoded here, not by the pipelines: theirs cast the shared VAE to the UNet's dtype and back.
+        latents = self._encode_pictures([job.image for job in jobs], generators)
+        options = {"num_inference_steps": batch.steps, "guidance_scale": guidance, "generator": generators,
+                   "output_type": "latent", "callback_on_step_end": progress.on_step_end}
+        if batch.mode == "inpainting":
+            width, height = self.size_of(batch)
+            options |= {"mask_image": [job.mask for job in jobs], "width": width, "height": height}
+        base_embeds = self._encode(self.base, jobs, guidance) if base_calls else None
+        refiner_embeds = self._encode(self.refiner, jobs, guidance) if refiner_calls else None
+        clock.lap("text_encoders")
+        if base_calls:
+            progress.stage = "base"
+            latents = base(**base_embeds, **options, image=latents, strength=batch.strength,
+                           denoising_end=batch.high_noise_frac if both else None).images
+            progress.stop_if_cancelled()
+        clock.lap("base")
+        if refiner_calls:
+            progress.stage = "refiner"
+            where = {"denoising_start": batch.high_noise_frac} if both else {"strength": batch.strength}
+            latents = refiner(**refiner_embeds, **options, image=latents, **where).images
+            progress.stop_if_cancelled()
+        clock.lap("refiner")
+        return latents
+
+    def _encode_pictures(self, pictures: list[Image.Image], generators: list[torch.Generator]) -> torch.Tensor:
+        """The pictures' latents as the pipelines make them: one sample of the VAE's distribution each, drawn from
+        the image's own generator (before its noise), scaled."""
+        pixels = self.base.image_processor.preprocess(pictures).to(self.device, self.vae.dtype)
+        latents = torch.cat([self.vae.encode(pixels[i : i + 1]).latent_dist.sample(generator)
+                             for i, generator in enumerate(generators)])
+        return (latents * self.vae.config.scaling_factor).to(self.base.unet.dtype)
 
     def _encode(self, pipeline, jobs: list[_Job], guidance: float) -> dict[str, torch.Tensor]:
         # Without a negative prompt, None lets the base use zero embeddings, as SDXL was trained.
@@ -388,6 +474,26 @@ class Engine:
     @functools.cached_property
     def _fp32_vae(self):
         return _fp32_copy(self.vae)
+
+
+def _edit_pipelines(base, refiner) -> dict[tuple[str, str], object]:
+    """The image-to-image and inpainting pipelines of base and refiner, on their own modules; the refiner is an
+    image-to-image pipeline already."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+
+    return {("image-to-image", "base"): _sharing(StableDiffusionXLImg2ImgPipeline, base),
+            ("image-to-image", "refiner"): refiner,
+            ("inpainting", "base"): _sharing(StableDiffusionXLInpaintPipeline, base),
+            ("inpainting", "refiner"): _sharing(StableDiffusionXLInpaintPipeline, refiner)}
+
+
+def _sharing(pipeline_class, pipeline):
+    """A `pipeline_class` pipeline over `pipeline`'s own components (the same module objects) and options. Not
+    diffusers' from_pipe: it casts every component to one dtype, float32 unless told, in place, which would turn
+    the fp16 UNets to fp32 (or an fp32 VAE to fp16) for the text-to-image pipelines too."""
+    options = {key: pipeline.config[key] for key in ("requires_aesthetics_score", "force_zeros_for_empty_prompt")
+               if key in pipeline.config}
+    return pipeline_class(**pipeline.components, **options, add_watermarker=False)
 
 
 def _fp32_copy(vae):

@@ -88,3 +88,23 @@ def both_experts_step(name: str, config, steps: int, high_noise_frac: float) -> 
     base.set_timesteps(steps)
     base_calls = int((base.timesteps >= hand_off_timestep(config, high_noise_frac)).sum())
     return 0 < base_calls < len(alone.timesteps)
+
+
+def edit_calls(name: str, config, steps: int, strength: float, high_noise_frac: float | None) -> tuple[int, int]:
+    """UNet calls of the base and of the refiner for an edit at `strength` (high_noise_frac None: no refiner).
+
+    An edit runs the last `strength` of the sampler's schedule, as diffusers' img2img `get_timesteps` cuts it
+    (`int(steps * strength)` steps), so 40 steps at 0.5 are 20 calls. With the refiner, the base runs those at or
+    above the hand-off and the refiner the rest, which is the refiner's part of text-to-image: where the cut
+    starts below the hand-off, the base gets none (the refiner then edits alone, from `strength`). (0, 0): the
+    strength leaves no whole step to run."""
+    alone = make_scheduler(name, config)
+    alone.set_timesteps(steps)
+    skipped = (steps - min(int(steps * strength), steps)) * alone.order
+    total = len(alone.timesteps[skipped:])
+    if high_noise_frac is None or total == 0:
+        return total, 0
+    base = make_scheduler(name, config, denoising_end=high_noise_frac)
+    base.set_timesteps(steps)
+    base_calls = int((base.timesteps[skipped:] >= hand_off_timestep(config, high_noise_frac)).sum())
+    return base_calls, total - base_calls
