@@ -89,7 +89,7 @@ def test_cog_prediction_with_image_mask_and_prompt_strength_says_its_mode(cluste
 
 
 # The same edit through each route: JPEG answers (OpenAI's output_format jpeg, at the deployment's quality, as
-# cog's and the plain body's data URIs are), compared byte for byte.
+# cog's, the plain body's and Instill's are), compared byte for byte.
 
 def openai_jpeg(cluster, client) -> bytes:
     response = client.images.edit(image=("photo.png", png(PHOTO), "image/png"),
@@ -113,10 +113,18 @@ def plain_jpeg(cluster, client) -> bytes:
     return base64.b64decode(reply["images"][0].partition(",")[2])
 
 
+def instill_jpeg(cluster, client) -> bytes:
+    """The flat Instill body, as the page sends it."""
+    body = {"prompt": PROMPT, "image": data_uri(png(PHOTO)), "mask": data_uri(cog_mask()), **EDIT}
+    status, outputs, _ = http(cluster.ports, MODEL, body)
+    assert status == 200 and outputs[0]["metadata"]["usage"]["mode"] == "inpainting"
+    return base64.b64decode(outputs[0]["data"]["choices"][0]["image"].partition(",")[2])
+
+
 def test_each_route_makes_the_same_edit_byte_for_byte(cluster, client):
-    jpegs = [route(cluster, client) for route in (openai_jpeg, cog_jpeg, plain_jpeg)]
+    jpegs = [route(cluster, client) for route in (openai_jpeg, cog_jpeg, plain_jpeg, instill_jpeg)]
     assert Image.open(io.BytesIO(jpegs[0])).format == "JPEG"
-    assert jpegs[0] == jpegs[1] == jpegs[2]
+    assert jpegs[0] == jpegs[1] == jpegs[2] == jpegs[3]
 
 
 # Bad input: a 4xx in the route's shape naming the field, and the replica serves the next call.
