@@ -20,6 +20,9 @@ machine they were measured on, to bench/results/<date>.json. What it measures:
    the compiler, and a second replica (a fresh process) with the compile cache filled against the first
    (`--no-compile` skips these rows: they take about ten minutes on 2 cores).
 8. The peer APIs (OpenAI, Azure ML, cog, plain) against the Instill HTTP path: the same request, interleaved.
+9. Edits: image-to-image at strengths 0.3, 0.6 and 0.9 and inpainting at 0.6 against text-to-image of the same
+   size and steps (time and UNet calls per image: the work follows the strength), and the weights the edit
+   pipelines hold (none of their own) and the process's peak RSS during an edit against text-to-image.
 Plus GPU figures on paper (bench/on_paper.py), labelled as not measured; bench/gpu.py measures them on a GPU.
 
 `--rows 1,6` (numbers or names, e.g. `--rows work_per_image,peer_apis`) measures only those rows; `--runs 1

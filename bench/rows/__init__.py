@@ -8,6 +8,8 @@ under the row's name; serving rows under "serving"), `lines(numbers, results)` t
     engine.py    the Engine in process on the demo weights: recipes (1), load (5), adapters, prompts, safety (6)
     serving.py   through Ray Serve, its gRPC and HTTP proxies: overhead (3), batching (4), cold start and memory
                  (5), the peer APIs (8); one Ray Serve session runs them all, in order
+    edits.py     the Engine in process: an edit against text-to-image at three strengths, the edit pipelines'
+                 memory (9)
     compile.py   compiled against eager, a second replica with the compile cache filled (7); last, as compiling
                  changes process-wide torch settings
 """
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.rows import compile, engine, paper, serving
+from bench.rows import compile, edits, engine, paper, serving
 
 
 @dataclass
@@ -52,6 +54,7 @@ ROWS = [
     Row("6", "prompts", "weights", engine.prompt_encoding, engine.prompt_lines),
     Row("6", "safety_checker", "weights", engine.safety_checker_share, engine.safety_checker_lines),
     Row("5", "warm_up_seconds", "weights", engine.warm_up),  # shown in the load row's line
+    Row("9", "edits", "weights", edits.edit_vs_text, edits.edit_lines),
     Row("5", "cold_start", "serving", serving.cold_start, serving.cold_start_lines),
     Row("3", "overhead", "serving", serving.overhead, serving.overhead_lines),
     Row("4", "batching", "serving", serving.batching, serving.batching_lines),
@@ -60,7 +63,7 @@ ROWS = [
     Row("7", "compiled", "weights", compile.compiled_vs_eager, compile.compiled_lines),
     Row("7", "compile_cache", "weights", compile.replicas, compile.replica_lines),  # two fresh processes
 ]
-ORDER = "12345678P"
+ORDER = "123456789P"
 
 
 def numbers_of(row: Row, results: dict):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import ROUNDING, count_unet_calls, max_pixel_difference, request
+from helpers import ROUNDING, count_unet_calls, max_pixel_difference, nan_decodes, request
 from stable_diffusion_xl.generation.engine import Cancelled, Progress
 from stable_diffusion_xl.generation.pictures import fit
 
@@ -131,3 +131,21 @@ def test_long_prompts_and_lora_adapters_apply_to_edits(engine):
     long = request(" ".join(["a cat napping on a sunny windowsill"] * 20), seed=6, **EDIT)  # compel's chunks
     generation = engine.generate([long])[0]
     assert generation.tokens["prompt"] > 75 and len(generation.images) == 1
+
+
+def test_a_nan_decode_and_an_out_of_memory_batch_are_recovered_as_in_text_to_image(engine, monkeypatch):
+    expected = engine.generate([request(seed=7, n=2, mask=MASK, **EDIT)])[0]
+    nan_decodes(engine, monkeypatch)["left"] = 1
+
+    def out_of_memory_above_one_image(_module, args, kwargs):
+        if (args[0] if args else kwargs["sample"]).shape[0] > 2:  # x2: guidance
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook = engine.base.unet.register_forward_pre_hook(out_of_memory_above_one_image, with_kwargs=True)
+    try:
+        recovered = engine.generate([request(seed=7, n=2, mask=MASK, **EDIT)])[0]
+    finally:
+        hook.remove()
+    assert recovered.events["oom_splits"] == 1 and recovered.events["nan_redecodes"] == 1
+    for image, reference in zip(recovered.images, expected.images, strict=True):
+        assert max_pixel_difference(image, reference) <= ROUNDING
