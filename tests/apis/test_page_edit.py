@@ -29,7 +29,13 @@ def by_id(browser, id_: str):
     return browser.find_element(By.ID, id_)
 
 
-def test_a_picture_painted_with_the_keyboard_is_inpainted_and_the_mode_is_shown(browser, cluster, tmp_path):
+def white_pixels(browser) -> int:
+    """The mask's painted pixels, as the page will send them."""
+    return browser.execute_script("return edit.mask.getContext('2d').getImageData(0, 0, 256, 256).data"
+                                  ".filter((value, index) => index % 4 === 0 && value === 255).length")
+
+
+def test_a_picture_painted_with_keys_and_pointer_is_inpainted_and_the_mode_is_shown(browser, cluster, tmp_path):
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(photo)
     browser.get(f"http://127.0.0.1:{cluster.ports.http}/{MODEL}/ui")
@@ -48,9 +54,13 @@ def test_a_picture_painted_with_the_keyboard_is_inpainted_and_the_mode_is_shown(
     ActionChains(browser).key_down(Keys.SPACE).send_keys(Keys.ARROW_RIGHT * 4).key_up(Keys.SPACE).perform()
     at = by_id(browser, "brush-at").text
     assert re.match(r"Brush at \d+, \d+ of 256×256, size \d+; some of the picture is painted", at), at
-    painted = browser.execute_script("return edit.mask.getContext('2d').getImageData(0, 0, 256, 256).data"
-                                     ".filter((value, index) => index % 4 === 0 && value === 255).length")
+    painted = white_pixels(browser)
     assert 0 < painted < 256 * 256 / 4  # a stroke, not the whole picture
+
+    # And with the pointer: a drag paints a stroke of its own, below the keyboard's.
+    ActionChains(browser).move_to_element_with_offset(mask, -60, 60).click_and_hold().move_by_offset(80, 0) \
+        .release().perform()
+    assert white_pixels(browser) > painted
 
     by_id(browser, "prompt").send_keys("a lighthouse")
     by_id(browser, "steps").send_keys("4")

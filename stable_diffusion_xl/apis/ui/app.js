@@ -414,8 +414,9 @@ function paint(from, to) {
   drawOverlay();
 }
 
-// The painted strokes over the picture, and the brush as a ring where it is.
-function drawOverlay() {
+// The painted strokes over the picture, and the brush as a ring where it is; said in words unless `quietly` (a
+// pointer hovering, which would flood a screen reader).
+function drawOverlay(quietly = false) {
   const overlay = $("mask"), context = overlay.getContext("2d");
   context.clearRect(0, 0, overlay.width, overlay.height);
   context.globalAlpha = 0.5;
@@ -429,6 +430,7 @@ function drawOverlay() {
     context.arc(x, y, colour === "white" ? radius : radius + context.lineWidth, 0, 2 * Math.PI);
     context.stroke();
   }
+  if (quietly) return;
   $("brush-at").textContent = `Brush at ${x}, ${y} of ${overlay.width}×${overlay.height}, size ${2 * radius}` +
     (edit.painted ? "; some of the picture is painted to be redrawn." : "; nothing painted yet.");
 }
@@ -440,11 +442,11 @@ function pointerAt(event) {
            y: Math.round(((event.clientY - box.top) * overlay.height) / box.height) };
 }
 
-function moveBrush(to, painting) {
+function moveBrush(to, painting, quietly = false) {
   const from = edit.brush;
   edit.brush = { x: Math.min(Math.max(to.x, 0), $("mask").width), y: Math.min(Math.max(to.y, 0), $("mask").height) };
   if (painting) paint(from, edit.brush);
-  else drawOverlay();
+  else drawOverlay(quietly);
 }
 
 const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
@@ -484,7 +486,7 @@ function showMode(usage) {
 $("image").addEventListener("change", choosePicture);
 $("remove-picture").addEventListener("click", removePicture);
 $("clear-mask").addEventListener("click", clearMask);
-$("brush-size").addEventListener("input", drawOverlay);
+$("brush-size").addEventListener("input", () => drawOverlay());
 $("mask").addEventListener("keydown", paintWithKeys);
 $("mask").addEventListener("keyup", (event) => { if (event.key === " ") edit.spaceDown = false; });
 $("mask").addEventListener("blur", () => { edit.spaceDown = false; });
@@ -494,7 +496,7 @@ $("mask").addEventListener("pointerdown", (event) => {
   edit.brush = pointerAt(event);
   paint(edit.brush, edit.brush);
 });
-$("mask").addEventListener("pointermove", (event) => moveBrush(pointerAt(event), edit.pointerDown));
+$("mask").addEventListener("pointermove", (event) => moveBrush(pointerAt(event), edit.pointerDown, true));
 for (const name of ["pointerup", "pointercancel"]) {
   $("mask").addEventListener(name, () => { edit.pointerDown = false; });
 }
