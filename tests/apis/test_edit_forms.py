@@ -5,6 +5,7 @@ routes through Ray Serve with the official client."""
 import base64
 import io
 import json
+import logging
 import os
 
 import numpy as np
@@ -14,6 +15,7 @@ from urllib3 import encode_multipart_formdata
 
 from dialect_calls import dialect_reply, raw_reply
 from stable_diffusion_xl.serving.limits import Limits
+from stable_diffusion_xl.weights.library_logs import quiet_library_logs
 
 EDITS, PROMPT = "v1/images/edits", "a lighthouse in a storm"
 SMALL_UPLOADS = Limits(max_upload_mb=1, max_body_bytes=1024)  # a form of at most 2 MiB + 1 KiB
@@ -108,6 +110,14 @@ def test_a_body_without_a_length_is_refused_once_it_passes_the_limit():
 def test_a_picture_over_the_limit_in_a_form_under_it_is_refused_naming_the_picture():
     status, reply, _ = edit_form([("image", ("photo.png", os.urandom(3 << 19))), ("prompt", PROMPT)], SMALL_UPLOADS)
     assert (status, reply["error"]["param"]) == (413, "image") and "SDXL_MAX_UPLOAD_MB" in reply["error"]["message"]
+
+
+def test_a_malformed_upload_is_refused_without_a_library_line_quoting_its_bytes(caplog):
+    quiet_library_logs()  # as the replica does when it imports the model
+    with caplog.at_level(logging.DEBUG):
+        status, reply, _ = raw_reply(EDITS, b"\x00\xff" * 100, {"content-type": "multipart/form-data; boundary=abc"})
+    assert (status, reply["error"]["param"]) == (400, "body")
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("python_multipart")] == []
 
 
 def test_the_generations_route_refuses_an_image_naming_it():
