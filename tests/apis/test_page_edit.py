@@ -46,6 +46,7 @@ def test_a_picture_painted_with_keys_and_pointer_is_inpainted_and_the_mode_is_sh
     by_id(browser, "image").send_keys(str(photo))
     WebDriverWait(browser, 10).until(lambda _: by_id(browser, "edit-tools").is_displayed())
     mask = by_id(browser, "mask")
+    assert not browser.find_element(By.CSS_SELECTOR, "input[name=aspect-ratio]").is_enabled()  # the picture's shape
     assert mask.get_attribute("aria-label") == "Mask painter" and "arrow keys" in by_id(browser, "mask-help").text
     assert by_id(browser, "brush-at").text.endswith("nothing painted yet.")
 
@@ -76,3 +77,4 @@ def test_a_picture_painted_with_keys_and_pointer_is_inpainted_and_the_mode_is_sh
 
     by_id(browser, "remove-picture").click()  # back to text-to-image
     assert not by_id(browser, "edit-tools").is_displayed() and by_id(browser, "mode-used").text == ""
+    assert browser.find_element(By.CSS_SELECTOR, "input[name=aspect-ratio]").is_enabled()

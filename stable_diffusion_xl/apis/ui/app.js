@@ -346,9 +346,16 @@ const TINT = "rgb(255, 0, 128)"; // the painted strokes, shown half transparent 
 const edit = { image: null, mask: null, tint: null, painted: false, brush: { x: 0, y: 0 }, spaceDown: false,
                pointerDown: false };
 
+// With a picture the aspect ratio is the picture's: the shapes are disabled (still shown, and kept for the
+// history).
+function usePictureShape(on) {
+  $("aspect-ratio").closest("fieldset").disabled = on;
+}
+
 async function choosePicture() {
   const [file] = $("image").files;
   if (!file) return removePicture();
+  usePictureShape(true);
   const chosen = await readDataUri(file);
   const picture = new Image();
   picture.src = chosen;
@@ -389,6 +396,7 @@ function removePicture() {
   Object.assign(edit, { image: null, mask: null, tint: null, painted: false });
   $("edit-tools").hidden = true;
   $("mode-used").textContent = "";
+  usePictureShape(false);
 }
 
 function clearMask() {
