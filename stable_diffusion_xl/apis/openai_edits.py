@@ -27,11 +27,11 @@ from PIL import Image
 from starlette.responses import JSONResponse
 
 from ..generation.pictures import as_image, decode_picture, mask_from_alpha
-from ..generation.request import PARAMETERS, InvalidRequest, TextToImageRequest, excerpt
+from ..generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
 from ..generation.sizes import NATIVE_SIZES, nearest_aspect_ratio
 from ..serving.limits import Limits
-from .openai_images import BACKGROUNDS, OUTPUT_FORMATS, RESPONSE_FORMATS, SIZES, OpenAIImages
-from .vocabulary import Vocabulary, choose
+from .openai_images import OpenAIImages
+from .vocabulary import Vocabulary
 
 # OpenAI's edit fields that mean nothing to SDXL, taken (as strings) so that a client's existing call works.
 IGNORED = ("model", "user", "quality", "input_fidelity", "safety_identifier")
@@ -56,20 +56,10 @@ class OpenAIEdits(OpenAIImages):
             if name in fields or name in files:
                 raise InvalidRequest(name, NOT_SERVED[name])
         VOCABULARY.reject_unknown({**fields, **files})
-        self.response_format = choose(fields.pop("response_format", "b64_json"), "response_format", RESPONSE_FORMATS)
-        self.output_format = choose(fields.pop("output_format", "png"), "output_format", OUTPUT_FORMATS)
-        self.quality = as_integer(fields.pop("output_compression", None))
-        if self.quality is not None and (type(self.quality) is not int or not 0 <= self.quality <= 100):
-            raise InvalidRequest("output_compression", f"must be an integer from 0 to 100, got {excerpt(self.quality)}")
-        if fields.pop("stream", "false") != "false":
-            raise InvalidRequest("stream", "must be false: this deployment answers with the finished images")
-        for name in IGNORED:
-            fields.pop(name, None)
-        if fields.get("background") == "transparent":
-            raise InvalidRequest("background", "transparent is not served: SDXL makes opaque images; use opaque or "
-                                               "auto")
-        choose(fields.pop("background", "auto"), "background", BACKGROUNDS)
-        size = choose(fields.pop("size", "auto"), "size", ["auto", *SIZES])
+        for name, kind in (("output_compression", "int"), ("stream", "bool")):  # form text, as JSON would carry it
+            if name in fields:
+                fields[name] = as_type(fields[name], kind)
+        size = self.take_options(fields, IGNORED)
         image, mask = pictures(files, limits)
         served = "{}x{}".format(*NATIVE_SIZES[nearest_aspect_ratio(*image.size)])
         if size not in ("auto", served):

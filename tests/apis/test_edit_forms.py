@@ -84,6 +84,9 @@ def test_an_all_transparent_mask_repaints_the_whole_picture():
     ([IMAGE, ("prompt", PROMPT), ("markup", "x")], "markup", "is not served"),
     ([IMAGE, ("prompt", PROMPT), ("seed", "1"), ("seed", "2")], "seed", "more than once"),
     ([IMAGE], "prompt", "is required"),
+    ([IMAGE, ("prompt", PROMPT), ("output_compression", "most")], "output_compression", "from 0 to 100"),
+    ([IMAGE, ("prompt", PROMPT), ("stream", "true")], "stream", "must be false"),
+    ([IMAGE, ("prompt", PROMPT), ("background", "transparent")], "background", "opaque"),
 ])
 def test_bad_forms_are_a_400_in_openais_shape_naming_the_field(parts, param, words):
     status, reply, _ = edit_form(parts)
