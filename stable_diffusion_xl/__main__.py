@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("prompt")
     for name, spec in PARAMETERS.items():
         generate.add_argument(f"--{name}", **_argument(spec))
+    generate.add_argument("--image", type=Path, help="a picture to edit (image-to-image; docs/edits.md)")
+    generate.add_argument("--mask", type=Path, help="with --image: repaint where this picture is white (inpainting)")
     generate.add_argument("-o", "--output", type=Path, default=Path("out"), help="folder for the JPEGs (default: out)")
     generate.add_argument("--demo", action="store_true", help=DEMO_HELP)
     generate.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
@@ -114,11 +116,13 @@ def _argument(spec: dataclasses.Field) -> dict:
 
 def _generate(args) -> int:
     from .generation.engine import Engine
+    from .generation.pictures import UploadLimits, read_pictures
     from .serving.encoding import encode
     from .serving.limits import Limits
 
     fields = {spec.name: getattr(args, spec.name) for spec in PARAMETERS.values()}
-    request = TextToImageRequest(prompt=args.prompt, **fields)
+    pictures = {name: _read(getattr(args, name), name) for name in ("image", "mask") if getattr(args, name)}
+    request = TextToImageRequest(prompt=args.prompt, **fields, **read_pictures(pictures, UploadLimits()))
     engine = Engine.load(args.weights, demo=args.demo, max_batch_size=args.max_batch_size)
     # The adapters as a deployment checks them (n is the user's own business here): an unknown one is an error line.
     Limits(lora_names=engine.adapters.names, max_loras=engine.adapters.limit).check_loras(request, "")
@@ -133,6 +137,13 @@ def _generate(args) -> int:
     if args.demo:
         print(DEMO_NOTE)
     return 0
+
+
+def _read(path: Path, name: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise InvalidRequest(name, f"cannot be read ({type(error).__name__})") from None
 
 
 # What `serve` lists: each API's route below the application's route prefix.

@@ -31,6 +31,21 @@ def test_generate_writes_jpegs_and_reports_seeds_sizes_and_timings(weights_dir, 
     assert "base: 100%" in result.stderr and "refiner: 100%" in result.stderr  # a progress bar per stage
 
 
+def test_generate_edits_a_picture_with_a_mask(weights_dir, tmp_path):
+    Image.new("RGB", (300, 200), "teal").save(tmp_path / "photo.png")
+    mask = Image.new("L", (300, 200), 0)
+    mask.paste(255, (0, 0, 150, 200))
+    mask.save(tmp_path / "mask.png")
+    result = run_cli("generate", "a cat", "--image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"),
+                     "--strength", "0.5", "--steps", "4", "--seed", "3", "-o", str(tmp_path / "out"), "--demo",
+                     "--weights", str(weights_dir))
+    assert result.returncode == 0, result.stderr
+    assert "seed 3  304x208" in result.stdout  # the demo weights' 3:2, the picture's nearest
+    broken = run_cli("generate", "a cat", "--image", str(tmp_path / "mask.png"), "--mask", str(tmp_path / "nope.png"),
+                     "--demo", "--weights", str(weights_dir))
+    assert broken.returncode == 2 and "mask: cannot be read (FileNotFoundError)" in broken.stderr
+
+
 def test_generate_rejects_bad_arguments_by_name(weights_dir):
     result = run_cli("generate", "a cat", "--steps", "0", "--demo", "--weights", str(weights_dir))
     assert result.returncode == 2 and "steps: must be from 1 to 100, got 0" in result.stderr

@@ -59,11 +59,11 @@ def weight_bytes(engine) -> dict:
     the RSS a second set of edit pipelines adds as it is built."""
     import psutil
 
-    from stable_diffusion_xl.generation.engine import _edit_pipelines
+    from stable_diffusion_xl.generation.engine import edit_pipelines
 
     text = [engine.base, engine.refiner]
     before = psutil.Process().memory_info().rss
-    second_set = _edit_pipelines(engine.base, engine.refiner)
+    second_set = edit_pipelines(engine.base, engine.refiner)
     built_bytes = psutil.Process().memory_info().rss - before
     return {"text_to_image": _distinct_bytes(text), "with_edits": _distinct_bytes([*text, *engine.edits.values()]),
             "with_a_second_set": _distinct_bytes([*text, *engine.edits.values(), *second_set.values()]),

@@ -148,7 +148,7 @@ class Engine:
         from .prompts import PromptEncoder  # compel: long prompts and weighting syntax
 
         self.prompts = PromptEncoder(base, refiner)
-        self.edits = _edit_pipelines(base, refiner)  # {(mode, "base" | "refiner"): pipeline on the same modules}
+        self.edits = edit_pipelines(base, refiner)  # {(mode, "base" | "refiner"): pipeline on the same modules}
         # The native square size the UNet was trained at: 1024 for SDXL, 256 for the demo weights.
         self.resolution = base.unet.config.sample_size * base.vae_scale_factor
         self._lock = threading.Lock()  # one generation at a time: the pipelines keep scheduler state
@@ -476,7 +476,7 @@ class Engine:
         return _fp32_copy(self.vae)
 
 
-def _edit_pipelines(base, refiner) -> dict[tuple[str, str], object]:
+def edit_pipelines(base, refiner) -> dict[tuple[str, str], object]:
     """The image-to-image and inpainting pipelines of base and refiner, on their own modules; the refiner is an
     image-to-image pipeline already."""
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline

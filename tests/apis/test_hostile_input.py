@@ -281,7 +281,8 @@ def test_any_http_body_is_answered_or_a_4xx_never_a_5xx(cluster, body):
 ONE_STEP = {"num_inference_steps": 1, "refiner": False}
 peer_fields = st.dictionaries(
     st.sampled_from(["prompt", "negative_prompt", "n", "size", "seed", "width", "height", "num_outputs", "scheduler",
-                     "refine", "num_images", "guidance_scale", "response_format", "output_format", "lora"])
+                     "refine", "num_images", "guidance_scale", "response_format", "output_format", "lora",
+                     "image", "mask", "strength"])
     | st.text(max_size=20),
     struct_values | st.integers(-2, 2_000) | st.sampled_from(["1344x768", "K_EULER", "no_refiner", "url", "webp"]),
     max_size=4,

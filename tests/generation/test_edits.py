@@ -6,9 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import ROUNDING, count_unet_calls, max_pixel_difference, nan_decodes, request
+from helpers import ROUNDING, count_unet_calls, max_pixel_difference, nan_decodes, request, write_flagging_checker
 from stable_diffusion_xl.generation.engine import Cancelled, Progress
 from stable_diffusion_xl.generation.pictures import fit
+from stable_diffusion_xl.generation.safety import SafetyChecker
+from stable_diffusion_xl.weights.layout import WeightPaths
 
 SIZE = (256, 256)  # the demo weights' native 1:1 size: an input of this size is used pixel for pixel
 PHOTO = Image.fromarray(np.random.default_rng(2).integers(0, 256, (*SIZE, 3), dtype=np.uint8))
@@ -149,3 +151,14 @@ def test_a_nan_decode_and_an_out_of_memory_batch_are_recovered_as_in_text_to_ima
     assert recovered.events["oom_splits"] == 1 and recovered.events["nan_redecodes"] == 1
     for image, reference in zip(recovered.images, expected.images, strict=True):
         assert max_pixel_difference(image, reference) <= ROUNDING
+
+
+def test_the_safety_checker_filters_an_edited_image_as_a_generated_one(engine, weights_dir, tmp_path, monkeypatch):
+    edit = request(seed=12, n=2, strength=1.0, **EDIT)  # redrawn whole: the two images differ enough for CLIP
+    flagged, other = engine.generate([edit])[0].images
+    folder = write_flagging_checker(tmp_path / "checker", flagged, [other],
+                                    source=WeightPaths.locate(weights_dir, demo=True).safety_checker)
+    monkeypatch.setattr(engine, "safety_checker", SafetyChecker.load(folder, engine.device, torch.float32))
+    generation = engine.generate([edit])[0]
+    assert generation.filtered == [True, False] and generation.safety_checked
+    assert generation.images[0].getextrema() == ((0, 0),) * 3 and generation.images[1].tobytes() == other.tobytes()
