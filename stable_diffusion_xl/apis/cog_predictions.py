@@ -2,6 +2,12 @@
 
     {"input": {"prompt": ..., "width": 1344, "height": 768, "num_outputs": 2, "scheduler": "K_EULER", ...}}
 
+An edit sends cog-sdxl's `image` (image-to-image) and `mask` (inpainting: white repaints, black keeps) as data
+URIs or base64, and `prompt_strength`. cog's clients also send http(s) URLs there, which this deployment does not
+fetch (a replica reaches no other host): they are refused naming the field. As cog-sdxl does, `prompt_strength`
+without an image and `width`/`height` with one are not used (clients send their defaults every time): the
+picture's shape decides the size (docs/edits.md).
+
 The answer is {"status": "succeeded", "output": [data URIs], "metrics": {"predict_time"}, "logs"}, or
 {"status": "failed", "error"} when the generation fails or every image is flagged (cog-sdxl leaves flagged
 images out). Invalid input is 422 with the {"detail": [{"loc", "msg", "type"}]} of cog's FastAPI server.
@@ -23,15 +29,16 @@ from .vocabulary import Vocabulary, choose, json_object
 # cog-sdxl's scheduler names (PNDM and KLMS have no counterpart here); ours are taken too.
 COG_SCHEDULERS = {"K_EULER": "euler", "K_EULER_ANCESTRAL": "euler-a", "DDIM": "ddim",
                   "DPMSolverMultistep": "dpm++-2m", "KarrasDPM": "dpm++-2m-karras", "HeunDiscrete": "heun"}
-REFINE = {"expert_ensemble_refiner": True, "no_refiner": False}  # base_image_refiner is img2img: not served
+# base_image_refiner (the refiner run over the base's finished image, refine_steps) is not served.
+REFINE = {"expert_ensemble_refiner": True, "no_refiner": False}
 SIZES = {size: ratio for ratio, size in NATIVE_SIZES.items()}
-# cog-sdxl inputs for image-to-image, inpainting and weights fetched by URL: this deployment makes images from text.
-UNSUPPORTED = ("image", "mask", "prompt_strength", "refine_steps", "replicate_weights")
+UNSUPPORTED = {"refine_steps": "is not served: base_image_refiner is not", "replicate_weights": "is not served: "
+               "weights are not fetched by URL; name an adapter of this deployment's LoRA folder with `lora`"}
 # No watermark is added; and the deployment's safety filter is not the caller's to disable.
 IGNORED = ("apply_watermark", "disable_safety_checker")
-VOCABULARY = Vocabulary({"num_outputs": "n", "num_inference_steps": "steps", "refine": "refiner"},
-                        without=["aspect-ratio"], own=["width", "height", *UNSUPPORTED, *IGNORED],
-                        elsewhere=["input", "id"])
+VOCABULARY = Vocabulary({"num_outputs": "n", "num_inference_steps": "steps", "refine": "refiner",
+                         "prompt_strength": "strength"}, without=["aspect-ratio"], pictures=True,
+                        own=["width", "height", *UNSUPPORTED, *IGNORED], elsewhere=["input", "id"])
 NSFW = "NSFW content detected. Try running it again, or try a different prompt."
 
 
@@ -39,7 +46,7 @@ class CogPrediction(HttpCall):
     api = "cog"
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
-        body = json_object(await self.json_body(limits), "body")
+        body = json_object(await self.json_body(limits, pictures=True), "body")
         unknown = sorted(set(body) - {"input", "id"})
         if unknown:
             error = unknown_key(unknown[0], ["input", "id"], "key")  # webhook, output_file_prefix: not served
@@ -55,14 +62,21 @@ class CogPrediction(HttpCall):
     @staticmethod
     def _request(fields: dict, limits: Limits) -> TextToImageRequest:
         VOCABULARY.reject_unknown(fields)
-        for name in UNSUPPORTED:
+        for name, reason in UNSUPPORTED.items():
             if name in fields:
-                raise InvalidRequest(name, "is not served: this deployment makes images from text")
+                raise InvalidRequest(name, reason)
+        for name in ("image", "mask"):
+            if isinstance(fields.get(name), str) and fields[name].lstrip()[:8].lower().startswith(("http:", "https:")):
+                raise InvalidRequest(name, "is a URL, and this deployment fetches nothing: send the picture itself "
+                                           "as a data URI (data:image/png;base64,...)")
+        edit = fields.get("image") is not None
+        if not edit:
+            fields.pop("prompt_strength", None)
         for name in IGNORED:
             if not isinstance(fields.pop(name, False), bool):
                 raise InvalidRequest(name, "must be true or false")
         size = (fields.pop("width", 1024), fields.pop("height", 1024))
-        if not all(type(side) is int for side in size) or size not in SIZES:
+        if not edit and (not all(type(side) is int for side in size) or size not in SIZES):
             allowed = ", ".join(f"{width}x{height}" for width, height in SIZES)
             raise InvalidRequest("width", f"width x height must be one of {allowed}; got {excerpt(size[0])}x"
                                           f"{excerpt(size[1])}")
@@ -71,13 +85,16 @@ class CogPrediction(HttpCall):
             fields["scheduler"] = COG_SCHEDULERS.get(name, name)
         if "refine" in fields:
             fields["refine"] = REFINE[choose(fields["refine"], "refine", REFINE)]
-        return VOCABULARY.request(fields, limits, settled={"aspect-ratio": SIZES[size]})
+        return VOCABULARY.request(fields, limits, settled=None if edit else {"aspect-ratio": SIZES[size]})
 
     def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
         (generation,) = generations
         (images,) = encode_all(generations, to_data_uri, "jpeg", jpeg_quality)
         kept = [image for image, unsafe in zip(images, generation.filtered) if not unsafe]
-        logs = "".join(f"Using seed: {seed}\n" for seed in generation.seeds)
+        (request,) = requests
+        # cog-sdxl logs its mode; an edit's line also says the size its picture was fitted to.
+        logs = f"{request.mode} mode, {generation.width}x{generation.height}\n" if request.image is not None else ""
+        logs += "".join(f"Using seed: {seed}\n" for seed in generation.seeds)
         logs += "".join(f"NSFW content detected in image {index}\n"
                         for index, unsafe in enumerate(generation.filtered) if unsafe)
         outcome = {"status": "succeeded", "output": kept} if kept else {"status": "failed", "error": NSFW}

@@ -43,6 +43,13 @@ class OpenAIImages(HttpCall):
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
         fields = dict(json_object(await self.json_body(limits), "body"))
         VOCABULARY.reject_unknown(fields)
+        size = self.take_options(fields, IGNORED)
+        choose(fields.pop("moderation", "auto"), "moderation", MODERATIONS)
+        return [VOCABULARY.request(fields, limits, settled={"aspect-ratio": SIZES.get(size, "1:1")})]
+
+    def take_options(self, fields: dict, ignored: tuple[str, ...]) -> str:
+        """OpenAI's own fields, taken out of `fields`: how to answer (kept), those `ignored`, and the size asked
+        for (returned)."""
         self.response_format = choose(fields.pop("response_format", "b64_json"), "response_format", RESPONSE_FORMATS)
         self.output_format = choose(fields.pop("output_format", "png"), "output_format", OUTPUT_FORMATS)
         self.quality = fields.pop("output_compression", None)  # None: the deployment's JPEG quality
@@ -50,16 +57,14 @@ class OpenAIImages(HttpCall):
             raise InvalidRequest("output_compression", f"must be an integer from 0 to 100, got {excerpt(self.quality)}")
         if fields.pop("stream", False) is not False:
             raise InvalidRequest("stream", "must be false: this deployment answers with the finished images")
-        for name in IGNORED:
+        for name in ignored:
             if not isinstance(fields.pop(name, ""), str):
                 raise InvalidRequest(name, "must be a string")
         if fields.get("background") == "transparent":
             raise InvalidRequest("background", "transparent is not served: SDXL makes opaque images; use opaque or "
                                                "auto")
         choose(fields.pop("background", "auto"), "background", BACKGROUNDS)
-        choose(fields.pop("moderation", "auto"), "moderation", MODERATIONS)
-        size = choose(fields.pop("size", "auto"), "size", ["auto", *SIZES])
-        return [VOCABULARY.request(fields, limits, settled={"aspect-ratio": SIZES.get(size, "1:1")})]
+        return choose(fields.pop("size", "auto"), "size", ["auto", *SIZES])
 
     def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
         (generation,) = generations

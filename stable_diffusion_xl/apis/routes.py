@@ -16,6 +16,7 @@ from ..serving.transport import Call, Refused, StatusPing, route_path
 from .azure_ml import AzureScore
 from .cog_predictions import CogHealth, CogPrediction
 from .instill import InstillGrpc, InstillHttp
+from .openai_edits import OpenAIEdits
 from .openai_images import OpenAIImages, OpenAIModels
 from .page import PAGE_FILES, PageFile
 from .plain_predict import PlainPredict
@@ -25,6 +26,7 @@ from .trainings import CancelTraining, StartTraining, TrainingStatus
 HTTP_ROUTES = {
     "/": {"POST": InstillHttp, "GET": StatusPing, "HEAD": StatusPing},
     "/v1/images/generations": {"POST": OpenAIImages},
+    "/v1/images/edits": {"POST": OpenAIEdits},
     "/v1/models": {"GET": OpenAIModels},
     "/score": {"POST": AzureScore},
     "/predictions": {"POST": CogPrediction},

@@ -13,17 +13,22 @@ import json
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING
 
+from python_multipart.exceptions import FormParserError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..generation.engine import Generation, Progress
-from ..generation.request import InvalidRequest, TextToImageRequest
+from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
 from .limits import Limits
 
 if TYPE_CHECKING:
     from .trainings import Trainings
 
 PROGRESS_INTERVAL_S = 0.25  # how often a streaming call reports the steps done
+# A form holds a picture or two (image, mask) and the request's fields, each field a short text.
+MAX_FORM_FILES, MAX_FORM_FIELDS, MAX_FORM_FIELD_BYTES = 4, 64, 64 << 10
 
 
 class Call:
@@ -91,6 +96,40 @@ class HttpCall(Call):
             raise InvalidRequest("body", f"must be JSON ({error.msg} at character {error.pos})") from None
         except ValueError:  # not UTF-8, or an integer too long to read
             raise InvalidRequest("body", "must be JSON in UTF-8") from None
+
+    async def form_body(self, limit: int, timeout_s: float, setting: str) -> list[tuple[str, str | bytes]]:
+        """A multipart/form-data body (the OpenAI SDKs' uploads) as (name, text or file bytes) pairs in the order
+        sent. Over `limit` bytes (named by its `setting`) it is refused unread when its length is declared, and
+        midway otherwise; one that does not arrive within `timeout_s` is refused."""
+        media_type = self.request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "multipart/form-data":
+            raise InvalidRequest("body", f"must be multipart/form-data, as the OpenAI SDKs send it; got "
+                                         f"{excerpt(media_type) if media_type else 'no Content-Type'}")
+        declared = self.request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise upload_too_large(limit, setting)
+        try:
+            return await asyncio.wait_for(self._read_form(limit, setting), timeout_s)
+        except TimeoutError:
+            raise InvalidRequest("body", f"did not arrive within {timeout_s} s", http_status=408) from None
+        except ClientDisconnect:
+            raise InvalidRequest("body", "the client hung up before sending it whole") from None
+
+    async def _read_form(self, limit: int, setting: str) -> list[tuple[str, str | bytes]]:
+        parser = MultiPartParser(self.request.headers, capped(self.request.stream(), limit, setting),
+                                 max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS,
+                                 max_part_size=MAX_FORM_FIELD_BYTES)
+        try:
+            form = await parser.parse()
+        except MultiPartException as error:  # starlette's own limits, in its fixed words
+            raise InvalidRequest("body", f"is refused: {error.message}") from None
+        except FormParserError:
+            raise InvalidRequest("body", "is not well-formed multipart/form-data") from None
+        try:
+            return [(name, await value.read() if isinstance(value, UploadFile) else value)
+                    for name, value in form.multi_items()]
+        finally:
+            await form.close()
 
     def error_body(self, error: InvalidRequest):
         return {"error": str(error), "field": error.field}
@@ -169,6 +208,21 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def too_large(limit: int) -> InvalidRequest:
     return InvalidRequest("body", f"is larger than this deployment's limit of {limit} bytes", http_status=413)
+
+
+async def capped(stream: AsyncIterator[bytes], limit: int, setting: str) -> AsyncIterator[bytes]:
+    """`stream`, refused as soon as it has brought more than `limit` bytes."""
+    read = 0
+    async for chunk in stream:
+        read += len(chunk)
+        if read > limit:
+            raise upload_too_large(limit, setting)
+        yield chunk
+
+
+def upload_too_large(limit: int, setting: str) -> InvalidRequest:
+    return InvalidRequest("body", f"is larger than this deployment's upload limit of {limit} bytes ({setting})",
+                          http_status=413)
 
 
 def route_path(request: Request) -> str:

@@ -9,6 +9,8 @@ that emits it (matched by its text, so that every other line of that logger, err
 - torchao, which diffusers imports when it is installed (we use it only for SDXL_QUANTIZE=fp8), warns about its
   optional kernels (built for another Python, or needing Triton), and its import makes torch warn about Enum
   constants.
+- python-multipart warns of each malformed upload it parses, quoting a byte of the caller's body; the call is
+  refused (400 naming `body`) and the replica logs that, without the caller's bytes.
 
 The Instill SDK, when imported, gives the root logger a format that prints milliseconds twice
 (`17:52:50,951.951`): `quiet_library_logs` mends it too.
@@ -28,6 +30,8 @@ NOISE = {
     "torchao.kernel.intmm": ("Detected no triton",),
     "torch.utils._pytree": ("is an Enum subclass and is now natively supported by torch.compile",),
     "diffusers.quantizers.torchao.torchao_quantizer": ("Unable to import `torchao` Tensor objects",),
+    "python_multipart.multipart": ("Expected boundary character", "Did not find", "Found invalid character",
+                                   "Found 0-length header", "Reached an unknown state"),
 }
 
 

@@ -149,7 +149,7 @@ def test_cog_leaves_out_flagged_images_and_fails_when_all_are(cluster):
     ({"prompt": PROMPT, "num_outputs": 9}, ["num_outputs"], "must be from 1 to 4 on this deployment"),
     ({"prompt": PROMPT, "scheduler": "PNDM"}, ["scheduler"], "must be one of K_EULER"),
     ({"prompt": PROMPT, "refine": "base_image_refiner"}, ["refine"], "must be one of expert_ensemble_refiner"),
-    ({"prompt": PROMPT, "image": "https://example.com/a.png"}, ["image"], "is not served"),
+    ({"prompt": PROMPT, "image": "https://example.com/a.png"}, ["image"], "is a URL, and this deployment fetches"),
     ({"num_outputs": 1}, ["prompt"], "is required"),
 ])
 def test_cog_invalid_input_is_422_with_the_location_of_the_field(cluster, cog_input, location, message):

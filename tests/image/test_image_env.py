@@ -92,7 +92,7 @@ def test_image_python_environment_installs_in_order_and_is_consistent(build_call
         assert check.returncode == 0, check.stdout + check.stderr
         imports = subprocess.run([str(python), "-c", (
             "import importlib.util, torch, diffusers, transformers, accelerate, safetensors, ray.serve\n"
-            "import instill.helpers\n"
+            "import instill.helpers, python_multipart\n"
             "from instill.helpers.ray_config import InstillDeployable, instill_deployment\n"
             "assert importlib.util.find_spec('instill.helpers.test'), 'the module instill run calls last'\n"
             "print(torch.__version__, diffusers.__version__, transformers.__version__)")],

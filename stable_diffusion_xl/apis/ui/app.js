@@ -103,7 +103,8 @@ async function generate(event) {
   $("request-id").textContent = "";
   let succeeded = false;
   try {
-    const response = await fetch(API, { method: "POST", headers, body: JSON.stringify(body), signal: running.signal });
+    const response = await fetch(API, { method: "POST", headers, body: JSON.stringify(withEdit(body)),
+                                         signal: running.signal });
     const requestId = response.headers.get("x-request-id"); // Ray Serve's id of the call in its logs
     if (requestId) $("request-id").textContent = `Request id: ${requestId}`;
     if (!response.ok) {
@@ -215,7 +216,7 @@ function showError(field, message) {
   place.textContent = `${message.charAt(0).toUpperCase()}${message.slice(1)}${message.endsWith(".") ? "" : "."}`;
   if (place.id !== "form-error") {
     // A group (aspect ratio, adapters) is focused at its checked control.
-    const control = input.matches("input, textarea, select") ? input
+    const control = input.matches("input, textarea, select, canvas") ? input
       : input.querySelector("input:checked") ?? input.querySelector("input");
     control.setAttribute("aria-invalid", "true");
     control.focus();
@@ -238,6 +239,7 @@ function showResults(output) {
   const seconds = Object.entries(usage.seconds).map(([stage, s]) => `${STAGE_NAMES[stage] ?? stage} ${s.toFixed(2)}`);
   $("timings").textContent = `${usage.width}×${usage.height}. Seconds: ${seconds.join(", ")}.`;
   $("progress-text").textContent = `Done: ${count} ${count === 1 ? "image" : "images"}.`;
+  showMode(usage);
 }
 
 function figure(choice, seed, name) {
@@ -314,6 +316,7 @@ function summary(settings, usage) {
   const parts = [`${settings["aspect-ratio"]} (${usage.width}×${usage.height})`, `seeds ${usage.seeds.join(", ")}`,
                  `${usage.steps} steps`, `guidance ${usage["guidance-scale"]}`, usage.scheduler,
                  usage.refiner ? `refiner from ${usage["high-noise-frac"]}` : "no refiner"];
+  if (usage.mode && usage.mode !== TEXT_TO_IMAGE) parts[0] = `${usage.mode} (${usage.width}×${usage.height})`;
   const adapters = usage.lora.map((name, index) => `${name} × ${usage["lora-scale"][index]}`);
   if (adapters.length) parts.push(`LoRA ${adapters.join(", ")}`);
   if (settings["negative-prompt"]) parts.push(`not: ${settings["negative-prompt"]}`);
@@ -333,6 +336,181 @@ function fillForm(settings) {
   $("refiner").dispatchEvent(new Event("change"));
   $("prompt").focus();
 }
+
+// --- Edit mode (image-to-image and inpainting): begin ---
+// A picture to start from and a mask painted over it, in the picture's own pixels (white: redraw, black: keep),
+// sent with the request as data URIs ("image", "mask") with its "strength". No paint sends no mask: the whole
+// picture is redrawn as far as the strength says (image-to-image). Usage says which mode ran, at which size.
+
+const TEXT_TO_IMAGE = "text-to-image";
+const LARGEST_PICTURE = 2048; // longest side painted and sent as chosen; a larger picture is sent scaled to it
+const TINT = "rgb(255, 0, 128)"; // the painted strokes, shown half transparent over the picture
+const edit = { image: null, mask: null, tint: null, painted: false, brush: { x: 0, y: 0 }, spaceDown: false,
+               pointerDown: false };
+
+// With a picture the aspect ratio is the picture's: the shapes are disabled (still shown, and kept for the
+// history).
+function usePictureShape(on) {
+  $("aspect-ratio").closest("fieldset").disabled = on;
+}
+
+async function choosePicture() {
+  const [file] = $("image").files;
+  if (!file) return removePicture();
+  usePictureShape(true);
+  const chosen = await readDataUri(file);
+  const picture = new Image();
+  picture.src = chosen;
+  try {
+    await picture.decode();
+  } catch { // not a picture this browser can show: sent as it is, for the API to name what is wrong with it
+    Object.assign(edit, { image: chosen, mask: null, tint: null, painted: false });
+    $("edit-tools").hidden = true;
+    return;
+  }
+  const scale = Math.min(1, LARGEST_PICTURE / Math.max(picture.naturalWidth, picture.naturalHeight));
+  const width = Math.round(picture.naturalWidth * scale), height = Math.round(picture.naturalHeight * scale);
+  const shown = $("edit-picture");
+  Object.assign(shown, { width, height });
+  shown.getContext("2d").drawImage(picture, 0, 0, width, height);
+  Object.assign($("mask"), { width, height });
+  edit.image = scale < 1 ? shown.toDataURL("image/png") : chosen;
+  edit.mask = element("canvas", { width, height });
+  edit.tint = element("canvas", { width, height });
+  edit.brush = { x: Math.round(width / 2), y: Math.round(height / 2) };
+  const longest = Math.max(width, height);
+  Object.assign($("brush-size"), { max: Math.max(8, Math.round(longest / 4)), value: Math.max(2, Math.round(longest / 16)) });
+  $("edit-tools").hidden = false;
+  clearMask();
+}
+
+function readDataUri(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.addEventListener("load", () => resolve(reader.result));
+    reader.addEventListener("error", () => reject(reader.error));
+    reader.readAsDataURL(file);
+  });
+}
+
+function removePicture() {
+  $("image").value = "";
+  Object.assign(edit, { image: null, mask: null, tint: null, painted: false });
+  $("edit-tools").hidden = true;
+  $("mode-used").textContent = "";
+  usePictureShape(false);
+}
+
+function clearMask() {
+  const mask = edit.mask.getContext("2d");
+  mask.fillStyle = "black";
+  mask.fillRect(0, 0, edit.mask.width, edit.mask.height);
+  edit.tint.getContext("2d").clearRect(0, 0, edit.tint.width, edit.tint.height);
+  edit.painted = false;
+  drawOverlay();
+}
+
+// A stroke from `from` to `to` (a dab where they are one point), on the mask and on its tinted copy.
+function paint(from, to) {
+  for (const [canvas, colour] of [[edit.mask, "white"], [edit.tint, TINT]]) {
+    const context = canvas.getContext("2d");
+    Object.assign(context, { strokeStyle: colour, lineWidth: Number($("brush-size").value), lineCap: "round" });
+    context.beginPath();
+    context.moveTo(from.x, from.y);
+    context.lineTo(to.x, to.y);
+    context.stroke();
+  }
+  edit.painted = true;
+  drawOverlay();
+}
+
+// The painted strokes over the picture, and the brush as a ring where it is; said in words unless `quietly` (a
+// pointer hovering, which would flood a screen reader).
+function drawOverlay(quietly = false) {
+  const overlay = $("mask"), context = overlay.getContext("2d");
+  context.clearRect(0, 0, overlay.width, overlay.height);
+  context.globalAlpha = 0.5;
+  context.drawImage(edit.tint, 0, 0);
+  context.globalAlpha = 1;
+  const radius = Number($("brush-size").value) / 2, { x, y } = edit.brush;
+  context.lineWidth = Math.max(1, overlay.width / 400);
+  for (const colour of ["white", "black"]) {
+    context.strokeStyle = colour;
+    context.beginPath();
+    context.arc(x, y, colour === "white" ? radius : radius + context.lineWidth, 0, 2 * Math.PI);
+    context.stroke();
+  }
+  if (quietly) return;
+  $("brush-at").textContent = `Brush at ${x}, ${y} of ${overlay.width}×${overlay.height}, size ${2 * radius}` +
+    (edit.painted ? "; some of the picture is painted to be redrawn." : "; nothing painted yet.");
+}
+
+// Where a pointer event is, in the picture's pixels (the canvas is shown scaled).
+function pointerAt(event) {
+  const overlay = $("mask"), box = overlay.getBoundingClientRect();
+  return { x: Math.round(((event.clientX - box.left) * overlay.width) / box.width),
+           y: Math.round(((event.clientY - box.top) * overlay.height) / box.height) };
+}
+
+function moveBrush(to, painting, quietly = false) {
+  const from = edit.brush;
+  edit.brush = { x: Math.min(Math.max(to.x, 0), $("mask").width), y: Math.min(Math.max(to.y, 0), $("mask").height) };
+  if (painting) paint(from, edit.brush);
+  else drawOverlay(quietly);
+}
+
+const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+
+function paintWithKeys(event) {
+  const size = $("brush-size");
+  if (event.key in ARROWS) {
+    const [dx, dy] = ARROWS[event.key], step = Math.max(2, Number(size.value) / 2) * (event.shiftKey ? 4 : 1);
+    moveBrush({ x: Math.round(edit.brush.x + dx * step), y: Math.round(edit.brush.y + dy * step) }, edit.spaceDown);
+  } else if (event.key === " ") {
+    if (!edit.spaceDown) paint(edit.brush, edit.brush);
+    edit.spaceDown = true;
+  } else if (event.key === "+" || event.key === "=" || event.key === "-") {
+    size.value = Number(size.value) + (event.key === "-" ? -1 : 1) * Math.max(1, Math.round(size.value / 8));
+    drawOverlay();
+  } else {
+    return;
+  }
+  event.preventDefault(); // the page does not scroll under the brush
+}
+
+// The request as sent: with a picture, its image, mask and strength, and no aspect ratio (the picture's is used).
+function withEdit(body) {
+  if (!edit.image) return body;
+  const sent = { ...body, image: edit.image };
+  delete sent["aspect-ratio"];
+  if (edit.painted) sent.mask = edit.mask.toDataURL("image/png");
+  setNumber(sent, "strength");
+  return sent;
+}
+
+function showMode(usage) {
+  $("mode-used").textContent = usage.mode && usage.mode !== TEXT_TO_IMAGE
+    ? `Mode: ${usage.mode}, at ${usage.width}×${usage.height}.` : "";
+}
+
+$("image").addEventListener("change", choosePicture);
+$("remove-picture").addEventListener("click", removePicture);
+$("clear-mask").addEventListener("click", clearMask);
+$("brush-size").addEventListener("input", () => drawOverlay());
+$("mask").addEventListener("keydown", paintWithKeys);
+$("mask").addEventListener("keyup", (event) => { if (event.key === " ") edit.spaceDown = false; });
+$("mask").addEventListener("blur", () => { edit.spaceDown = false; });
+$("mask").addEventListener("pointerdown", (event) => {
+  $("mask").setPointerCapture(event.pointerId);
+  edit.pointerDown = true;
+  edit.brush = pointerAt(event);
+  paint(edit.brush, edit.brush);
+});
+$("mask").addEventListener("pointermove", (event) => moveBrush(pointerAt(event), edit.pointerDown, true));
+for (const name of ["pointerup", "pointercancel"]) {
+  $("mask").addEventListener(name, () => { edit.pointerDown = false; });
+}
+// --- Edit mode: end ---
 
 // --- Wiring ---
 
