@@ -30,6 +30,7 @@ from ..generation.pictures import as_image, decode_picture, mask_from_alpha
 from ..generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
 from ..generation.sizes import NATIVE_SIZES, nearest_aspect_ratio
 from ..serving.limits import Limits
+from ..serving.transport import Upload
 from .openai_images import OpenAIImages
 from .vocabulary import Vocabulary
 
@@ -94,17 +95,17 @@ def pictures(files: dict[str, list[bytes]], limits: Limits) -> tuple[Image.Image
     return image, mask
 
 
-def form_fields(parts: list[tuple[str, str | bytes]]) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
+def form_fields(parts: list[tuple[str, str | Upload]]) -> tuple[dict[str, Any], dict[str, list[bytes]]]:
     """The form's text fields ({name: text}, or {name: [texts]} for `name[]` parts) and its files
     ({name: [contents]}, `image[]` under `image`). A field sent twice without `[]` is refused naming it."""
     fields: dict[str, Any] = {}
     files: dict[str, list[bytes]] = {}
     for name, value in parts:
         base, listed = (name[:-2], True) if name.endswith("[]") else (name, False)
-        if isinstance(value, bytes):
+        if isinstance(value, Upload):
             if base not in FILES:
                 raise InvalidRequest(base, "is a file; only image and mask are uploads")
-            files.setdefault(base, []).append(value)
+            files.setdefault(base, []).append(value.data)
         elif base in FILES:
             raise InvalidRequest(base, "must be a file upload (multipart with a filename), not a text field")
         elif listed:

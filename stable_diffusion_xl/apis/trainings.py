@@ -16,10 +16,8 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import email.policy
 import json
 import re
-from email.parser import BytesParser
 
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
@@ -28,8 +26,9 @@ from ..generation.request import KNOWN_FIELDS, InvalidRequest, excerpt, unknown_
 from ..serving.environment import FLAG_VALUES
 from ..serving.limits import Limits
 from ..serving.trainings import Trainings
-from ..serving.transport import HttpCall, read_body
+from ..serving.transport import HttpCall, Upload, read_body
 from ..training.options import TrainingOptions, from_fields, wire_name
+from ..training.photos import MAX_FILES
 
 # What a caller may set, by wire name: every option but the checkpoints' (kept on the trainer's own machine) and
 # the workers (a training here is one Ray task with SDXL_TRAIN_GPUS GPUs; the `train` command spreads one wider).
@@ -37,7 +36,7 @@ OPTIONS = {wire_name(spec): spec for spec in dataclasses.fields(TrainingOptions)
            if spec.name not in ("resume", "checkpoint_every", "workers")}
 FIELDS = ["images", *OPTIONS]
 KNOWN_FIELDS.update(FIELDS, ["id"])
-MAX_PARTS = 500  # form parts: photos and options
+UPLOAD_SETTING = "SDXL_TRAIN_MAX_UPLOAD_MB"
 UPLOAD_TIME_FACTOR = 10  # photos take longer to arrive than a prompt: this many times SDXL_BODY_TIMEOUT_S
 DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[\w.+-]+)*;base64,(.*)", re.DOTALL)
 TRAINING_ID = re.compile(r"[0-9a-f]{32}")
@@ -73,23 +72,21 @@ class StartTraining(TrainingCall):
     """`POST /v1/trainings`: the photos and options; 202 with the queued training once it is checked."""
 
     async def act(self, trainings: Trainings, limits: Limits) -> JSONResponse:
-        body = await self.upload(limits)
-        content_type = self.request.headers.get("content-type", "")
-        if content_type.lower().startswith("multipart/form-data"):
-            photos, fields = form_fields(body, content_type)
+        limit, timeout = limits.max_training_upload_mb << 20, limits.body_timeout_s * UPLOAD_TIME_FACTOR
+        if self.is_form():
+            photos, fields = form_fields(await self.form_body(limit, timeout, UPLOAD_SETTING, max_files=MAX_FILES))
         else:
-            photos, fields = json_fields(body)
+            photos, fields = json_fields(await self.upload(limit, timeout))
         unknown = sorted(set(fields) - set(OPTIONS))
         if unknown:
             raise unknown_key(unknown[0], FIELDS, kind="field")
         status = await trainings.start(photos, from_fields(fields))
         return self.answer_status(status, status["id"], 202)
 
-    async def upload(self, limits: Limits) -> bytes:
-        """The body, bounded before it is read whole (413), and in time (408)."""
-        timeout = limits.body_timeout_s * UPLOAD_TIME_FACTOR
+    async def upload(self, limit: int, timeout: float) -> bytes:
+        """A JSON body, bounded before it is read whole (413), and in time (408)."""
         try:
-            return await asyncio.wait_for(read_body(self.request, limits.max_training_upload_mb << 20), timeout)
+            return await asyncio.wait_for(read_body(self.request, limit), timeout)
         except TimeoutError:
             raise InvalidRequest("body", f"did not arrive within {timeout} s", http_status=408) from None
         except ClientDisconnect:
@@ -112,26 +109,20 @@ class CancelTraining(TrainingCall):
         return self.answer_status(await trainings.cancel(training_id), training_id)
 
 
-def form_fields(body: bytes, content_type: str) -> tuple[list[tuple[str, bytes]], dict]:
+def form_fields(parts: list[tuple[str, str | Upload]]) -> tuple[list[tuple[str, bytes]], dict]:
     """A multipart form's `images` files and its other fields, read as TrainingOptions' types."""
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
-    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise InvalidRequest("body", "must be a multipart form with a boundary, or JSON")
     photos, fields = [], {}
-    for index, part in enumerate(message.iter_parts()):
-        if index >= MAX_PARTS:
-            raise InvalidRequest("body", f"has more than {MAX_PARTS} parts")
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True) or b""
+    for name, value in parts:
         if name == "images":
-            photos.append((part.get_filename() or f"photo-{len(photos)}", payload))
-        elif isinstance(name, str) and name in OPTIONS:
-            fields[name] = option_value(name, payload.decode("utf-8", "replace").strip())
-        elif isinstance(name, str):
-            fields[name] = None  # an unknown field, named by the caller's check
+            if not isinstance(value, Upload):
+                raise InvalidRequest("images", "must be files (form parts with a filename), not text")
+            photos.append((value.filename or f"photo-{len(photos)}", value.data))
+        elif isinstance(value, Upload):
+            raise InvalidRequest(name if name in OPTIONS else "body", "is a file; only `images` are uploads")
+        elif name in OPTIONS:
+            fields[name] = option_value(name, value.strip())
         else:
-            raise InvalidRequest("body", "has a form part without a name")
+            fields[name] = None  # an unknown field, named by the caller's check
     return photos, fields
 
 

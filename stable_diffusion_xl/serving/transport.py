@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator, Coroutine
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from python_multipart.exceptions import FormParserError
 from starlette.datastructures import UploadFile
@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 PROGRESS_INTERVAL_S = 0.25  # how often a streaming call reports the steps done
 # A form holds a picture or two (image, mask) and the request's fields, each field a short text.
 MAX_FORM_FILES, MAX_FORM_FIELDS, MAX_FORM_FIELD_BYTES = 4, 64, 64 << 10
+
+
+class Upload(NamedTuple):
+    """A file of a multipart form: the name the client gave it, and its bytes."""
+
+    filename: str
+    data: bytes
 
 
 class Call:
@@ -97,27 +104,32 @@ class HttpCall(Call):
         except ValueError:  # not UTF-8, or an integer too long to read
             raise InvalidRequest("body", "must be JSON in UTF-8") from None
 
-    async def form_body(self, limit: int, timeout_s: float, setting: str) -> list[tuple[str, str | bytes]]:
-        """A multipart/form-data body (the OpenAI SDKs' uploads) as (name, text or file bytes) pairs in the order
-        sent. Over `limit` bytes (named by its `setting`) it is refused unread when its length is declared, and
-        midway otherwise; one that does not arrive within `timeout_s` is refused."""
-        media_type = self.request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media_type != "multipart/form-data":
+    async def form_body(self, limit: int, timeout_s: float, setting: str, max_files: int = MAX_FORM_FILES
+                        ) -> list[tuple[str, str | Upload]]:
+        """A multipart/form-data body (the OpenAI SDKs' uploads, an HTML form's files) as (name, text or Upload)
+        pairs in the order sent. Over `limit` bytes (named by its `setting`) it is refused unread when its length
+        is declared, and midway otherwise; one that does not arrive within `timeout_s` is refused."""
+        if not self.is_form():
+            media_type = self.request.headers.get("content-type", "").partition(";")[0].strip()
             raise InvalidRequest("body", f"must be multipart/form-data, as the OpenAI SDKs send it; got "
                                          f"{excerpt(media_type) if media_type else 'no Content-Type'}")
         declared = self.request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise upload_too_large(limit, setting)
         try:
-            return await asyncio.wait_for(self._read_form(limit, setting), timeout_s)
+            return await asyncio.wait_for(self._read_form(limit, setting, max_files), timeout_s)
         except TimeoutError:
             raise InvalidRequest("body", f"did not arrive within {timeout_s} s", http_status=408) from None
         except ClientDisconnect:
             raise InvalidRequest("body", "the client hung up before sending it whole") from None
 
-    async def _read_form(self, limit: int, setting: str) -> list[tuple[str, str | bytes]]:
+    def is_form(self) -> bool:
+        media_type = self.request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        return media_type == "multipart/form-data"
+
+    async def _read_form(self, limit: int, setting: str, max_files: int) -> list[tuple[str, str | Upload]]:
         parser = MultiPartParser(self.request.headers, capped(self.request.stream(), limit, setting),
-                                 max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS,
+                                 max_files=max_files, max_fields=MAX_FORM_FIELDS,
                                  max_part_size=MAX_FORM_FIELD_BYTES)
         try:
             form = await parser.parse()
@@ -126,7 +138,7 @@ class HttpCall(Call):
         except FormParserError:
             raise InvalidRequest("body", "is not well-formed multipart/form-data") from None
         try:
-            return [(name, await value.read() if isinstance(value, UploadFile) else value)
+            return [(name, Upload(value.filename or "", await value.read()) if isinstance(value, UploadFile) else value)
                     for name, value in form.multi_items()]
         finally:
             await form.close()
