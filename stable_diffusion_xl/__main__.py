@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--demo", action="store_true", help=DEMO_HELP)
     generate.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
     generate.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="images per UNet batch")
+    generate.add_argument("--lora-dir", type=Path, help=f"where --lora finds adapters (default: SDXL_LORA_DIR, else "
+                          f"{LORA_SUBDIR}/ beside the models, where `serve` and `train` find them)")
 
     serve = commands.add_parser("serve", help="serve the Instill model on a local Ray Serve (HTTP, gRPC) until Ctrl-C")
     serve.add_argument("--host", default="127.0.0.1", help="the HTTP API's address (default: 127.0.0.1; 0.0.0.0 for "
@@ -142,7 +144,8 @@ def _generate(args) -> int:
     fields = {spec.name: getattr(args, spec.name) for spec in PARAMETERS.values()}
     pictures = {name: _read(getattr(args, name), name) for name in ("image", "mask") if getattr(args, name)}
     request = TextToImageRequest(prompt=args.prompt, **fields, **read_pictures(pictures, UploadLimits()))
-    engine = Engine.load(args.weights, demo=args.demo, max_batch_size=args.max_batch_size)
+    engine = Engine.load(args.weights, demo=args.demo, max_batch_size=args.max_batch_size,
+                         lora_dir=args.lora_dir or Settings.from_env().lora_dir)
     # The adapters as a deployment checks them (n is the user's own business here): an unknown one is an error line.
     Limits(lora_names=engine.adapters.names, max_loras=engine.adapters.limit).check_loras(request, "")
     engine.set_progress_bars(True)

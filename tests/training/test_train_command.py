@@ -123,7 +123,7 @@ def run_cli(*args, timeout=600):
 
 
 @pytest.mark.slow  # a subprocess that trains
-def test_train_shows_the_loss_and_ends_with_where_the_adapter_is_and_how_to_use_it(weights_dir, tmp_path):
+def test_train_shows_the_loss_and_ends_with_where_the_adapter_is_and_generate_uses_it(weights_dir, tmp_path):
     photos = write_photos(tmp_path / "photos", 6)
     (photos / "photo-0.txt").write_text("a photo of sks dog on grass")
     result = run_cli("--images", str(photos), "--name", "dog", "--token", "sks", "--class-word", "dog", "--steps",
@@ -135,6 +135,10 @@ def test_train_shows_the_loss_and_ends_with_where_the_adapter_is_and_how_to_use_
     assert '"lora": "dog"' in summary and "sks" in summary
     metadata = json.loads((tmp_path / "loras" / "dog.json").read_text())
     assert (metadata["captioned_photos"], metadata["token"], metadata["steps"]) == (1, "sks", 3)
+    # The command line's next step: generate with it, from the same folder.
+    code = main(["generate", "a photo of sks dog", "--lora", "dog", "--lora-dir", str(tmp_path / "loras"), "--steps",
+                 "2", "--demo", "--weights", str(weights_dir), "-o", str(tmp_path / "out")])
+    assert code == 0 and len(list((tmp_path / "out").glob("sdxl-*.jpg"))) == 1
 
 
 @pytest.mark.slow  # a subprocess that starts a one-node Ray on loopback and two Ray Train workers
