@@ -90,6 +90,7 @@ def test_a_picture_of_another_size_is_made_at_its_nearest_native_size(engine):
     assert generation.images[0].tobytes() == fit(wide, (304, 208)).tobytes()
 
 
+@pytest.mark.slow  # trains or generates again: kept out of `make test-fast`
 def test_requests_with_other_pictures_share_a_batch_and_each_equals_its_solo_result(engine):
     other = PHOTO.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     batch = [request(seed=3, mask=MASK, **EDIT), request(seed=3, **{**EDIT, "image": other}, mask=MASK)]
@@ -135,6 +136,7 @@ def test_long_prompts_and_lora_adapters_apply_to_edits(engine):
     assert generation.tokens["prompt"] > 75 and len(generation.images) == 1
 
 
+@pytest.mark.slow  # trains or generates again: kept out of `make test-fast`
 def test_a_nan_decode_and_an_out_of_memory_batch_are_recovered_as_in_text_to_image(engine, monkeypatch):
     expected = engine.generate([request(seed=7, n=2, mask=MASK, **EDIT)])[0]
     nan_decodes(engine, monkeypatch)["left"] = 1
@@ -153,6 +155,7 @@ def test_a_nan_decode_and_an_out_of_memory_batch_are_recovered_as_in_text_to_ima
         assert max_pixel_difference(image, reference) <= ROUNDING
 
 
+@pytest.mark.slow  # trains or generates again: kept out of `make test-fast`
 def test_the_safety_checker_filters_an_edited_image_as_a_generated_one(engine, weights_dir, tmp_path, monkeypatch):
     edit = request(seed=12, n=2, strength=1.0, **EDIT)  # redrawn whole: the two images differ enough for CLIP
     flagged, other = engine.generate([edit])[0].images

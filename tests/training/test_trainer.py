@@ -124,6 +124,7 @@ def test_a_run_that_crashes_midway_keeps_the_adapter_and_leaves_only_its_checkpo
     assert available(existing) == ("subject",)
 
 
+@pytest.mark.slow  # trains or generates again: kept out of `make test-fast`
 def test_a_resumed_run_ends_with_exactly_the_adapter_of_an_uninterrupted_one(paths, photos, tmp_path):
     options = TrainingOptions(name="whole", steps=6, checkpoint_every=2, learning_rate=LEARNING_RATE)
     whole = load_file(train(paths, tmp_path / "whole", photos, options).adapter)
@@ -172,6 +173,7 @@ def test_too_few_photos_and_resuming_nothing_are_refused_before_any_work(paths, 
     assert folder_state(tmp_path) == {}
 
 
+@pytest.mark.slow  # trains or generates again: kept out of `make test-fast`
 def test_gradient_checkpointing_trains_the_same_adapter(paths, photos, tmp_path):
     """What a GPU under 70 GiB turns on (recomputing each block's forward in the backward pass) changes nothing
     but memory and time."""
@@ -183,6 +185,7 @@ def test_gradient_checkpointing_trains_the_same_adapter(paths, photos, tmp_path)
     assert all(torch.allclose(plain[key].float(), checkpointed[key].float(), atol=1e-3) for key in plain)
 
 
+@pytest.mark.slow  # trains or generates again: kept out of `make test-fast`
 def test_training_the_text_encoders_too_writes_their_layers_and_the_engine_serves_them(paths, photos, tmp_path,
                                                                                      weights_dir):
     options = TrainingOptions(name="both", steps=2, rank=4, train_text_encoder=True, learning_rate=LEARNING_RATE)
