@@ -27,12 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .request import InvalidRequest, excerpt
+from .request import MASK_THRESHOLD, InvalidRequest, excerpt
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 DEFAULT_MAX_UPLOAD_MB = 20
 DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40
-MASK_THRESHOLD = 128  # at or above: repaint (diffusers binarizes its mask at 0.5)
 _DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*?;base64,", re.ASCII)
 
 

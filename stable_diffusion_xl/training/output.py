@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 
 from ..generation.request import InvalidRequest, excerpt
-from ..weights.lora_files import SUFFIX
+from ..weights.lora_files import SIDECAR, SUFFIX
 
 WORK_SUBDIR = ".training"  # hidden: lora_files.available() lists plain names only
-METADATA_SUFFIX = ".json"
 
 
 class NameTaken(InvalidRequest):
@@ -38,15 +37,7 @@ def adapter_path(lora_dir: Path, name: str) -> Path:
 
 
 def metadata_path(lora_dir: Path, name: str) -> Path:
-    return lora_dir / f"{name}{METADATA_SUFFIX}"
-
-
-def read_metadata(lora_dir: Path, name: str) -> dict | None:
-    """The JSON a training wrote beside an adapter; None for an adapter that has none (or an unreadable one)."""
-    try:
-        return json.loads(metadata_path(lora_dir, name).read_text())
-    except (OSError, ValueError):
-        return None
+    return lora_dir / f"{name}{SIDECAR}"
 
 
 class Workspace:
@@ -99,7 +90,7 @@ class Workspace:
         self.folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix="publish-", dir=self.folder))
         try:
-            adapter, meta = staging / f"{self.name}{SUFFIX}", staging / f"{self.name}{METADATA_SUFFIX}"
+            adapter, meta = staging / f"{self.name}{SUFFIX}", staging / f"{self.name}{SIDECAR}"
             write_adapter(adapter)
             meta.write_text(json.dumps(metadata, indent=2) + "\n")
             self.check_name(overwrite)  # again: another run may have taken the name meanwhile
