@@ -12,14 +12,12 @@ itself runs on the Ray cluster (serving/trainings.py), never in this replica.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
 import json
 import re
 
-from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from ..generation.request import KNOWN_FIELDS, InvalidRequest, excerpt, unknown_key
@@ -76,21 +74,12 @@ class StartTraining(TrainingCall):
         if self.is_form():
             photos, fields = form_fields(await self.form_body(limit, timeout, UPLOAD_SETTING, max_files=MAX_FILES))
         else:
-            photos, fields = json_fields(await self.upload(limit, timeout))
+            photos, fields = json_fields(await self.arriving(read_body(self.request, limit), timeout))
         unknown = sorted(set(fields) - set(OPTIONS))
         if unknown:
             raise unknown_key(unknown[0], FIELDS, kind="field")
         status = await trainings.start(photos, from_fields(fields))
         return self.answer_status(status, status["id"], 202)
-
-    async def upload(self, limit: int, timeout: float) -> bytes:
-        """A JSON body, bounded before it is read whole (413), and in time (408)."""
-        try:
-            return await asyncio.wait_for(read_body(self.request, limit), timeout)
-        except TimeoutError:
-            raise InvalidRequest("body", f"did not arrive within {timeout} s", http_status=408) from None
-        except ClientDisconnect:
-            raise InvalidRequest("body", "the client hung up before sending it whole") from None
 
 
 class TrainingStatus(TrainingCall):

@@ -89,12 +89,7 @@ class HttpCall(Call):
         """The body as JSON; a body over the size limit (larger where the route takes `pictures`) is refused before
         it is read whole, and one that does not arrive in time is refused (it would hold one of the replica's few
         call slots)."""
-        try:
-            body = await asyncio.wait_for(read_body(self.request, limits.body_bytes(pictures)), limits.body_timeout_s)
-        except TimeoutError:
-            raise InvalidRequest("body", f"did not arrive within {limits.body_timeout_s} s", http_status=408) from None
-        except ClientDisconnect:  # nobody reads this answer; it keeps a hang-up out of the error logs
-            raise InvalidRequest("body", "the client hung up before sending it whole") from None
+        body = await self.arriving(read_body(self.request, limits.body_bytes(pictures)), limits.body_timeout_s)
         try:
             return json.loads(body)
         except RecursionError:
@@ -113,23 +108,26 @@ class HttpCall(Call):
             media_type = self.request.headers.get("content-type", "").partition(";")[0].strip()
             raise InvalidRequest("body", f"must be multipart/form-data, as the OpenAI SDKs send it; got "
                                          f"{excerpt(media_type) if media_type else 'no Content-Type'}")
-        declared = self.request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise upload_too_large(limit, setting)
+        refusal = InvalidRequest("body", f"is larger than this deployment's upload limit of {limit} bytes ({setting})",
+                                 http_status=413)
+        return await self.arriving(self._read_form(body_stream(self.request, limit, refusal), max_files), timeout_s)
+
+    async def arriving(self, reading: Coroutine, timeout_s: float):
+        """What `reading` makes of the body, refused when the body does not arrive within `timeout_s` (it would
+        hold one of the replica's few call slots) or the client hangs up."""
         try:
-            return await asyncio.wait_for(self._read_form(limit, setting, max_files), timeout_s)
+            return await asyncio.wait_for(reading, timeout_s)
         except TimeoutError:
             raise InvalidRequest("body", f"did not arrive within {timeout_s} s", http_status=408) from None
-        except ClientDisconnect:
+        except ClientDisconnect:  # nobody reads this answer; it keeps a hang-up out of the error logs
             raise InvalidRequest("body", "the client hung up before sending it whole") from None
 
     def is_form(self) -> bool:
         media_type = self.request.headers.get("content-type", "").partition(";")[0].strip().lower()
         return media_type == "multipart/form-data"
 
-    async def _read_form(self, limit: int, setting: str, max_files: int) -> list[tuple[str, str | Upload]]:
-        parser = MultiPartParser(self.request.headers, capped(self.request.stream(), limit, setting),
-                                 max_files=max_files, max_fields=MAX_FORM_FIELDS,
+    async def _read_form(self, stream: AsyncIterator[bytes], max_files: int) -> list[tuple[str, str | Upload]]:
+        parser = MultiPartParser(self.request.headers, stream, max_files=max_files, max_fields=MAX_FORM_FIELDS,
                                  max_part_size=MAX_FORM_FIELD_BYTES)
         try:
             form = await parser.parse()
@@ -207,34 +205,28 @@ def key_problem(sent: str, api_key: str | None) -> str | None:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """At most `limit` bytes of body: a larger declared length is refused unread, a longer stream midway."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large(limit)
-    return bytes(body)
+    return b"".join([chunk async for chunk in body_stream(request, limit, too_large(limit))])
 
 
 def too_large(limit: int) -> InvalidRequest:
     return InvalidRequest("body", f"is larger than this deployment's limit of {limit} bytes", http_status=413)
 
 
-async def capped(stream: AsyncIterator[bytes], limit: int, setting: str) -> AsyncIterator[bytes]:
-    """`stream`, refused as soon as it has brought more than `limit` bytes."""
-    read = 0
-    async for chunk in stream:
-        read += len(chunk)
-        if read > limit:
-            raise upload_too_large(limit, setting)
-        yield chunk
+def body_stream(request: Request, limit: int, refusal: InvalidRequest) -> AsyncIterator[bytes]:
+    """The body's chunks, `refusal` raised at once for a larger declared length, and midway for a longer stream."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise refusal
 
+    async def capped() -> AsyncIterator[bytes]:
+        read = 0
+        async for chunk in request.stream():
+            read += len(chunk)
+            if read > limit:
+                raise refusal
+            yield chunk
 
-def upload_too_large(limit: int, setting: str) -> InvalidRequest:
-    return InvalidRequest("body", f"is larger than this deployment's upload limit of {limit} bytes ({setting})",
-                          http_status=413)
+    return capped()
 
 
 def route_path(request: Request) -> str:
