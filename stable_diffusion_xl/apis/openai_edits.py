@@ -19,12 +19,10 @@ the same limit before it is decoded. Errors are OpenAI's shape, as the generatio
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from PIL import Image
-from starlette.responses import JSONResponse
 
 from ..generation.pictures import as_image, decode_picture, mask_from_alpha
 from ..generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
@@ -68,12 +66,11 @@ class OpenAIEdits(OpenAIImages):
                                          f"{served}; send auto or {served}")
         return [VOCABULARY.request(typed(fields), limits, settled={"image": image, "mask": mask})]
 
-    def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
+    def answer_body(self, requests, generations, jpeg_quality) -> dict:
         """The generations answer, with the edit's mode and strength."""
-        response = super().answer(requests, generations, jpeg_quality)
         (request,) = requests
-        body = {**json.loads(response.body), "mode": request.mode, "strength": request.strength}
-        return JSONResponse(body)
+        return {**super().answer_body(requests, generations, jpeg_quality), "mode": request.mode,
+                "strength": request.strength}
 
 
 def upload_bytes(limits: Limits) -> int:

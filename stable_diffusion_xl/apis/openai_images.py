@@ -67,6 +67,9 @@ class OpenAIImages(HttpCall):
         return choose(fields.pop("size", "auto"), "size", ["auto", *SIZES])
 
     def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
+        return JSONResponse(self.answer_body(requests, generations, jpeg_quality))
+
+    def answer_body(self, requests, generations, jpeg_quality) -> dict:
         (generation,) = generations
         encoder = to_data_uri if self.response_format == "url" else to_base64
         quality = jpeg_quality if self.quality is None else self.quality
@@ -76,7 +79,7 @@ class OpenAIImages(HttpCall):
                 "seeds": generation.seeds}
         if generation.safety_checked:  # flagged images are black
             body["content_filtered"] = [index for index, unsafe in enumerate(generation.filtered) if unsafe]
-        return JSONResponse(body)
+        return body
 
     def error_body(self, error: InvalidRequest) -> dict:
         code = "invalid_api_key" if error.http_status == 401 else None
