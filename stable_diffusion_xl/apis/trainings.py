@@ -20,12 +20,12 @@ import re
 
 from starlette.responses import JSONResponse
 
-from ..generation.request import KNOWN_FIELDS, InvalidRequest, excerpt, unknown_key
+from ..generation.request import KNOWN_FIELDS, InvalidRequest, excerpt, unknown_key, wire_name
 from ..serving.environment import FLAG_VALUES
 from ..serving.limits import Limits
 from ..serving.trainings import Trainings
 from ..serving.transport import HttpCall, Upload, read_body
-from ..training.options import TrainingOptions, from_fields, wire_name
+from ..training.options import TrainingOptions, from_fields
 from ..training.photos import MAX_FILES
 
 # What a caller may set, by wire name: every option but the checkpoints' (kept on the trainer's own machine) and

@@ -157,8 +157,8 @@ class TextToImageRequest:
         if self.refiner is None:
             object.__setattr__(self, "refiner", not self.lora)
         for spec in dataclasses.fields(self):
-            if spec.name not in PICTURES and not (spec.type.endswith("| None") and getattr(self, spec.name) is None):
-                _check_field(spec, getattr(self, spec.name))
+            if spec.name not in PICTURES:
+                check_field(spec, getattr(self, spec.name))
         self._resolve_lora_scales()
         self._check_pictures()
         if not self.prompt.strip():
@@ -240,7 +240,11 @@ KNOWN_FIELDS = {*PARAMETERS, *PICTURES, "prompt", "model", "data", "parameter", 
                 "method", "path"}
 
 
-def _check_field(spec: dataclasses.Field, value: Any) -> None:
+def check_field(spec: dataclasses.Field, value: Any) -> None:
+    """A dataclass field's value against its type and the ranges and choices in its metadata (`_option`); errors
+    name it by its wire name. Training options are checked by it too."""
+    if value is None and spec.type.endswith("| None"):
+        return
     if spec.type.startswith("tuple["):  # each item as a value of the item type
         for item in value:
             _check_value(spec, item, _ITEM_TYPES[spec.type])
@@ -274,10 +278,11 @@ def check_text(name: str, text: str) -> None:
 
 
 # Field annotations are strings under `from __future__ import annotations`.
-_KINDS = {"str": str, "int": int, "float": (int, float), "float | None": (int, float), "bool": bool,
-          "bool | None": bool}
+_KINDS = {"str": str, "int": int, "int | None": int, "float": (int, float), "float | None": (int, float),
+          "bool": bool, "bool | None": bool}
 _ITEM_TYPES = {"tuple[str, ...]": "str", "tuple[float, ...]": "float"}
-_KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "float | None": "a number",
+_KIND_NAMES = {"str": "a string", "int": "an integer", "int | None": "an integer", "float": "a number",
+               "float | None": "a number",
                "bool": "true or false",
                "bool | None": "true or false", "tuple[str, ...]": "a string or a list of strings",
                "tuple[float, ...]": "a number or a list of numbers"}

@@ -1,6 +1,7 @@
 """The options of one training: their defaults, ranges and descriptions, checked when they are built.
 
-Field names are Python's; errors and the CLI use the wire names (`learning-rate`), as TextToImageRequest does.
+Field names are Python's; errors and the CLI use the wire names (`learning-rate`), and the fields are checked
+by the request's own check_field (types, ranges in the metadata), as TextToImageRequest's are.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..generation.request import MAX_SEED, InvalidRequest, check_text, excerpt, unknown_key
+from ..generation.request import MAX_SEED, InvalidRequest, check_field, excerpt, unknown_key, wire_name
 from ..weights.lora_files import is_plain_name
 
 MIN_PHOTOS, FEW_PHOTOS = 3, 8  # refused under 3, warned under 8
@@ -58,7 +59,7 @@ class TrainingOptions:
 
     def __post_init__(self):
         for spec in dataclasses.fields(self):
-            _check(spec, getattr(self, spec.name))
+            check_field(spec, getattr(self, spec.name))
         if not is_plain_name(self.name):
             raise InvalidRequest("name", f"must be a plain name (letters, digits, -, _ and inner dots, at most 100 "
                                          f"characters), got {excerpt(self.name)}")
@@ -82,10 +83,6 @@ class TrainingOptions:
         return f"a photo of {self.token} {self.class_word}"
 
 
-def wire_name(spec: dataclasses.Field) -> str:
-    return spec.name.replace("_", "-")
-
-
 OPTIONS = {wire_name(spec): spec for spec in dataclasses.fields(TrainingOptions)}
 
 
@@ -107,23 +104,3 @@ def from_fields(fields: dict, where: str = "") -> TrainingOptions:
         return TrainingOptions(**values)
     except InvalidRequest as error:
         raise error.within(where) from None
-
-
-_KINDS = {"str": (str, "a string"), "int": (int, "an integer"), "int | None": (int, "an integer"),
-          "float": ((int, float), "a number"), "bool": (bool, "true or false")}
-
-
-def _check(spec: dataclasses.Field, value) -> None:
-    name = wire_name(spec)
-    if value is None and spec.type.endswith("| None"):
-        return
-    kind, kind_name = _KINDS[spec.type]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):  # True is no rank
-        raise InvalidRequest(name, f"must be {kind_name}, got {excerpt(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidRequest(name, f"must be a finite number, got {excerpt(value)}")
-    if isinstance(value, str):
-        check_text(name, value)
-    minimum, maximum = spec.metadata.get("minimum"), spec.metadata.get("maximum")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise InvalidRequest(name, f"must be from {minimum:g} to {maximum:g}, got {excerpt(value)}")
