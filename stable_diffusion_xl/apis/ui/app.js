@@ -44,6 +44,7 @@ async function loadStatus() {
     tokens[name] ? element("span", { className: "token" }, ` (trigger word: ${tokens[name]})`) : "")));
   $("lora-field").hidden = status.loras.available.length === 0;
   $("key-field").hidden = !status.api_key_required;
+  $("train-panel").hidden = !status.training?.enabled;
   $("authorization").value = sessionStorage.getItem(API_KEY) ?? "";
   $("status").textContent = status.demo_weights ? "Ready, with the demo weights: their images are noise." : "Ready.";
   $("generate").disabled = false;
@@ -89,13 +90,17 @@ function randomSeed() {
 
 // --- A call ---
 
+// The API key as the routes ask for it, when one is given.
+function keyHeaders() {
+  return $("authorization").value ? { Authorization: `Bearer ${$("authorization").value}` } : {};
+}
+
 async function generate(event) {
   event.preventDefault();
   clearErrors();
   if (!$("keep-seed").checked) $("seed").value = randomSeed();
   const body = requestBody();
-  const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
-  if ($("authorization").value) headers.Authorization = `Bearer ${$("authorization").value}`;
+  const headers = { "Content-Type": "application/json", Accept: "text/event-stream", ...keyHeaders() };
   running = new AbortController();
   setRunning(true);
   markStale();
@@ -541,19 +546,6 @@ const TRAINING_POLL_MS = 1000;
 const TRAIN_FIELDS = ["name", "token", "class-word", "steps"]; // the API's names; the inputs are train-<name>
 let training = null; // the status of the training this page follows
 
-async function showTrainPanel() {
-  try {
-    const status = await (await fetch(API)).json();
-    $("train-panel").hidden = !status.training?.enabled;
-  } catch {
-    // loadStatus says the model did not answer
-  }
-}
-
-function keyHeaders() {
-  return $("authorization").value ? { Authorization: `Bearer ${$("authorization").value}` } : {};
-}
-
 async function startTraining(event) {
   event.preventDefault();
   for (const place of $("train-panel").querySelectorAll(".error")) place.textContent = "";
@@ -653,4 +645,3 @@ async function generateWithTraining() {
 $("train-form").addEventListener("submit", startTraining);
 $("train-cancel").addEventListener("click", cancelTraining);
 $("train-use").addEventListener("click", generateWithTraining);
-showTrainPanel();
