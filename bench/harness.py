@@ -34,6 +34,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -195,3 +196,50 @@ def write_results(results: dict, table: str, output: Path = RESULTS, suffix: str
     print(f"\n{footer(results, path)}")
     log(f"done in {results['total_seconds']:.0f} s; numbers in {path}")
     return path
+
+
+# ------------------------------------------------------------------------------------------- memory
+
+class RssSampler(threading.Thread):
+    """Samples one process's RSS every few milliseconds; keeps the peak per labelled phase. As a context manager:
+    started on entry, stopped on exit."""
+
+    def __init__(self, process, interval: float = 0.005):
+        super().__init__(daemon=True)
+        self.process, self.interval, self.phase = process, interval, "idle"
+        self.peaks: dict[str, int] = {}
+        self._done = threading.Event()
+
+    def run(self):
+        import psutil
+
+        while not self._done.is_set():
+            try:
+                rss = self.process.memory_info().rss
+            except psutil.Error:
+                return
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss)
+            time.sleep(self.interval)
+
+    def stop(self):
+        self._done.set()
+        self.join(timeout=5)
+
+    def __enter__(self) -> RssSampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def high_water_mark(pid: int) -> int | None:
+    """The kernel's peak RSS of a process since it started (VmHWM, Linux), in bytes."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

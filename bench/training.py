@@ -8,13 +8,13 @@ and bench/gpu.py at real size. Imports nothing of Ray or the serving stack, so a
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
-from bench.harness import summary
+from bench.harness import RssSampler, summary
 
 WARM_UP_STEPS = 2  # the first steps pay for first-call kernel choices: not counted
 
@@ -32,29 +32,6 @@ def training_photos(count: int, size: int) -> list:
                                       fill=(230, 200, 40))
         photos.append(Photo(f"photo-{index}.png", image, None))
     return photos
-
-
-class PeakRss:
-    """This process's peak resident memory above where it started, sampled every 5 ms in a thread."""
-
-    def __init__(self):
-        import psutil
-
-        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-        self.start = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.process.memory_info().rss - self.start)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def step_times(weights, *, steps: int = 20, warm_up: int = WARM_UP_STEPS, resolution: int | None = None,
@@ -76,18 +53,21 @@ def step_times(weights, *, steps: int = 20, warm_up: int = WARM_UP_STEPS, resolu
         torch.cuda.reset_peak_memory_stats()
     ends: list[float] = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-lora-") as lora_dir, PeakRss() as rss:
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    with tempfile.TemporaryDirectory(prefix="bench-lora-") as lora_dir, RssSampler(process) as rss:
         result = train(weights, Path(lora_dir), training_photos(photos, resolution), options,
                        on_step=lambda step, total, loss: ends.append(time.perf_counter()),
                        gradient_checkpointing=gradient_checkpointing)
         adapter_bytes = result.adapter.stat().st_size
+    rss_rise = max(0, rss.peaks.get("idle", rss_before) - rss_before)
     durations = [later - earlier for earlier, later in zip(ends, ends[1:])][warm_up:]
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "resolution": resolution, "rank": rank,
         "train_text_encoder": train_text_encoder, "gradient_checkpointing": gradient_checkpointing, "steps": steps,
         "warm_up_steps": warm_up,
         "step_seconds": summary(durations), "setup_seconds": ends[0] - started, "total_seconds": result.metadata[
-            "seconds"], "adapter_bytes": adapter_bytes, "peak_rss_rise_bytes": rss.peak,
+            "seconds"], "adapter_bytes": adapter_bytes, "peak_rss_rise_bytes": rss_rise,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "first_loss": result.metadata["first_loss"], "last_loss": result.metadata["last_loss"],
     }

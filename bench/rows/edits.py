@@ -3,10 +3,11 @@ and steps at three strengths (its work should follow the strength), and the memo
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
-from bench.harness import interleave, log, mb, ratio, seconds, summary, timed
+from bench.harness import high_water_mark, interleave, log, mb, ratio, seconds, summary, timed
 from bench.rows.engine import UNetMeter
 from bench.workload import DEFAULT_STEPS, PROMPT, SEED
 
@@ -86,11 +87,10 @@ def peak_rss_of(run) -> int | None:
     """The process's peak RSS during `run` (Linux: VmHWM, reset first through /proc/self/clear_refs), or None."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        run()
-        status = Path("/proc/self/status").read_text()
     except OSError:
         return None
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+    run()
+    return high_water_mark(os.getpid())
 
 
 def edit_lines(ed: dict, results: dict) -> list[tuple]:

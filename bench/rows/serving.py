@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from bench.harness import interleave, log, mb, rate, seconds, speedup, summary, timed
+from bench.harness import RssSampler, high_water_mark, interleave, log, mb, rate, seconds, speedup, summary, timed
 from bench.workload import PROMPT, SEED, SERVE_STEPS
 from stable_diffusion_xl.serving.client import grpc_call, task_input
 
@@ -246,31 +245,6 @@ def memory_lines(rss: dict, results: dict) -> list[tuple]:
              f"({rss['serving_stack_processes']} processes): {mb(rss['serving_stack_after_bytes'])}", "demo weights")]
 
 
-class RssSampler(threading.Thread):
-    """Samples one process's RSS every few milliseconds; keeps the peak per labelled phase."""
-
-    def __init__(self, process, interval: float = 0.005):
-        super().__init__(daemon=True)
-        self.process, self.interval, self.phase = process, interval, "idle"
-        self.peaks: dict[str, int] = {}
-        self._done = threading.Event()
-
-    def run(self):
-        import psutil
-
-        while not self._done.is_set():
-            try:
-                rss = self.process.memory_info().rss
-            except psutil.Error:
-                return
-            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss)
-            time.sleep(self.interval)
-
-    def stop(self):
-        self._done.set()
-        self.join(timeout=5)
-
-
 def serving_processes(grpc_port: int):
     """Our serving session's driver process (found by its gRPC port) and the Ray replica under it."""
     import psutil
@@ -292,18 +266,6 @@ def _cmdline(process) -> list[str]:
         return process.cmdline()
     except psutil.Error:
         return []
-
-
-def high_water_mark(pid: int) -> int | None:
-    """The kernel's peak RSS of a process since it started (VmHWM, Linux), in bytes."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def total_rss(processes) -> int:
