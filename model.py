@@ -8,9 +8,10 @@ the RAY_* variables Instill Core sets.
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 
-from instill.helpers.ray_config import InstillDeployable, instill_deployment
+from instill.helpers.ray_config import instill_deployment
 from ray import serve
 
 from stable_diffusion_xl.apis.routes import incoming
@@ -18,6 +19,7 @@ from stable_diffusion_xl.generation.engine import Cancelled, Engine, Progress
 from stable_diffusion_xl.generation.request import InvalidRequest
 from stable_diffusion_xl.generation.schedulers import SCHEDULERS
 from stable_diffusion_xl.generation.sizes import ASPECT_RATIOS, image_size
+from stable_diffusion_xl.serving.hardware import deployment_options, describe, replica_device
 from stable_diffusion_xl.serving.metrics import ReplicaMetrics
 from stable_diffusion_xl.serving.settings import Settings
 from stable_diffusion_xl.serving.trainings import Trainings
@@ -35,8 +37,10 @@ class StableDiffusionXL:
     def __init__(self):
         self.settings = Settings.from_env()
         self.api_key = self.settings.http_api_key()  # before the weights: a bad key file fails the start at once
+        device = replica_device(self.settings.device)  # so does a GPU that torch cannot use
         self.engine = Engine.load(
-            self.settings.weights_dir, demo=self.settings.demo_weights, max_batch_size=self.settings.max_batch_size,
+            self.settings.weights_dir, demo=self.settings.demo_weights, device=device,
+            max_batch_size=self.settings.max_batch_size,
             lora_dir=self.settings.lora_dir, max_loras=self.settings.limits.max_loras,
             safety_checker=self.settings.safety_checker, safety_checker_dir=self.settings.safety_checker_dir,
             compile=self.settings.compile, compile_mode=self.settings.compile_mode,
@@ -49,6 +53,7 @@ class StableDiffusionXL:
             started = time.perf_counter()
             self.engine.warm_up()
             log.info("warmed up every aspect ratio in %.1f s", time.perf_counter() - started)
+        self.hardware = describe(device)
         self.metrics = ReplicaMetrics()
         self.trainings = self.start_trainings() if self.settings.training else None
 
@@ -79,7 +84,7 @@ class StableDiffusionXL:
 
     def status(self) -> dict:
         """What a client may offer its users: the adapters, samplers and image sizes this deployment has."""
-        return {"status": "ready", "model": "stable-diffusion-xl", "demo_weights": self.engine.demo,
+        return {"status": "ready", "model": "stable-diffusion-xl", "demo_weights": self.engine.demo, **self.hardware,
                 "loras": {"available": list(self.engine.adapters.files.relist()), "loaded": self.engine.adapters.loaded,
                           "trigger_tokens": self.engine.adapters.files.trigger_tokens()},
                 "schedulers": list(SCHEDULERS), "safety_checker": self.engine.safety_checker is not None,
@@ -117,38 +122,14 @@ class StableDiffusionXL:
             raise RuntimeError("a device error left the engine unusable: this replica must be replaced")
 
 
-class ReplicaBounds(InstillDeployable):
-    """The SDK's deployment, able to take RAY_NUM_OF_MIN_REPLICAS above 1: its constructor sets the minimum
-    before the maximum, and Serve refuses a minimum above the SDK's initial and maximum replicas, 1 until
-    then. The maximum set next is checked against the minimum as usual."""
-
-    def _update_min_replicas(self, num_replicas: int):
-        for bound in ("initial_replicas", "max_replicas"):
-            self._autoscaling_config[bound] = max(num_replicas, self._autoscaling_config[bound])
-        return super()._update_min_replicas(num_replicas)
-
-
-def deployable(settings: Settings) -> InstillDeployable:
-    """Instill's deployment (replicas and resources from RAY_*), with SDXL's Serve settings on top.
+def deployable(settings: Settings, env=os.environ):
+    """The deployment, its resources and replica bounds from Core's RAY_* variables (serving/hardware.py).
 
     The weights are looked for here, where Serve builds the application, as the settings are read: a missing
     folder then fails the application with the fetch command in its DEPLOY_FAILED message, which Core shows.
     Raised in a replica's constructor, Ray's application message would only say that the deployment failed."""
     WeightPaths.locate(settings.weights_dir, demo=settings.demo_weights)
-    deployment = ReplicaBounds(StableDiffusionXL.options(max_queued_requests=settings.max_queued_requests))
-    return apply_serve_settings(deployment, settings)
+    return StableDiffusionXL.options(**deployment_options(env, settings))
 
 
-def apply_serve_settings(deployment: InstillDeployable, settings: Settings) -> InstillDeployable:
-    """Our queueing and autoscaling settings, applied after the SDK's constructor so that they win over its
-    presets: RAY_IS_HIGH_SCALE_MODEL=true makes it set 6 ongoing requests and a target of 4, which only
-    queue calls inside a replica that makes one batch at a time. The SDK has no public setters; these are
-    the underscore methods its own constructor uses."""
-    deployment._update_max_concurrent_requests(settings.max_ongoing_requests)
-    deployment._update_target_ongoing_requests(settings.target_ongoing_requests)
-    deployment._update_upscale_delay(settings.upscale_delay_s)
-    deployment._update_downscale_delay(settings.downscale_delay_s)
-    return deployment
-
-
-entrypoint = deployable(Settings.from_env()).get_deployment_handle()
+entrypoint = deployable(Settings.from_env()).bind()

@@ -23,6 +23,7 @@ from .generation.engine import DEFAULT_MAX_BATCH_SIZE, choose_device
 from .generation.quantize import QuantizeRefused, refuse_unsupported
 from .generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
 from .serving.environment import SettingError
+from .serving.hardware import GPU_VARIABLES, NoUsableGPU, replica_device
 from .serving.settings import Settings
 from .training.options import OPTIONS
 from .training.photos import PhotoError
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo,
                     "compile-cache": _compile_cache, "train": _train}
         return handlers[args.command](args)
-    except (InvalidRequest, WeightsMissing, SettingError, QuantizeRefused, PhotoError) as error:
+    except (InvalidRequest, WeightsMissing, SettingError, QuantizeRefused, PhotoError, NoUsableGPU) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (DeployFailed, PortInUse) as error:  # Ray's own message on why the replica could not start; a taken port
@@ -186,8 +187,14 @@ def _model_env(args) -> tuple[dict[str, str], Settings]:
     settings = Settings.from_env({**os.environ, **env})
     settings.http_api_key()
     paths = WeightPaths.locate(args.weights, demo=args.demo)
-    # The replica runs on this machine's device.
-    refuse_unsupported(settings.quantize, choose_device()[0], settings.lora_dir or paths.loras)
+    # The replica runs on this machine's device: on a GPU machine it asks Ray for one, as hardware GPU on Core does,
+    # unless this shell says otherwise (Ray hides the GPUs from a replica that asked for none).
+    device = settings.device or choose_device()[0]
+    if device == "cuda":
+        replica_device(device)  # SDXL_DEVICE=cuda where torch has no GPU: refused now, not by a replica
+        if not any(variable in os.environ for variable in GPU_VARIABLES):
+            env["RAY_NUM_OF_GPUS"] = "1"
+    refuse_unsupported(settings.quantize, device, settings.lora_dir or paths.loras)
     return env, settings
 
 

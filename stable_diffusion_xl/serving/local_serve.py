@@ -154,9 +154,11 @@ def deploy_dir(root: Path) -> Path:
     return root
 
 
-def run(applications: list[Application], ports: Ports, timeout: float = 300, ray_dir: str | None = None) -> None:
+def run(applications: list[Application], ports: Ports, timeout: float = 300, ray_dir: str | None = None,
+        gpus: int | None = None) -> None:
     """Start Ray and Serve in this process, deploy, say READY on stdout, and serve until SIGINT/SIGTERM.
-    PortInUse, before Ray starts, when one of `ports` is taken."""
+    PortInUse, before Ray starts, when one of `ports` is taken. `gpus`: the GPUs the Ray node declares (None: the
+    ones it finds); Ray counts a declared GPU whether or not the machine has it."""
     import ray
     from ray import serve
 
@@ -173,7 +175,7 @@ def run(applications: list[Application], ports: Ports, timeout: float = 300, ray
                           SERVE_SOCKET_REUSE_PORT_ENABLED="0", DASHBOARD_METRIC_PORT=str(free_port()),
                           AUTOSCALER_METRIC_PORT=str(free_port()), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
         os.chdir(root)
-        start_ray(ports, ray_dir)
+        start_ray(ports, ray_dir, gpus)
         # Stop cleanly on either signal, even where a background shell made SIGINT ignored.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, terminated)
@@ -208,7 +210,7 @@ def terminated(signum, frame):
     raise Terminated
 
 
-def start_ray(ports: Ports, ray_dir: str | None) -> None:
+def start_ray(ports: Ports, ray_dir: str | None, gpus: int | None = None) -> None:
     """A one-node Ray whose servers listen on loopback only (the node address 127.0.0.1 makes them), with every
     port chosen free: ray.init has no argument for the dashboard agent's port, which Ray fixes at 52365 unless
     told None, as its own test clusters do; a second Ray on the machine would find it taken."""
@@ -221,7 +223,7 @@ def start_ray(ports: Ports, ray_dir: str | None) -> None:
     free_agent_port = functools.partial(parameter.RayParams, dashboard_agent_listen_port=None)
     with mock.patch.object(parameter, "RayParams", free_agent_port):
         ray.init(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK,
-                 dashboard_port=ports.dashboard, num_cpus=os.cpu_count(), log_to_driver=True,
+                 dashboard_port=ports.dashboard, num_cpus=os.cpu_count(), num_gpus=gpus, log_to_driver=True,
                  _temp_dir=ray_dir, _metrics_export_port=ports.metrics,
                  _system_config={"metrics_report_interval_ms": 1000})
 
@@ -280,14 +282,14 @@ def wait_until_running(dashboard: str, names: list[str], timeout: float) -> None
 
 @contextmanager
 def serving(applications: list[Application], timeout: float = 300, log_path: Path | None = None,
-            ray_dir: Path | None = None):
+            ray_dir: Path | None = None, gpus: int | None = None):
     """`run` in a child process; yields its Ports once every application is RUNNING, and stops it after.
 
     Ray's logs go under `ray_dir` (default: Ray's own /tmp/ray), Serve's in its session_latest/logs/serve.
     """
     ports = Ports()
     args = json.dumps({"applications": [vars(app) for app in applications], "ports": vars(ports),
-                       "ray_dir": str(ray_dir) if ray_dir else None})
+                       "ray_dir": str(ray_dir) if ray_dir else None, "gpus": gpus})
     log = open(log_path or os.devnull, "w")
     child = subprocess.Popen([sys.executable, "-m", "stable_diffusion_xl.serving.local_serve", args],
                              stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
@@ -317,4 +319,5 @@ def serving(applications: list[Application], timeout: float = 300, log_path: Pat
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
-    run([Application(**app) for app in spec["applications"]], Ports(**spec["ports"]), ray_dir=spec["ray_dir"])
+    run([Application(**app) for app in spec["applications"]], Ports(**spec["ports"]), ray_dir=spec["ray_dir"],
+        gpus=spec["gpus"])

@@ -25,6 +25,9 @@ class Settings:
                                     "storage on several nodes", shown="`loras/` beside the models")
     demo_weights: bool = setting("SDXL_DEMO_WEIGHTS", False, "`1` loads `weights/demo` (noise); never a silent "
                                  "fallback")
+    device: str | None = setting("SDXL_DEVICE", None, "the device replicas run on, whatever Ray gave them; unset, a "
+                                 "replica runs on the GPU Ray gives it (and refuses to start if torch cannot use it), "
+                                 "else on the CPU", shown="Ray's choice", choices=("cpu", "cuda"))
     max_batch_size: int = setting("SDXL_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an "
                                   "out-of-memory batch is split and retried)", minimum=1, maximum=64)
     compile: bool = setting("SDXL_COMPILE", False, "`1` compiles the UNets' transformer blocks (torch.compile) during "
@@ -74,8 +77,8 @@ class Settings:
     upscale_delay_s: int = setting("SDXL_UPSCALE_DELAY_S", 30, "seconds of load before a replica is added (the "
                                    "SDK's default is 600)", minimum=0, maximum=86400)
     downscale_delay_s: int = setting("SDXL_DOWNSCALE_DELAY_S", 1800, "seconds of lower load before a replica is "
-                                     "removed, down to RAY_NUM_OF_MIN_REPLICAS (0 unless set)", minimum=0,
-                                     maximum=86400)
+                                     "removed, down to RAY_NUM_OF_MIN_REPLICAS (Core: 1; elsewhere 0 unless set)",
+                                     minimum=0, maximum=86400)
 
     def __post_init__(self):
         if self.compile and not self.warm_up:

@@ -78,7 +78,8 @@ def test_instill_run_gpu_sequence_serves_the_model_and_answers_the_readme_input(
     Differences here, all deliberate: the folder is the build context after .dockerignore (the image's
     /home/ray); the model gets the demo weights through SDXL_DEMO_WEIGHTS/SDXL_WEIGHTS_DIR (the staged
     "real" weights are dummies); Ray declares one GPU it does not have (RAY_OVERRIDE_RESOURCES), so the
-    num_gpus edit stays and the replica is scheduled, while torch finds no CUDA and runs on the CPU; the
+    num_gpus edit stays and the replica is scheduled, and SDXL_DEVICE=cpu runs it on the CPU (a replica given a GPU
+    torch cannot use refuses to start, tests/serving/test_hardware.py); the
     HTTP proxy listens on 127.0.0.1 rather than the container's 0.0.0.0; Ray gets its own temp folder.
     """
     for port, what in ((8000, "the HTTP port instill.helpers.test posts to"), (8265, "Ray's dashboard port")):
@@ -94,7 +95,7 @@ def test_instill_run_gpu_sequence_serves_the_model_and_answers_the_readme_input(
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", HOME=str(tmp_path), PYTHONPATH=str(protogen),  # the image's ENV
                RAY_TMPDIR=str(ray_tmp), RAY_OVERRIDE_RESOURCES=json.dumps({"GPU": 1}),
-               SDXL_DEMO_WEIGHTS="1", SDXL_WEIGHTS_DIR=str(weights_dir))
+               SDXL_DEMO_WEIGHTS="1", SDXL_WEIGHTS_DIR=str(weights_dir), SDXL_DEVICE="cpu")
 
     def run(command: str, timeout: float) -> subprocess.CompletedProcess:
         return subprocess.run(["/bin/bash", "-c", command], cwd=home, env=env, capture_output=True, text=True,

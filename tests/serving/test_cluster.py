@@ -34,8 +34,9 @@ STEADY_S = 3  # seconds of load before the node is lost, and after its replica i
 @pytest.fixture(scope="module")
 def deployment(weights_dir, tmp_path_factory):
     """The model on a head and a worker node: one replica per node (one GPU each), at most two, and the SDK's
-    default minimum of zero."""
-    env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), "RAY_NUM_OF_GPUS": "1",
+    default minimum of zero. The GPUs are declared, not real: SDXL_DEVICE=cpu, or the replicas would refuse to
+    start on a GPU torch cannot use."""
+    env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), "SDXL_DEVICE": "cpu", "RAY_NUM_OF_GPUS": "1",
            "RAY_NUM_OF_MAX_REPLICAS": "2", "SDXL_UPSCALE_DELAY_S": str(UPSCALE_DELAY_S),
            "SDXL_DOWNSCALE_DELAY_S": str(DOWNSCALE_DELAY_S)}
     with two_node_cluster(tmp_path_factory.mktemp("cluster")) as cluster:

@@ -1,6 +1,8 @@
-"""model.py's deployment: Serve options from the environment, warm-up and health, loaded as the image loads it."""
+"""model.py's deployment: Serve options from the environment (Instill Core's RAY_* and our SDXL_*), warm-up and health,
+loaded as the image loads it."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -14,9 +16,12 @@ MODEL_FILE = Path(__file__).parents[2] / "model.py"
 
 @pytest.fixture
 def load_model(monkeypatch, weights_dir):
-    """Import model.py as `_model` (its name in the image) with the given environment."""
+    """Import model.py as `_model` (its name in the image) with the given environment, whose only RAY_* variables
+    are those given, as in a replica Core starts."""
 
     def load(**env):
+        for name in [name for name in os.environ if name.startswith("RAY_")]:
+            monkeypatch.delenv(name)
         for name, value in {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(weights_dir), **env}.items():
             monkeypatch.setenv(name, value)
         spec = importlib.util.spec_from_file_location("_model", MODEL_FILE)
@@ -29,8 +34,52 @@ def load_model(monkeypatch, weights_dir):
 
 
 def options(module):
-    deployment = module.deployable(module.Settings.from_env())._deployment
+    deployment = module.deployable(module.Settings.from_env())
     return deployment.max_ongoing_requests, deployment.max_queued_requests, deployment._deployment_config
+
+
+# Each hardware choice on Instill Core, as the variables model-backend sets for it (docs/deploy.md), and what a
+# replica asks Ray for. One replica needs about 14.3 GB at the default batch of 4 (serving/hardware.py).
+CORE_BOUNDS = {"RAY_NUM_OF_MIN_REPLICAS": "1", "RAY_NUM_OF_MAX_REPLICAS": "10"}
+CORE_HARDWARE = {
+    "GPU, model ID without -Ng": ({"RAY_NUM_OF_GPUS": "0", "RAY_TOTAL_VRAM": ""}, {"num_gpus": 1.0}),
+    "GPU, model ID ending -1g": ({"RAY_NUM_OF_GPUS": "1", "RAY_TOTAL_VRAM": ""}, {"num_gpus": 1.0}),
+    "GPU, model ID ending -2g": ({"RAY_NUM_OF_GPUS": "2", "RAY_TOTAL_VRAM": ""}, {"num_gpus": 2.0}),
+    "GPU, the operator's ray.vram 80": ({"RAY_NUM_OF_GPUS": "0", "RAY_TOTAL_VRAM": "80"}, {"num_gpus": 0.2}),
+    "GPU type NVIDIA_L4 (24 GB)": ({"RAY_CUSTOM_RESOURCE": "NVIDIA_L4", "RAY_TOTAL_VRAM": "24"},
+                                   {"num_gpus": 1.0, "resources": {"NVIDIA_L4": 1.0}}),
+    "GPU type NVIDIA_A100 (40 GB)": ({"RAY_CUSTOM_RESOURCE": "NVIDIA_A100", "RAY_TOTAL_VRAM": "40"},
+                                     {"num_gpus": 0.5, "resources": {"NVIDIA_A100": 0.5}}),
+    "GPU type NVIDIA_L4, model ID ending -1g": ({"RAY_CUSTOM_RESOURCE": "NVIDIA_L4", "RAY_NUM_OF_GPUS": "1"},
+                                                {"num_gpus": 1.0, "resources": {"NVIDIA_L4": 1.0}}),
+    "a hardware name Core does not know": ({"RAY_CUSTOM_RESOURCE": "MY_CARD", "RAY_TOTAL_VRAM": "",
+                                            "RAY_NUM_OF_GPUS": "0"}, {"num_gpus": 1.0, "resources": {"MY_CARD": 1.0}}),
+    "CPU": ({"RAY_NUM_OF_CPUS": "1"}, {}),
+}
+
+
+@pytest.mark.parametrize("hardware", CORE_HARDWARE)
+def test_each_hardware_choice_on_core_asks_ray_for_what_it_names_within_cores_bounds(load_model, hardware):
+    """The SDK alone gave the first row and the unknown name no GPU: Ray then hid the host's GPUs from the replica,
+    which ran on the CPU and said nothing."""
+    env, asked = CORE_HARDWARE[hardware]
+    module = load_model(**env, **CORE_BOUNDS)
+    deployment = module.deployable(module.Settings.from_env())
+    assert deployment.ray_actor_options == {"num_cpus": 1 if hardware == "CPU" else 0, **asked}
+    autoscaling = deployment._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.initial_replicas, autoscaling.max_replicas) == (1, 1, 10)
+
+
+def test_outside_core_a_replica_asks_for_no_gpu_and_keeps_our_bounds(load_model):
+    module = load_model()
+    assert module.deployable(module.Settings.from_env()).ray_actor_options == {"num_cpus": 0}
+    autoscaling = options(module)[2].autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.initial_replicas, autoscaling.max_replicas) == (0, 1, 1)
+
+
+def test_a_bad_ray_variable_fails_the_import_with_the_variable_named(load_model):
+    with pytest.raises(SettingError, match='RAY_TOTAL_VRAM="lots": must be a number, 0 or more'):
+        load_model(RAY_TOTAL_VRAM="lots")
 
 
 def test_one_request_running_and_one_ready_per_replica_by_default(load_model):
@@ -57,7 +106,8 @@ def test_a_minimum_of_replicas_above_one_is_taken(load_model):
     _, _, config = options(load_model(RAY_NUM_OF_MIN_REPLICAS="2", RAY_NUM_OF_MAX_REPLICAS="3"))
     autoscaling = config.autoscaling_config
     assert (autoscaling.min_replicas, autoscaling.initial_replicas, autoscaling.max_replicas) == (2, 2, 3)
-    with pytest.raises(ValueError, match=r"max_replicas \(1\) must be greater than or equal to min_replicas \(2\)"):
+    with pytest.raises(SettingError, match=r"RAY_NUM_OF_MAX_REPLICAS=1: must be at least 1 and at least "
+                                           r"RAY_NUM_OF_MIN_REPLICAS \(2\)"):
         load_model(RAY_NUM_OF_MIN_REPLICAS="2", RAY_NUM_OF_MAX_REPLICAS="1")
 
 

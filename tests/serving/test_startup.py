@@ -50,10 +50,15 @@ def test_missing_weights_fail_the_deployment_with_a_message_carrying_the_fetch_c
 
 
 @pytest.mark.parametrize("command", ["serve", "try"])
-def test_the_cli_refuses_a_bad_setting_before_starting_ray(weights_dir, command):
-    env = {**os.environ, "SDXL_MAX_N": "abc"}
+@pytest.mark.parametrize("setting, message", [
+    ({"SDXL_MAX_N": "abc"}, 'error: SDXL_MAX_N="abc": must be an integer from 1 to 64'),
+    # This machine's torch has no CUDA: the replica would refuse to start, so the command refuses at once.
+    ({"SDXL_DEVICE": "cuda"}, "error: SDXL_DEVICE=cuda asks for a GPU, but torch cannot use it"),
+])
+def test_the_cli_refuses_a_bad_setting_before_starting_ray(weights_dir, command, setting, message):
     result = subprocess.run([sys.executable, "-m", "stable_diffusion_xl", command, "--demo", "--weights",
-                             str(weights_dir)], capture_output=True, text=True, env=env, timeout=300)
+                             str(weights_dir)], capture_output=True, text=True, env={**os.environ, **setting},
+                            timeout=300)
     assert result.returncode == 2
-    assert result.stderr.strip().endswith('error: SDXL_MAX_N="abc": must be an integer from 1 to 64')
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
     assert "starting Ray" not in result.stderr and "Traceback" not in result.stderr
