@@ -30,7 +30,7 @@ def training_photos(count: int, size: int) -> list:
         image = Image.new("RGB", (size, size), (40 + 30 * index % 200, 90, 160))
         ImageDraw.Draw(image).ellipse((size // 5 + index * size // 50, size // 6, size * 3 // 4, size * 5 // 6),
                                       fill=(230, 200, 40))
-        photos.append(Photo(f"photo-{index}.png", image, None))
+        photos.append(Photo.of_image(f"photo-{index}.png", image))
     return photos
 
 

@@ -50,13 +50,15 @@ class Crop:
 
 
 def crop(photo: Photo, resolution: int, default_caption: str) -> Crop:
-    """Resize the shorter side to `resolution`, then take the centre square."""
-    width, height = photo.image.size
-    scale = resolution / min(width, height)
-    resized = photo.image.resize((max(resolution, round(width * scale)), max(resolution, round(height * scale))),
-                                 Image.Resampling.LANCZOS)
+    """Resize the shorter side to `resolution`, then take the centre square. The photo is decoded here, no larger
+    than that needs, and only the square is kept: a set of photos costs their crops' memory, one decode at a time."""
+    image = photo.decode(shorter_side=resolution)
+    scale = resolution / min(image.size)
+    resized = image.resize((max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))),
+                           Image.Resampling.LANCZOS)
     top, left = (resized.height - resolution) // 2, (resized.width - resolution) // 2
     square = resized.crop((left, top, left + resolution, top + resolution))
+    width, height = photo.size  # SDXL's original-size condition: the photo's own, not its reduced decode's
     return Crop(square, photo.caption or default_caption, (height, width), (top, left))
 
 

@@ -7,6 +7,8 @@ import warnings
 import zipfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from helpers import training_photo, write_photos
@@ -46,7 +48,7 @@ def test_a_folder_of_photos_is_read_in_name_order_as_rgb_with_sidecar_captions(t
     (tmp_path / ".DS_Store").write_bytes(b"\0junk")  # hidden files are skipped
     photos = read_photos(tmp_path)
     assert [photo.name for photo in photos] == [f"photo-{index}.png" for index in range(8)]
-    assert all(photo.image.mode == "RGB" for photo in photos)
+    assert all(photo.decode().mode == "RGB" for photo in photos)
     assert [photo.caption for photo in photos] == [None] * 3 + ["a photo of TOK person smiling"] + [None] * 4
 
 
@@ -65,7 +67,7 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotated 90 degrees: the photo is shown portrait
     files = [("rotated.jpg", jpeg(0, size=(400, 300), exif=exif)), *pairs(7)]
     rotated = next(photo for photo in read_photos(files) if photo.name == "rotated.jpg")
-    assert rotated.image.size == (300, 400)
+    assert rotated.size == rotated.decode().size == (300, 400)
 
 
 def test_a_zip_file_and_an_uploaded_zip_give_the_same_photos_and_captions(tmp_path):
@@ -161,3 +163,117 @@ def test_a_file_too_large_to_be_a_photo_and_too_many_files_are_refused_before_th
     monkeypatch.setattr(photos_module, "MAX_FILES", 5)
     assert "7 files; 200 photos at most" in refused(write_photos(tmp_path, 7))
     assert "8 files; 200 photos at most" in refused([("photos.zip", zipped(pairs()))])
+
+
+def png(image: Image.Image, **save) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **save)
+    return buffer.getvalue()
+
+
+def test_a_photo_over_the_megapixel_limit_is_refused_from_its_header_without_decoding_it():
+    """Six of these 1-bit PNGs (10 KB each, 243 MB each as RGB) once cost a serving replica 2 GB."""
+    huge = png(Image.new("1", (9000, 9000)))
+    assert len(huge) < 20_000
+    message = refused([*pairs(), ("huge.png", huge)], max_pixels=40_000_000)
+    assert message == '"huge.png": is 9000x9000, 81 megapixels; a photo may have 40 at most'
+    with pytest.warns(UserWarning):  # within Pillow's own limit: checked, still not decoded
+        read = {photo.name: photo for photo in read_photos([*pairs(3), ("huge.png", huge)])}
+    assert read["huge.png"].size == (9000, 9000) and read["huge.png"].data == huge
+
+
+def test_the_photos_together_may_have_a_total_of_megapixels():
+    assert refused(pairs(8), max_total_pixels=500_000) == ("the photos have 0.8 megapixels together; a training "
+                                                           "takes at most 0.5: send fewer or smaller photos")
+    assert len(read_photos(pairs(8), max_total_pixels=sum((320 + 8 * index) * 300 for index in range(8)))) == 8
+
+
+def test_an_animated_photo_and_a_cut_png_are_refused_from_their_headers():
+    frames = [training_photo(index) for index in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "PNG", save_all=True, append_images=frames[1:])
+    assert refused([*pairs(), ("moving.png", buffer.getvalue())]) == ('"moving.png": is animated (3 frames); send '
+                                                                       'still photos')
+    whole = png(training_photo(0))
+    assert refused([*pairs(), ("cut.png", whole[:-20])]) == '"cut.png": is truncated or corrupt'
+
+
+def test_a_photo_damaged_inside_its_pixels_is_named_when_it_is_decoded():
+    data = bytearray(jpeg(0))
+    middle = (data.find(b"\xff\xda") + len(data)) // 2  # halfway through the scan: header and end marker intact
+    data[middle: middle + 2] = b"\xff\xd8"  # a start-of-image marker amid the pixels
+    photo = {p.name: p for p in read_photos([*pairs(3), ("damaged.jpg", bytes(data))])}["damaged.jpg"]
+    with pytest.raises(PhotoError, match='^"damaged.jpg": is truncated or corrupt$'):
+        photo.decode()
+
+
+def test_a_large_jpeg_is_decoded_no_larger_than_the_training_needs():
+    photo = {p.name: p for p in read_photos([*pairs(3), ("large.jpg", jpeg(0, size=(2400, 1800)))])}["large.jpg"]
+    assert photo.size == (2400, 1800)
+    assert photo.decode(shorter_side=400).size == (600, 450)  # a quarter and photo.decode().size == (2400, 1800)
+
+
+@pytest.mark.parametrize("name", ["/", "", ".", "..", "a/", "\\", "x" * 300, "\0.jpg", "../../etc/passwd"])
+def test_an_uploaded_file_name_is_text_never_a_path(name):
+    photos = read_photos([(name, jpeg(9)), *pairs(7)])
+    assert name in [photo.name for photo in photos] and len(photos) == 8
+
+
+def encrypted_zip() -> bytes:
+    """A zip whose member has the encryption flag set (general purpose bit 0), as an encrypting archiver writes it."""
+    data = bytearray(zipped(pairs(3)))
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + offset] |= 1
+            at = data.find(signature, at + 4)
+    return bytes(data)
+
+
+def damaged_member(compression: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, content in pairs(3):
+            archive.writestr(name, content)
+    data = bytearray(buffer.getvalue())
+    start = data.find(b"PK\x03\x04") + 30 + len("photo-0.jpg")
+    data[start + 5: start + 200] = bytes(range(195))  # the first member's compressed stream, scrambled
+    return bytes(data)
+
+
+@pytest.mark.parametrize("archive, error", [
+    (encrypted_zip, "RuntimeError"),
+    (lambda: damaged_member(zipfile.ZIP_DEFLATED), "error"),  # zlib.error
+    (lambda: damaged_member(zipfile.ZIP_LZMA), "LZMAError"),
+])
+def test_an_encrypted_or_damaged_zip_is_refused_naming_it(archive, error):
+    assert refused([("photos.zip", archive())]) == f'"photos.zip": not a readable zip ({error})'
+
+
+def packed(compression: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, content in [*pairs(3), ("photo-0.txt", b"TOK at sea")]:
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+SOUND_ZIPS = [packed(compression) for compression in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
+                                                      zipfile.ZIP_LZMA)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(sound=st.sampled_from(SOUND_ZIPS), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=6),
+       name=st.text(max_size=30))
+def test_mutated_zips_and_hostile_file_names_give_photos_or_one_clean_line(sound, flips, name):
+    """Whatever the bytes of the archive and the names of the files, reading them raises PhotoError or nothing."""
+    data = bytearray(sound)
+    for at, value in flips:
+        data[int(at * (len(data) - 1))] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fewer than 8 photos
+        for source in ([(f"{name}.zip", bytes(data))], [(name, jpeg(5)), (f"{name}.txt", name.encode()), *pairs(3)]):
+            try:
+                read_photos(source, max_zip_bytes=1 << 20)
+            except PhotoError as error:
+                assert "\n" not in str(error) and len(str(error)) < 300

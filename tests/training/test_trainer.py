@@ -26,7 +26,7 @@ LEARNING_RATE = 1e-3
 
 @pytest.fixture(scope="module")
 def photos():
-    return [Photo(f"photo-{index}.jpg", training_photo(index), None) for index in range(6)]
+    return [Photo.of_image(f"photo-{index}.jpg", training_photo(index)) for index in range(6)]
 
 
 @pytest.fixture(scope="module")
