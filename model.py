@@ -95,8 +95,7 @@ class StableDiffusionXL:
     def start_trainings(self) -> Trainings:
         """SDXL_TRAINING=1: this application's trainings, on the weights and into the LoRA folder it serves."""
         weights = WeightPaths.locate(self.settings.weights_dir, demo=self.settings.demo_weights)
-        return Trainings(serve.get_replica_context().app_name, weights, self.engine.adapters.folder,
-                         self.settings.train_gpus, self.settings.limits.max_training_upload_mb << 20)
+        return Trainings(serve.get_replica_context().app_name, weights, self.engine.adapters.folder, self.settings)
 
     def generate(self, call, requests, progress: Progress):
         try:

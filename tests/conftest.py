@@ -1,3 +1,4 @@
+import os
 import shutil
 import subprocess
 import tempfile
@@ -93,7 +94,9 @@ def cluster(weights_dir, flagging_checker, tmp_path_factory):
     apps = [Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1", "SDXL_MAX_LORAS": "1"}),
             Application(FILTERED, {**env, **filtering}),
             Application(KEYED, {**env, "SDXL_API_KEY_FILE": str(key_file), "SDXL_WARM_UP": "0"}),
-            Application(TRAINING, {**env, "SDXL_TRAINING": "1", "SDXL_LORA_DIR": str(lora_dir), "SDXL_WARM_UP": "0"})]
+            # Overwrites allowed; as many trainings as the busy-cluster test queues (one per CPU, and one waiting).
+            Application(TRAINING, {**env, "SDXL_TRAINING": "1", "SDXL_LORA_DIR": str(lora_dir), "SDXL_WARM_UP": "0",
+                                   "SDXL_TRAIN_OVERWRITE": "1", "SDXL_MAX_TRAININGS": str(os.cpu_count() + 1)})]
     try:
         with serving(apps, log_path=log, ray_dir=ray_dir) as ports, \
                 grpc.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:

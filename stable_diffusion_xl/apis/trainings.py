@@ -33,7 +33,7 @@ from ..training.photos import MAX_FILES
 OPTIONS = {wire_name(spec): spec for spec in dataclasses.fields(TrainingOptions)
            if spec.name not in ("resume", "checkpoint_every", "workers")}
 FIELDS = ["images", *OPTIONS]
-KNOWN_FIELDS.update(FIELDS, ["id"])
+KNOWN_FIELDS.update(FIELDS, ["id", "trainings"])
 UPLOAD_SETTING = "SDXL_TRAIN_MAX_UPLOAD_MB"
 UPLOAD_TIME_FACTOR = 10  # photos take longer to arrive than a prompt: this many times SDXL_BODY_TIMEOUT_S
 DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[\w.+-]+)*;base64,(.*)", re.DOTALL)

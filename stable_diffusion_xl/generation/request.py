@@ -44,13 +44,14 @@ class InvalidRequest(ValueError):
     """A request field is missing, of the wrong type or out of range; `http_status` is 400 unless the
     whole HTTP request is refused (404 route, 405 method, 413 body size)."""
 
-    def __init__(self, field_name: str, reason: str, http_status: int = 400):
+    def __init__(self, field_name: str, reason: str, http_status: int = 400, retry_after_s: int | None = None):
         super().__init__(f"{field_name}: {reason}")
         self.field, self.reason, self.http_status = field_name, reason, http_status
+        self.retry_after_s = retry_after_s  # when the same call may succeed later (HTTP 429's Retry-After)
 
     def within(self, prefix: str) -> InvalidRequest:
         """The same error, with the field named from an enclosing object."""
-        return InvalidRequest(f"{prefix}{self.field}", self.reason, self.http_status)
+        return InvalidRequest(f"{prefix}{self.field}", self.reason, self.http_status, self.retry_after_s)
 
     @property
     def label(self) -> str:

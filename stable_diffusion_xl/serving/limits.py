@@ -38,6 +38,9 @@ class Limits:
                                           "(its photos), in MB; a larger one is refused (HTTP 413) before it is "
                                           "read; it may take 10 times SDXL_BODY_TIMEOUT_S to arrive", minimum=1,
                                           maximum=1024)
+    max_training_megapixels: int = setting("SDXL_TRAIN_MAX_MEGAPIXELS", 1000, "megapixels the photos of one training "
+                                           "may have together, as their headers declare them (each is held to "
+                                           "SDXL_MAX_UPLOAD_MEGAPIXELS)", minimum=1, maximum=100_000)
     max_loras: int = setting("SDXL_MAX_LORAS", DEFAULT_MAX_LORAS, "LoRA adapters a replica keeps loaded (the least "
                              "recently used is unloaded past it); also the most one request may stack", minimum=1,
                              maximum=64)
@@ -47,6 +50,12 @@ class Limits:
     lora_names: tuple[str, ...] = ()
     lora_folder: LoraFolder | None = None
     scheduler_config: Mapping[str, Any] = field(default_factory=lambda: SDXL_SCHEDULER_CONFIG)
+
+    @property
+    def photos(self) -> dict:
+        """read_photos' limits for a training's upload."""
+        return {"max_zip_bytes": self.max_training_upload_mb << 20, "max_pixels": self.max_upload_megapixels * 10**6,
+                "max_total_pixels": self.max_training_megapixels * 10**6}
 
     @property
     def uploads(self) -> UploadLimits:

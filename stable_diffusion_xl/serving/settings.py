@@ -65,6 +65,12 @@ class Settings:
                              "answer 404")
     train_gpus: int = setting("SDXL_TRAIN_GPUS", 1, "GPUs each training asks Ray for; a training waits, queued, until "
                               "they are free; a cluster without GPUs trains on a CPU", minimum=0, maximum=16)
+    max_trainings: int = setting("SDXL_MAX_TRAININGS", 4, "trainings queued and running at once on this application; "
+                                 "another is refused (HTTP 429 with Retry-After) until one ends", minimum=1,
+                                 maximum=1000)
+    train_overwrite: bool = setting("SDXL_TRAIN_OVERWRITE", False, "`1` lets a training over HTTP with "
+                                    "`overwrite=true` replace an adapter that a training over HTTP made; adapters put "
+                                    "in the folder otherwise are never replaced over HTTP")
     limits: Limits = field(default_factory=Limits, metadata={"group": Limits})
     # Ray Serve: a replica makes one image batch at a time, so it holds one request running and one
     # ready; the rest wait in Serve's queue, where autoscaling sees them.

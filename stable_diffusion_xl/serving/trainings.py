@@ -7,6 +7,11 @@ application, holding no GPU): any replica finds it by name, and it outlives the 
 (scaled down or replaced), which is why it, not the replica, submits the task (a task dies with its submitter).
 The task reports each step and loss to the board and asks it whether to stop. The board forgets all with the Ray
 cluster, and keeps the last `KEEP_FINISHED` finished trainings.
+
+Trainings are scarce and owned: at most SDXL_MAX_TRAININGS queued and running (429 with Retry-After beyond), a
+training's id (122 random bits) is the capability for its status and cancel, and `overwrite` replaces only an
+adapter a training over HTTP made, when SDXL_TRAIN_OVERWRITE allows it. A run killed midway is resumed by the next
+training of its name from the same photos and options, and its checkpoint removed after a day otherwise.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ import ray
 
 from ..generation.request import InvalidRequest, excerpt
 from ..training.options import TrainingOptions
+from ..training.output import adapter_path, remove_stale_checkpoints
 from ..training.photos import PhotoError, read_photos
 from ..weights.layout import WeightPaths
-from ..weights.lora_files import SUFFIX
+from ..weights.lora_files import sidecar
 
 NAMESPACE = "sdxl-trainings"
 KEEP_FINISHED = 100
 ACTIVE = ("queued", "running")
+ORIGIN = "training over HTTP"  # what the adapter's JSON says made it: the adapters `overwrite` may replace
+RETRY_AFTER_S = (5, 3600)  # the bounds of a 429's Retry-After
 
 
 def one_line(error: BaseException) -> str:
@@ -46,7 +54,8 @@ def run_training(board, training_id: str, weights: WeightPaths, lora_dir: Path, 
     try:
         result = train(weights, lora_dir, read_photos(photos), options,
                        on_step=lambda step, total, loss: board.step.remote(training_id, step, total, loss),
-                       should_stop=lambda: ray.get(board.stopping.remote(training_id)))
+                       should_stop=lambda: ray.get(board.stopping.remote(training_id)), origin=ORIGIN,
+                       resume_matching=True)
     except TrainingCancelled:
         return {"status": "cancelled"}
     except Exception as error:  # the reason goes to the caller who asked for the training, in one line
@@ -65,10 +74,17 @@ class TrainingBoard:
         self.stop: set[str] = set()
 
     async def submit(self, training_id: str, weights: WeightPaths, lora_dir: Path, photos: list[tuple[str, bytes]],
-                     options: TrainingOptions, resources: dict, waiting_for: str) -> dict:
-        """Queue a training; its name may not be one a queued or running training will write."""
-        if any(t["name"] == options.name and t["status"] in ACTIVE for t in self.trainings.values()):
-            return {"error": f"{options.name} is being trained now; choose another name"}
+                     options: TrainingOptions, resources: dict, waiting_for: str, max_trainings: int) -> dict:
+        """Queue a training; its name may not be one a queued or running training will write, and at most
+        `max_trainings` may be queued and running."""
+        active = [t for t in self.trainings.values() if t["status"] in ACTIVE]
+        if any(t["name"] == options.name for t in active):
+            return {"error": f"{options.name} is being trained now; choose another name", "http_status": 409}
+        if len(active) >= max_trainings:
+            return {"error": f"{len(active)} trainings are queued or running, the most this deployment takes "
+                             "(SDXL_MAX_TRAININGS); retry after one ends", "http_status": 429,
+                    "retry_after_s": self._retry_after_s(active)}
+        remove_stale_checkpoints(lora_dir, training={t["name"] for t in active})
         self.trainings[training_id] = {
             "id": training_id, "status": "queued", "name": options.name, "token": options.token,
             "reason": f"waiting for {waiting_for} on the Ray cluster", "created": time.time(), "photos": len(photos)}
@@ -93,6 +109,16 @@ class TrainingBoard:
         finished = [key for key, t in self.trainings.items() if t["status"] not in ACTIVE]
         for key in finished[:-KEEP_FINISHED]:
             del self.trainings[key]
+
+    @staticmethod
+    def _retry_after_s(active: list[dict]) -> int:
+        """When the first of the running trainings should end, at the pace of its steps so far."""
+        now, ends = time.time(), []
+        for training in active:
+            if training["status"] == "running" and training.get("step") and training.get("total"):
+                pace = (now - training["started"]) / training["step"]
+                ends.append(pace * (training["total"] - training["step"]))
+        return int(min(max(min(ends, default=60), RETRY_AFTER_S[0]), RETRY_AFTER_S[1]))
 
     async def started(self, training_id: str) -> None:
         training = self.trainings[training_id]
@@ -123,8 +149,8 @@ class TrainingBoard:
 class Trainings:
     """A replica's side of the trainings: checks one before it is queued, and asks the board about them."""
 
-    def __init__(self, application: str, weights: WeightPaths, lora_dir: Path, gpus: int, max_zip_bytes: int):
-        self.weights, self.lora_dir, self.gpus, self.max_zip_bytes = weights, lora_dir, gpus, max_zip_bytes
+    def __init__(self, application: str, weights: WeightPaths, lora_dir: Path, settings):
+        self.weights, self.lora_dir, self.settings, self.gpus = weights, lora_dir, settings, settings.train_gpus
         # Restarted by Ray if its process dies (its statuses are lost then; the adapters stay in the folder).
         self.board = TrainingBoard.options(name=f"board:{application}", namespace=NAMESPACE, lifetime="detached",
                                            get_if_exists=True, max_restarts=-1).remote()
@@ -138,25 +164,40 @@ class Trainings:
         return {"num_cpus": 1, "num_gpus": 0}, f"a CPU ({why})"
 
     async def start(self, photos: list[tuple[str, bytes]], options: TrainingOptions) -> dict:
-        """Queue a training of `photos`; InvalidRequest names what is wrong, and then nothing is queued or written."""
+        """Queue a training of `photos`; InvalidRequest names what is wrong, and then nothing is queued or written.
+        The photos are checked from their headers here; only the training's task decodes them."""
         try:
-            await asyncio.to_thread(read_photos, photos, max_zip_bytes=self.max_zip_bytes)
+            await asyncio.to_thread(read_photos, photos, **self.settings.limits.photos)
         except PhotoError as error:
             raise InvalidRequest("images", str(error)) from None
-        if (self.lora_dir / f"{options.name}{SUFFIX}").exists() and not options.overwrite:
-            raise InvalidRequest("name", f"an adapter named {excerpt(options.name)} exists; choose another name, or "
-                                         "send overwrite=true to replace it", http_status=409)
+        self.check_name(options)
         resources, waiting_for = self.resources()
         training_id = uuid.uuid4().hex
         status = await self.board.submit.remote(training_id, self.weights, self.lora_dir, photos, options, resources,
-                                                waiting_for)
+                                                waiting_for, self.settings.max_trainings)
         if "error" in status:
-            raise InvalidRequest("name", status["error"], http_status=409)
+            field = "name" if status["http_status"] == 409 else "trainings"
+            raise InvalidRequest(field, status["error"], status["http_status"], status.get("retry_after_s"))
         return status
+
+    def check_name(self, options: TrainingOptions) -> None:
+        """A taken name may be trained again only with `overwrite`, where the operator allows it, and only over an
+        adapter that a training over HTTP made: one the operator put in the folder is never replaced from here."""
+        name = excerpt(options.name)
+        if not adapter_path(self.lora_dir, options.name).exists():
+            return
+        if not options.overwrite:
+            raise InvalidRequest("name", f"an adapter named {name} exists; choose another name, or send "
+                                         "overwrite=true to replace it", http_status=409)
+        if not self.settings.train_overwrite:
+            raise InvalidRequest("overwrite", f"replacing adapters over HTTP is off on this deployment "
+                                              f"(SDXL_TRAIN_OVERWRITE): choose another name than {name}", 403)
+        if (sidecar(self.lora_dir, options.name) or {}).get("origin") != ORIGIN:
+            raise InvalidRequest("overwrite", f"the adapter {name} was not made by a training over HTTP, and only "
+                                              "those are replaced over HTTP: choose another name", 403)
 
     async def status(self, training_id: str) -> dict | None:
         return await self.board.status.remote(training_id)
 
     async def cancel(self, training_id: str) -> dict | None:
         return await self.board.cancel.remote(training_id)
-

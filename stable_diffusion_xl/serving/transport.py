@@ -148,7 +148,9 @@ class HttpCall(Call):
         return error.http_status
 
     def reject(self, error: InvalidRequest) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if error.http_status == 401 else {}
+        if error.retry_after_s is not None:
+            headers["Retry-After"] = str(error.retry_after_s)
         return JSONResponse(self.error_body(error), status_code=self.error_status(error), headers=headers)
 
     def answer_at_once(self, status: dict):

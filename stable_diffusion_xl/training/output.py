@@ -3,8 +3,9 @@ loads it) and `<name>.json` beside it, each written whole to a temporary file an
 it runs, its resumable checkpoint in the hidden `.training/<name>/` there, removed when it succeeds or is
 cancelled.
 
-A crash leaves the LoRA folder's adapters as they were (and the checkpoint, for `--resume`); an adapter is only
-ever replaced by a complete one.
+A crash leaves the LoRA folder's adapters as they were (and the checkpoint, for `--resume`, or for the next
+training over HTTP of that name from the same photos and options); an adapter is only ever replaced by a complete
+one. A checkpoint nothing resumed is removed after STALE_CHECKPOINT_S (`remove_stale_checkpoints`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from ..generation.request import InvalidRequest, excerpt
 from ..weights.lora_files import SIDECAR, SUFFIX
 
 WORK_SUBDIR = ".training"  # hidden: lora_files.available() lists plain names only
+STALE_CHECKPOINT_S = 24 * 3600  # a killed run's checkpoint, kept this long for a run to resume it
 
 
 class NameTaken(InvalidRequest):
@@ -54,9 +57,15 @@ class Workspace:
         if adapter_path(self.lora_dir, self.name).exists() and not overwrite:
             raise NameTaken(self.name)
 
-    def prepare(self, *, resume: bool) -> int:
+    def prepare(self, *, resume: bool | None) -> int:
         """The step a run starts at: 0, after removing a stale checkpoint, or the checkpoint's step with `resume`
-        (InvalidRequest when there is none, or it was made with other options)."""
+        (InvalidRequest when there is none, or it was made with other options). `resume=None`: the checkpoint's
+        step when there is one of the same options and photos, else 0."""
+        if resume is None:
+            try:
+                return self.prepare(resume=True)
+            except InvalidRequest:
+                resume = False
         if not resume:
             self.clear()
             return 0
@@ -120,3 +129,15 @@ def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_checkpoints(lora_dir: Path, *, training: set[str], older_than_s: float = STALE_CHECKPOINT_S) -> None:
+    """Remove the checkpoints of runs that ended without finishing (killed, lost with their node) and that nothing
+    resumed for `older_than_s`; those of the names in `training` stay."""
+    for folder in (Path(lora_dir) / WORK_SUBDIR).glob("*"):
+        try:
+            idle = time.time() - max(path.stat().st_mtime for path in [folder, *folder.iterdir()])
+        except OSError:  # removed meanwhile
+            continue
+        if folder.name not in training and idle > older_than_s:
+            Workspace(Path(lora_dir), folder.name).clear()

@@ -8,6 +8,7 @@ with several, the same loop runs under Ray Train (distributed.py) on the Ray thi
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,13 +38,16 @@ class TrainingResult:
 def train(weights: WeightPaths, lora_dir: Path, photos: list[Photo], options: TrainingOptions, *,
           on_step: Callable[[int, int, float], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
-          gradient_checkpointing: bool | None = None) -> TrainingResult:
+          gradient_checkpointing: bool | None = None, origin: str = "train command",
+          resume_matching: bool = False) -> TrainingResult:
     """Train a LoRA adapter named `options.name` on `photos` and publish it in `lora_dir`.
 
     on_step(step, total_steps, loss) follows every step; should_stop() is asked before each: when it says True
     the run stops, removes its checkpoint and raises TrainingCancelled, leaving `lora_dir` as it was. A taken
     name (without options.overwrite) raises NameTaken, and too few photos PhotoError, before any work.
-    `gradient_checkpointing` None: on for a GPU with under 70 GiB (loop.CHECKPOINTING_BELOW_BYTES)."""
+    `gradient_checkpointing` None: on for a GPU with under 70 GiB (loop.CHECKPOINTING_BELOW_BYTES). `origin` goes
+    into the adapter's JSON (what made it). `resume_matching`: continue from a checkpoint of this name when it was
+    made from the same photos and options, as if options.resume were set, and start over otherwise."""
     started = time.perf_counter()
     workspace = Workspace(Path(lora_dir), options.name)
     workspace.check_name(options.overwrite)
@@ -52,11 +56,12 @@ def train(weights: WeightPaths, lora_dir: Path, photos: list[Photo], options: Tr
     resolution = options.resolution or native_resolution(weights)
     total = options.total_steps(len(photos))
     workspace.signature = {
-        "photos": len(photos), "steps": total, "rank": options.rank, "learning-rate": options.learning_rate,
+        "photos": len(photos), "photos_sha256": photos_digest(photos), "steps": total, "rank": options.rank,
+        "learning-rate": options.learning_rate,
         "resolution": resolution, "seed": options.seed, "train-text-encoder": options.train_text_encoder,
         "workers": options.workers, "caption": options.caption,
     }
-    start_step = workspace.prepare(resume=options.resume)
+    start_step = workspace.prepare(resume=None if resume_matching and not options.resume else options.resume)
     crops = [crop(photo, resolution, options.caption) for photo in photos]
     try:
         if options.workers > 1:
@@ -71,7 +76,7 @@ def train(weights: WeightPaths, lora_dir: Path, photos: list[Photo], options: Tr
         workspace.clear()
         raise
     metadata = describe(weights, photos, options, fitted, seconds=time.perf_counter() - started,
-                        resumed_at=start_step)
+                        resumed_at=start_step) | {"origin": origin}
     adapter = workspace.publish(lambda path: save_adapter(fitted, path), metadata, overwrite=options.overwrite)
     workspace.clear()
     return TrainingResult(options.name, adapter, metadata)
@@ -83,6 +88,15 @@ def save_adapter(fitted: Fitted, path: Path) -> None:
 
     StableDiffusionXLPipeline.save_lora_weights(path.parent, weight_name=path.name, **fitted.layers,
                                                 **fitted.adapter_metadata)
+
+
+def photos_digest(photos: list[Photo]) -> str:
+    """The photos' files and captions, as one hash: a checkpoint resumes only on the photos it was made from."""
+    digest = hashlib.sha256()
+    for photo in photos:
+        for part in (photo.name.encode("utf-8", "surrogatepass"), photo.data, (photo.caption or "").encode()):
+            digest.update(len(part).to_bytes(8, "big") + part)
+    return digest.hexdigest()
 
 
 def describe(weights: WeightPaths, photos: list[Photo], options: TrainingOptions, fitted: Fitted, *,

@@ -30,8 +30,8 @@ def described(names: tuple[str, ...]) -> str:
     return f"{len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
 
 
-def trigger_token(folder: Path | None, name: str) -> str | None:
-    """The trigger token `<name>.json` names, or None: no such file, a large one, or one that is not that JSON."""
+def sidecar(folder: Path | None, name: str) -> dict | None:
+    """What `<name>.json` says of the adapter, or None: no such file, a large one, or one that is not a JSON object."""
     if folder is None:
         return None
     try:
@@ -40,7 +40,12 @@ def trigger_token(folder: Path | None, name: str) -> str | None:
         metadata = json.loads(text) if len(text) <= MAX_SIDECAR_BYTES else None
     except (OSError, ValueError, RecursionError):
         return None
-    token = metadata.get("token") if isinstance(metadata, dict) else None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def trigger_token(folder: Path | None, name: str) -> str | None:
+    """The trigger token `<name>.json` names, or None."""
+    token = (sidecar(folder, name) or {}).get("token")
     return token if isinstance(token, str) and 0 < len(token) <= 100 else None
 
 

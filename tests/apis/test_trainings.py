@@ -119,6 +119,13 @@ def test_a_training_waits_queued_while_the_cluster_is_busy_says_why_and_cancel_t
         wait_for(cluster, training["id"], lambda status: status["status"] == "running")
     status, waiting = start(cluster, photos(3), name="http-waiting", steps=1)
     assert status == 202 and waiting["reason"] == "waiting for a CPU (this cluster has no GPU) on the Ray cluster"
+    # SDXL_MAX_TRAININGS is one per CPU and one waiting: one more is refused, with when to retry.
+    fields, content_type = encode_multipart_formdata([*(("images", (n, d, "image/jpeg")) for n, d in photos(3)),
+                                                      ("name", "http-one-too-many")])
+    status, refused, headers = http(cluster.ports, f"{TRAINING}/v1/trainings", data=fields, method="POST",
+                                    headers={"Content-Type": content_type})
+    assert (status, refused["field"]) == (429, "trainings") and "SDXL_MAX_TRAININGS" in refused["error"]
+    assert 5 <= int(headers["Retry-After"]) <= 3600
     time.sleep(2)  # Ray does not start it meanwhile
     assert http(cluster.ports, f"{TRAINING}/v1/trainings/{waiting['id']}", method="GET")[1]["status"] == "queued"
     for training in [waiting, *busy]:
@@ -189,6 +196,30 @@ def test_unknown_ids_are_404_and_the_switch_off_and_the_key_are_answered_as_else
     assert (status, reply["field"]) == (401, "authorization")
     status, reply = start(cluster, photos(3), app=KEYED, name="keyed", headers={"Authorization": f"Bearer {API_KEY}"})
     assert status == 404 and "SDXL_TRAINING=1" in reply["error"]
+
+
+def test_retraining_a_name_with_overwrite_serves_the_new_adapter_and_an_operators_adapter_is_never_replaced(
+        cluster, weights_dir):
+    """The adapter a replica had loaded under a name was served for good, even after a retraining replaced its
+    file: the same seed gave the old image, while a byte-identical copy of the new file gave the new one."""
+    for seed in (1, 2):
+        status, reply = start(cluster, photos(3), name="http-retrained", steps=3, seed=seed, overwrite="true")
+        assert status == 202, reply
+        assert wait_for(cluster, reply["id"], lambda s: s["status"] not in ("queued", "running"))[-1]["status"] == \
+            "succeeded"
+        if seed == 1:
+            first = image_of(cluster, lora="http-retrained")  # loaded by the replica now
+    shutil.copyfile(cluster.lora_dir / "http-retrained.safetensors", cluster.lora_dir / "retrained-copy.safetensors")
+    retrained = image_of(cluster, lora="http-retrained")
+    assert retrained != first and retrained == image_of(cluster, lora="retrained-copy")
+
+    # An adapter the operator put in the folder: not made over HTTP, so never replaced over it.
+    shutil.copyfile(weights_dir / "demo" / "loras" / f"{DEMO_STYLE}.safetensors",
+                    cluster.lora_dir / "operator-style.safetensors")
+    before = sorted(path.name for path in cluster.lora_dir.rglob("*"))
+    status, reply = start(cluster, photos(3), name="operator-style", steps=1, overwrite="true")
+    assert (status, reply["field"]) == (403, "overwrite") and "not made by a training over HTTP" in reply["error"]
+    assert sorted(path.name for path in cluster.lora_dir.rglob("*")) == before
 
 
 def test_an_adapter_copied_into_the_folder_is_served_by_name_without_a_restart(cluster, weights_dir):

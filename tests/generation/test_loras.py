@@ -1,6 +1,8 @@
 """LoRA adapters chosen per request, on the demo weights' real adapter files (diffusers and kohya formats):
 in the engine, then through the real Ray Serve gRPC path."""
 
+import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -41,6 +43,25 @@ def test_no_residue_a_plain_request_after_lora_requests_gives_the_same_bytes(eng
     image_bytes(engine, lora=[STYLE, KOHYA], lora_scale=[0.7, 1.3])
     image_bytes(engine, lora=STYLE)
     assert image_bytes(engine) == before
+
+
+@pytest.mark.parametrize("replace", ["renamed into place", "copied over"])
+def test_an_adapter_replaced_on_disk_is_loaded_again_before_its_next_use(weights_dir, tmp_path, replace):
+    """Retrained with overwrite (renamed into place) or copied over, the file under a name the replica had loaded
+    once was ignored: the old adapter was served for good."""
+    demo = weights_dir / "demo" / "loras"
+    for name, source in (("swapped", STYLE), ("other", KOHYA)):
+        shutil.copyfile(demo / f"{source}.safetensors", tmp_path / f"{name}.safetensors")
+    engine = Engine.load(weights_dir, demo=True, lora_dir=tmp_path)
+    before, other = image_bytes(engine, lora="swapped"), image_bytes(engine, lora="other")
+    assert before != other
+    if replace == "renamed into place":
+        shutil.copyfile(demo / f"{KOHYA}.safetensors", tmp_path / ".staged")
+        os.replace(tmp_path / ".staged", tmp_path / "swapped.safetensors")
+    else:
+        shutil.copyfile(demo / f"{KOHYA}.safetensors", tmp_path / "swapped.safetensors")
+    assert image_bytes(engine, lora="swapped") == other
+    assert engine.adapters.loaded == ["other", "swapped"]
 
 
 @pytest.mark.slow  # many denoising steps: seconds, not the fast subset's milliseconds
