@@ -12,14 +12,13 @@ itself runs on the Ray cluster (serving/trainings.py), never in this replica.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import json
 import re
 
 from starlette.responses import JSONResponse
 
+from ..generation.pictures import decode_base64
 from ..generation.request import KNOWN_FIELDS, InvalidRequest, excerpt, unknown_key, wire_name
 from ..serving.environment import FLAG_VALUES
 from ..serving.limits import Limits
@@ -36,7 +35,6 @@ FIELDS = ["images", *OPTIONS]
 KNOWN_FIELDS.update(FIELDS, ["id", "trainings"])
 UPLOAD_SETTING = "SDXL_TRAIN_MAX_UPLOAD_MB"
 UPLOAD_TIME_FACTOR = 10  # photos take longer to arrive than a prompt: this many times SDXL_BODY_TIMEOUT_S
-DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[\w.+-]+)*;base64,(.*)", re.DOTALL)
 TRAINING_ID = re.compile(r"[0-9a-f]{32}")
 SWITCHED_OFF = ("trainings are off on this deployment: start it with SDXL_TRAINING=1 to serve "
                 "/v1/trainings")
@@ -150,11 +148,9 @@ def json_fields(body: bytes) -> tuple[list[tuple[str, bytes]], dict]:
         raise InvalidRequest("images", f"must be a list of data URIs, got {excerpt(images)}")
     photos = []
     for index, uri in enumerate(images):
-        found = DATA_URI.fullmatch(uri) if isinstance(uri, str) else None
-        try:
-            kind = (found.group(1) or "").rpartition("/")[2]  # the photo's name says its format, as a file's would
-            photos.append((f"photo-{index}.{kind}" if kind else f"photo-{index}",
-                           base64.b64decode(found.group(2), validate=True)))
-        except (AttributeError, binascii.Error):
-            raise InvalidRequest(f"images[{index}]", f"must be a base64 data URI, got {excerpt(uri)}") from None
+        if not (isinstance(uri, str) and uri[:5].lower() == "data:"):
+            raise InvalidRequest(f"images[{index}]", f"must be a base64 data URI, got {excerpt(uri)}")
+        media_type, data = decode_base64(uri, f"images[{index}]")  # the body's limit bounds it
+        kind = (media_type or "").rpartition("/")[2].lower()  # the photo's name says its format, as a file's would
+        photos.append((f"photo-{index}.{kind}" if kind else f"photo-{index}", data))
     return photos, fields

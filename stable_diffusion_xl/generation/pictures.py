@@ -32,7 +32,9 @@ from .request import MASK_THRESHOLD, InvalidRequest, excerpt
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 DEFAULT_MAX_UPLOAD_MB = 20
 DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40
-_DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*?;base64,", re.ASCII)
+# RFC 2397: the scheme, the media type and `base64` in any case.
+_DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*?;base64,", re.ASCII | re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def decode_picture(data: bytes | str, field: str, limits: UploadLimits = UploadL
     its own mode (see `as_image` and `as_mask`)."""
     raw = _bytes(data, field, limits)
     if len(raw) > limits.max_bytes:
-        raise _too_large(field, len(raw), limits)
+        raise _too_large(field, len(raw), limits.max_bytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -135,25 +137,34 @@ def _bytes(data: bytes | str, field: str, limits: UploadLimits) -> bytes:
         return bytes(data)
     if not isinstance(data, str):
         raise InvalidRequest(field, f"must be a data URI or base64 text, got {excerpt(data)}")
-    text = data.strip()
-    if text.startswith("data:"):
+    return decode_base64(data, field, limits.max_bytes)[1]
+
+
+def decode_base64(text: str, field: str, max_bytes: int | None = None) -> tuple[str | None, bytes]:
+    """The media type (None when not given) and the bytes of a base64 data URI or of plain base64 text, as RFC 2397
+    and RFC 2045 allow them: `data:` and `;base64` in any case, the base64 wrapped in lines (as the `base64`
+    command writes it). Over `max_bytes` decoded (SDXL_MAX_UPLOAD_MB) it is refused before it is decoded."""
+    text, media_type = text.strip(), None
+    if text[:5].lower() == "data:":
         prefix = _DATA_URI.match(text[:200])
         if not prefix:
             raise InvalidRequest(field, "is a data URI without `;base64,`; send data:image/png;base64,...")
-        text = text[prefix.end():]
-    # Checked on the text, before it is decoded: 4 characters of base64 carry 3 bytes.
-    if len(text) // 4 * 3 > limits.max_bytes:
-        raise _too_large(field, len(text) // 4 * 3, limits)
+        text, media_type = text[prefix.end():], prefix.group(1)
+    if any(space in text for space in "\n\r \t"):
+        text = _WHITESPACE.sub("", text)
+    size = len(text) // 4 * 3 - text[-2:].count("=")  # 4 characters of base64 carry 3 bytes, less the padding
+    if max_bytes is not None and size > max_bytes:
+        raise _too_large(field, size, max_bytes)
     try:
-        return base64.b64decode(text, validate=True)
+        return media_type, base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest(field, "must be a data URI or base64 text; it is neither (or its base64 is "
                                     "broken)") from None
 
 
-def _too_large(field: str, size: int, limits: UploadLimits) -> InvalidRequest:
+def _too_large(field: str, size: int, max_bytes: int) -> InvalidRequest:
     return InvalidRequest(field, f"is {size / (1 << 20):.1f} MB; this deployment takes at most "
-                                 f"{limits.max_bytes / (1 << 20):g} MB (SDXL_MAX_UPLOAD_MB)", http_status=413)
+                                 f"{max_bytes / (1 << 20):g} MB (SDXL_MAX_UPLOAD_MB)", http_status=413)
 
 
 def _eight_bits(picture: Image.Image, field: str) -> Image.Image:

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -9,7 +10,15 @@ from PIL import Image
 
 from dialect_calls import dialect_reply
 from stable_diffusion_xl.apis.instill import parse_json
-from stable_diffusion_xl.generation.pictures import UploadLimits, decode_picture, fit, fit_mask, mask_from_alpha
+from stable_diffusion_xl.apis.trainings import json_fields
+from stable_diffusion_xl.generation.pictures import (
+    UploadLimits,
+    decode_base64,
+    decode_picture,
+    fit,
+    fit_mask,
+    mask_from_alpha,
+)
 from stable_diffusion_xl.generation.request import InvalidRequest, TextToImageRequest
 from stable_diffusion_xl.generation.sizes import nearest_aspect_ratio
 from stable_diffusion_xl.serving.limits import Limits
@@ -156,3 +165,24 @@ def test_a_body_with_pictures_may_pass_the_body_limit_but_each_picture_is_held_t
     status, body = dialect_reply("predict", {"prompt": "a cat", "image": almost}, limits=limits)
     assert status == 413 and body["field"] == "image" and "at most 1 MB" in body["error"]
     assert dialect_reply("predict", {"prompt": "a cat", "image": IMAGE}, limits=limits) == (200, {"requests": 1})
+
+
+def test_base64_wrapped_in_lines_and_an_upper_case_data_scheme_are_taken_for_pictures_and_training_photos():
+    """RFC 2045's 76-column lines (what the `base64` command writes) and RFC 2397's case-insensitive scheme."""
+    data = encoded(PHOTO)
+    wrapped = base64.encodebytes(data).decode()  # 76 columns, \n after each line
+    assert "\n" in wrapped.strip()
+    for text in (wrapped, f"DATA:image/png;BASE64,{wrapped}", f"Data:Image/PNG;base64,\r\n{wrapped}"):
+        assert decode_picture(text, "image").tobytes() == PHOTO.tobytes()
+    photos, _ = json_fields(json.dumps({"images": [f"DATA:IMAGE/PNG;base64,{wrapped}"] * 2}).encode())
+    assert photos == [("photo-0.png", data), ("photo-1.png", data)]
+    with pytest.raises(InvalidRequest, match=r"^images\[0\]: must be a base64 data URI"):
+        json_fields(json.dumps({"images": [wrapped]}).encode())  # the JSON route takes data URIs only
+
+
+def test_the_size_limit_counts_the_decoded_bytes_not_the_line_breaks():
+    for data in (encoded(PHOTO), encoded(PHOTO) + b"\0", encoded(PHOTO) + b"\0\0"):  # padded with 0, 1 and 2 "="
+        wrapped = base64.encodebytes(data).decode()
+        assert decode_base64(wrapped, "image", max_bytes=len(data))[1] == data
+        with pytest.raises(InvalidRequest, match="SDXL_MAX_UPLOAD_MB"):
+            decode_base64(wrapped, "image", max_bytes=len(data) - 1)
