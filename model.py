@@ -20,6 +20,7 @@ from stable_diffusion_xl.generation.request import InvalidRequest
 from stable_diffusion_xl.generation.schedulers import SCHEDULERS
 from stable_diffusion_xl.generation.sizes import ASPECT_RATIOS, image_size
 from stable_diffusion_xl.serving.hardware import deployment_options, describe, replica_device
+from stable_diffusion_xl.serving.limits import SlowBodies
 from stable_diffusion_xl.serving.metrics import ReplicaMetrics
 from stable_diffusion_xl.serving.settings import Settings
 from stable_diffusion_xl.serving.trainings import Trainings
@@ -46,9 +47,11 @@ class StableDiffusionXL:
             compile=self.settings.compile, compile_mode=self.settings.compile_mode,
             compile_cache=self.settings.compile_cache, quantize=self.settings.quantize,
         )
-        # What a call may ask for: the settings' limits, the adapters' folder and the weights' scheduler.
+        # What a call may ask for: the settings' limits, the adapters' folder, the weights' scheduler, and the
+        # slow bodies this replica lets arrive at once.
         self.limits = dataclasses.replace(self.settings.limits, lora_folder=self.engine.adapters.files,
-                                          scheduler_config=self.engine.scheduler_configs["base"])
+                                          scheduler_config=self.engine.scheduler_configs["base"],
+                                          slow_bodies=SlowBodies(self.settings.max_ongoing_requests))
         if self.settings.warm_up:
             started = time.perf_counter()
             self.engine.warm_up()

@@ -49,7 +49,7 @@ class OpenAIEdits(OpenAIImages):
     `output_format`, `seeds`)."""
 
     async def requests(self, limits: Limits) -> list[TextToImageRequest]:
-        parts = await self.form_body(upload_bytes(limits), limits.body_timeout_s, UPLOAD_SETTINGS)
+        parts = await self.form_body(limits, upload_bytes(limits), UPLOAD_SETTINGS)
         fields, files = form_fields(parts)
         for name in NOT_SERVED:
             if name in fields or name in files:

@@ -70,9 +70,10 @@ class StartTraining(TrainingCall):
     async def act(self, trainings: Trainings, limits: Limits) -> JSONResponse:
         limit, timeout = limits.max_training_upload_mb << 20, limits.body_timeout_s * UPLOAD_TIME_FACTOR
         if self.is_form():
-            photos, fields = form_fields(await self.form_body(limit, timeout, UPLOAD_SETTING, max_files=MAX_FILES))
+            photos, fields = form_fields(await self.form_body(limits, limit, UPLOAD_SETTING, max_files=MAX_FILES,
+                                                              timeout_s=timeout))
         else:
-            photos, fields = json_fields(await self.arriving(read_body(self.request, limit), timeout))
+            photos, fields = json_fields(await self.arriving(read_body(self.request, limit), limits, timeout))
         unknown = sorted(set(fields) - set(OPTIONS))
         if unknown:
             raise unknown_key(unknown[0], FIELDS, kind="field")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,30 @@ from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
 from ..weights.layout import SDXL_SCHEDULER_CONFIG
 from ..weights.lora_files import LoraFolder, is_plain_name
 from .environment import setting
+
+SLOW_BODY_S = 1.0  # a body still arriving after this long holds a call slot as a slow one (SlowBodies)
+
+
+class SlowBodies:
+    """How many HTTP bodies a replica lets arrive slowly at once: fewer than its call slots (Serve's
+    max_ongoing_requests), so that one slot always stays for calls whose bodies arrive at once. Without it two
+    trickling uploads held both slots of a replica until their deadlines, and every generation waited behind them.
+    One asyncio loop counts them: no lock."""
+
+    def __init__(self, call_slots: int):
+        self.capacity, self.arriving = max(1, call_slots - 1), 0
+
+    @contextmanager
+    def admit(self, retry_after_s: int) -> Iterator[None]:
+        if self.arriving >= self.capacity:
+            raise InvalidRequest("body", f"is arriving slowly while this replica receives {self.arriving} other slow "
+                                         f"upload{'s' if self.arriving > 1 else ''}; send it again later, or faster",
+                                 http_status=429, retry_after_s=retry_after_s)
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
 
 
 @dataclass(frozen=True)
@@ -45,11 +70,12 @@ class Limits:
                              "recently used is unloaded past it); also the most one request may stack", minimum=1,
                              maximum=64)
     # Not settings: found when the replica starts, the adapters in its LoRA folder (fixed names, or the folder
-    # itself, re-listed when a request names an adapter not on its list) and its weights' scheduler config (base
-    # and refiner split a sampler's steps by its timesteps).
+    # itself, re-listed when a request names an adapter not on its list), its weights' scheduler config (base
+    # and refiner split a sampler's steps by its timesteps) and its count of slow bodies.
     lora_names: tuple[str, ...] = ()
     lora_folder: LoraFolder | None = None
     scheduler_config: Mapping[str, Any] = field(default_factory=lambda: SDXL_SCHEDULER_CONFIG)
+    slow_bodies: SlowBodies | None = None  # the replica's, shared by its calls; None: bodies are not counted
 
     @property
     def photos(self) -> dict:

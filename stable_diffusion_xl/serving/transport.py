@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator, Coroutine
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, NamedTuple
 
 from python_multipart.exceptions import FormParserError
@@ -21,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..generation.engine import Generation, Progress
 from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
-from .limits import Limits
+from .limits import SLOW_BODY_S, Limits
 
 if TYPE_CHECKING:
     from .trainings import Trainings
@@ -89,7 +90,7 @@ class HttpCall(Call):
         """The body as JSON; a body over the size limit (larger where the route takes `pictures`) is refused before
         it is read whole, and one that does not arrive in time is refused (it would hold one of the replica's few
         call slots)."""
-        body = await self.arriving(read_body(self.request, limits.body_bytes(pictures)), limits.body_timeout_s)
+        body = await self.arriving(read_body(self.request, limits.body_bytes(pictures)), limits)
         try:
             return json.loads(body)
         except RecursionError:
@@ -99,28 +100,41 @@ class HttpCall(Call):
         except ValueError:  # not UTF-8, or an integer too long to read
             raise InvalidRequest("body", "must be JSON in UTF-8") from None
 
-    async def form_body(self, limit: int, timeout_s: float, setting: str, max_files: int = MAX_FORM_FILES
-                        ) -> list[tuple[str, str | Upload]]:
+    async def form_body(self, limits: Limits, limit: int, setting: str, max_files: int = MAX_FORM_FILES,
+                        timeout_s: float | None = None) -> list[tuple[str, str | Upload]]:
         """A multipart/form-data body (the OpenAI SDKs' uploads, an HTML form's files) as (name, text or Upload)
         pairs in the order sent. Over `limit` bytes (named by its `setting`) it is refused unread when its length
-        is declared, and midway otherwise; one that does not arrive within `timeout_s` is refused."""
+        is declared, and midway otherwise; it must arrive as `arriving` says."""
         if not self.is_form():
             media_type = self.request.headers.get("content-type", "").partition(";")[0].strip()
             raise InvalidRequest("body", f"must be multipart/form-data, as the OpenAI SDKs send it; got "
                                          f"{excerpt(media_type) if media_type else 'no Content-Type'}")
         refusal = InvalidRequest("body", f"is larger than this deployment's upload limit of {limit} bytes ({setting})",
                                  http_status=413)
-        return await self.arriving(self._read_form(body_stream(self.request, limit, refusal), max_files), timeout_s)
+        return await self.arriving(self._read_form(body_stream(self.request, limit, refusal), max_files), limits,
+                                   timeout_s)
 
-    async def arriving(self, reading: Coroutine, timeout_s: float):
-        """What `reading` makes of the body, refused when the body does not arrive within `timeout_s` (it would
-        hold one of the replica's few call slots) or the client hangs up."""
+    async def arriving(self, reading: Coroutine, limits: Limits, timeout_s: float | None = None):
+        """What `reading` makes of the body, refused when the body does not arrive within `timeout_s` (default
+        SDXL_BODY_TIMEOUT_S: it holds one of the replica's few call slots) or the client hangs up. A body still
+        arriving after SLOW_BODY_S goes on only while the replica has a slot to spare for it (SlowBodies)."""
+        timeout_s = timeout_s or limits.body_timeout_s
+        reading = asyncio.ensure_future(reading)
         try:
-            return await asyncio.wait_for(reading, timeout_s)
+            try:
+                return await asyncio.wait_for(asyncio.shield(reading), min(SLOW_BODY_S, timeout_s))
+            except TimeoutError:
+                if timeout_s <= SLOW_BODY_S:
+                    raise
+            slow = limits.slow_bodies.admit(retry_after_s=int(timeout_s)) if limits.slow_bodies else nullcontext()
+            with slow:
+                return await asyncio.wait_for(reading, timeout_s - SLOW_BODY_S)
         except TimeoutError:
-            raise InvalidRequest("body", f"did not arrive within {timeout_s} s", http_status=408) from None
+            raise InvalidRequest("body", f"did not arrive within {timeout_s:g} s", http_status=408) from None
         except ClientDisconnect:  # nobody reads this answer; it keeps a hang-up out of the error logs
             raise InvalidRequest("body", "the client hung up before sending it whole") from None
+        finally:
+            reading.cancel()  # a refused body is read no further
 
     def is_form(self) -> bool:
         media_type = self.request.headers.get("content-type", "").partition(";")[0].strip().lower()

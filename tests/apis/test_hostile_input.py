@@ -5,6 +5,7 @@ and the replica keeps serving. One test per defect an adversarial run found, the
 import json
 import math
 import re
+import select
 import socket
 import uuid
 
@@ -15,7 +16,18 @@ from hypothesis import strategies as st
 from instill.protogen.model.ray.v1alpha.user_defined_pb2 import CallRequest, CallResponse
 
 from instill_contract import check_output, task_input
-from served import MODEL, TINY, http, metric_total, raw_reply, ray_logs, scrape, serve_log_lines, wait_for_metric
+from served import (
+    MODEL,
+    TINY,
+    TRAINING,
+    http,
+    metric_total,
+    raw_reply,
+    ray_logs,
+    scrape,
+    serve_log_lines,
+    wait_for_metric,
+)
 from stable_diffusion_xl.generation.request import KNOWN_FIELDS, MAX_SEED, PARAMETERS
 from stable_diffusion_xl.serving.client import METHOD, grpc_call
 from stable_diffusion_xl.serving.limits import Limits
@@ -145,21 +157,45 @@ def test_an_oversized_grpc_call_is_invalid_argument_with_the_limit(cluster):
 
 
 def test_stalled_uploads_are_refused_in_time_and_the_replica_keeps_answering(cluster):
-    """Two uploads that stop midway would hold both of the replica's call slots: each gets 408 after the body
-    timeout (2 s in these tests), and then pings and calls are answered."""
+    """Two uploads that stop midway would hold both of the replica's call slots: one goes on as the replica's one
+    slow body and gets 408 after the body timeout (2 s in these tests); the other, slow while the first is, gets 429
+    at once. Then pings and calls are answered."""
     stalled = [socket.create_connection(("127.0.0.1", cluster.ports.http), timeout=30) for _ in range(2)]
     try:
         for sock in stalled:
             sock.sendall(f"POST /{MODEL} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"pro".encode())
-        replies = [raw_reply(sock) for sock in stalled]
+        replies = sorted(raw_reply(sock) for sock in stalled)
     finally:
         for sock in stalled:
             sock.close()
-    assert all(reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 2 s" in reply for reply in replies), \
-        replies
+    assert replies[0].startswith(b"HTTP/1.1 408") and b"did not arrive within 2 s" in replies[0], replies
+    assert replies[1].startswith(b"HTTP/1.1 429") and b"receives 1 other slow upload" in replies[1], replies
+    assert b"\r\nretry-after: 2\r\n" in replies[1].lower()
     status, reply, _ = http(cluster.ports, MODEL, timeout=10)
     assert status == 200 and reply["status"] == "ready"
     still_serving(cluster)
+
+
+def test_trickling_training_uploads_never_hold_the_slot_a_generation_needs(cluster):
+    """Two training uploads trickling (their deadline is 10 times the body timeout: 20 s here) held both call slots,
+    and a valid generation waited behind them until they were refused. Now the second is refused as soon as it is
+    slow, and the generation is answered while the first still trickles."""
+    head = (f"POST /{TRAINING}/v1/trainings HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b"
+            f"\r\nContent-Length: 1000000\r\n\r\n--b\r\n")
+    trickling = [socket.create_connection(("127.0.0.1", cluster.ports.http), timeout=30) for _ in range(2)]
+    try:
+        for sock in trickling:
+            sock.sendall(head.encode())
+        answered = select.select(trickling, [], [], 25)[0]  # one, once it is slow
+        assert len(answered) == 1
+        refused, (still_trickling,) = raw_reply(answered[0]), [sock for sock in trickling if sock not in answered]
+        assert refused.startswith(b"HTTP/1.1 429") and b"other slow upload" in refused, refused
+        status, generated, _ = http(cluster.ports, TRAINING, {"prompt": "a cat", **TINY}, timeout=60)
+        assert status == 200 and len(check_output(generated[0])) == 1
+        assert not select.select([still_trickling], [], [], 0)[0], "the generation waited for the upload's deadline"
+    finally:
+        for sock in trickling:
+            sock.close()
 
 
 def test_a_client_that_hangs_up_midway_through_its_body_leaves_no_error_in_the_logs(cluster):
