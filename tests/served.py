@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -85,3 +86,38 @@ def serve_log_lines(cluster, request_id: str, pattern: str, timeout: float = 30)
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
+
+
+def replica_process(application: str):
+    """The psutil.Process of `application`'s replica (Ray names it ServeReplica:<application>:<deployment>)."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline"]):
+        if f"ServeReplica:{application}:" in " ".join(process.info["cmdline"] or []):
+            return process
+    raise LookupError(f"no replica of {application} on this machine")
+
+
+class PeakRss:
+    """The highest RSS of a process while the block runs, sampled every 5 ms by a thread."""
+
+    def __init__(self, process):
+        self.process, self.peak, self._stop = process, 0, threading.Event()
+
+    def __enter__(self):
+        self.idle = self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def added(self) -> int:
+        return self.peak - self.idle

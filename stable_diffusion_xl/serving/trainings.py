@@ -17,6 +17,7 @@ training of its name from the same photos and options, and its checkpoint remove
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +26,7 @@ import ray
 
 from ..generation.request import InvalidRequest, excerpt
 from ..training.options import TrainingOptions
-from ..training.output import adapter_path, remove_stale_checkpoints
+from ..training.output import adapter_path, remove_stale, stage_photos, staged_photos
 from ..training.photos import PhotoError, read_photos
 from ..weights.layout import WeightPaths
 from ..weights.lora_files import sidecar
@@ -45,14 +46,15 @@ def one_line(error: BaseException) -> str:
 
 
 @ray.remote(max_retries=0)  # a failed training is reported, not run again
-def run_training(board, training_id: str, weights: WeightPaths, lora_dir: Path, photos: list[tuple[str, bytes]],
+def run_training(board, training_id: str, weights: WeightPaths, lora_dir: Path, staged: Path,
                  options: TrainingOptions) -> dict:
-    """The training's Ray task: the trainer on the photos, reporting to `board`; what the board records at the end."""
+    """The training's Ray task: the trainer on the photos staged in `staged`, reporting to `board`; what the board
+    records at the end."""
     from ..training.trainer import TrainingCancelled, train
 
     ray.get(board.started.remote(training_id))
     try:
-        result = train(weights, lora_dir, read_photos(photos), options,
+        result = train(weights, lora_dir, read_photos(staged_photos(staged)), options,
                        on_step=lambda step, total, loss: board.step.remote(training_id, step, total, loss),
                        should_stop=lambda: ray.get(board.stopping.remote(training_id)), origin=ORIGIN,
                        resume_matching=True)
@@ -73,7 +75,7 @@ class TrainingBoard:
         self.tasks: dict[str, ray.ObjectRef] = {}
         self.stop: set[str] = set()
 
-    async def submit(self, training_id: str, weights: WeightPaths, lora_dir: Path, photos: list[tuple[str, bytes]],
+    async def submit(self, training_id: str, weights: WeightPaths, lora_dir: Path, staged: Path, photos: int,
                      options: TrainingOptions, resources: dict, waiting_for: str, max_trainings: int) -> dict:
         """Queue a training; its name may not be one a queued or running training will write, and at most
         `max_trainings` may be queued and running."""
@@ -84,23 +86,24 @@ class TrainingBoard:
             return {"error": f"{len(active)} trainings are queued or running, the most this deployment takes "
                              "(SDXL_MAX_TRAININGS); retry after one ends", "http_status": 429,
                     "retry_after_s": self._retry_after_s(active)}
-        remove_stale_checkpoints(lora_dir, training={t["name"] for t in active})
+        remove_stale(lora_dir, training={t["name"] for t in active}, staged={t["id"] for t in active} | {training_id})
         self.trainings[training_id] = {
             "id": training_id, "status": "queued", "name": options.name, "token": options.token,
-            "reason": f"waiting for {waiting_for} on the Ray cluster", "created": time.time(), "photos": len(photos)}
+            "reason": f"waiting for {waiting_for} on the Ray cluster", "created": time.time(), "photos": photos}
         me = ray.get_runtime_context().current_actor
-        self.tasks[training_id] = run_training.options(**resources).remote(me, training_id, weights, lora_dir, photos,
+        self.tasks[training_id] = run_training.options(**resources).remote(me, training_id, weights, lora_dir, staged,
                                                                             options)
-        asyncio.get_running_loop().create_task(self._finish(training_id))
+        asyncio.get_running_loop().create_task(self._finish(training_id, staged))
         return self.trainings[training_id]
 
-    async def _finish(self, training_id: str) -> None:
+    async def _finish(self, training_id: str, staged: Path) -> None:
         try:
             outcome = await self.tasks[training_id]
         except ray.exceptions.TaskCancelledError:
             outcome = {"status": "cancelled"}
         except Exception as error:  # the worker died (out of memory, a lost node): Ray's error class says which
             outcome = {"status": "failed", "reason": f"the training's Ray task ended ({type(error).__name__})"}
+        shutil.rmtree(staged, ignore_errors=True)  # however the task ended, or if it never ran (cancelled queued)
         self.tasks.pop(training_id, None)
         self.stop.discard(training_id)
         training = self.trainings[training_id]
@@ -173,9 +176,15 @@ class Trainings:
         self.check_name(options)
         resources, waiting_for = self.resources()
         training_id = uuid.uuid4().hex
-        status = await self.board.submit.remote(training_id, self.weights, self.lora_dir, photos, options, resources,
-                                                waiting_for, self.settings.max_trainings)
+        staged = await asyncio.to_thread(stage_photos, self.lora_dir, training_id, photos)
+        try:
+            status = await self.board.submit.remote(training_id, self.weights, self.lora_dir, staged, len(photos),
+                                                    options, resources, waiting_for, self.settings.max_trainings)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         if "error" in status:
+            shutil.rmtree(staged, ignore_errors=True)
             field = "name" if status["http_status"] == 409 else "trainings"
             raise InvalidRequest(field, status["error"], status["http_status"], status.get("retry_after_s"))
         return status

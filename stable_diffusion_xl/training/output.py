@@ -5,7 +5,7 @@ cancelled.
 
 A crash leaves the LoRA folder's adapters as they were (and the checkpoint, for `--resume`, or for the next
 training over HTTP of that name from the same photos and options); an adapter is only ever replaced by a complete
-one. A checkpoint nothing resumed is removed after STALE_CHECKPOINT_S (`remove_stale_checkpoints`).
+one. A checkpoint nothing resumed is removed after STALE_CHECKPOINT_S (`remove_stale`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ..generation.request import InvalidRequest, excerpt
 from ..weights.lora_files import SIDECAR, SUFFIX
 
 WORK_SUBDIR = ".training"  # hidden: lora_files.available() lists plain names only
+UPLOADS_SUBDIR = ".uploads"  # hidden too: the photos of trainings over HTTP, staged for their tasks
 STALE_CHECKPOINT_S = 24 * 3600  # a killed run's checkpoint, kept this long for a run to resume it
 
 
@@ -131,13 +132,40 @@ def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def remove_stale_checkpoints(lora_dir: Path, *, training: set[str], older_than_s: float = STALE_CHECKPOINT_S) -> None:
-    """Remove the checkpoints of runs that ended without finishing (killed, lost with their node) and that nothing
-    resumed for `older_than_s`; those of the names in `training` stay."""
-    for folder in (Path(lora_dir) / WORK_SUBDIR).glob("*"):
-        try:
-            idle = time.time() - max(path.stat().st_mtime for path in [folder, *folder.iterdir()])
-        except OSError:  # removed meanwhile
-            continue
-        if folder.name not in training and idle > older_than_s:
-            Workspace(Path(lora_dir), folder.name).clear()
+def stage_photos(lora_dir: Path, training_id: str, photos: list[tuple[str, bytes]]) -> Path:
+    """`photos` written to `lora_dir/.uploads/<training_id>/` for a training's task to read, wherever it runs (the
+    LoRA folder is shared with the nodes that train: they write their adapters there), so that they cross the
+    cluster as files, not as a copy in each process's memory. Written whole, or not at all."""
+    folder = Path(lora_dir) / UPLOADS_SUBDIR / training_id
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{training_id}.", dir=folder.parent))
+    try:
+        for index, (_, data) in enumerate(photos):
+            (staging / f"{index:04d}").write_bytes(data)
+        (staging / "names.json").write_text(json.dumps([name for name, _ in photos]))
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def staged_photos(folder: Path) -> list[tuple[str, bytes]]:
+    """The (name, bytes) pairs `stage_photos` wrote."""
+    names = json.loads((folder / "names.json").read_text())
+    return [(name, (folder / f"{index:04d}").read_bytes()) for index, name in enumerate(names)]
+
+
+def remove_stale(lora_dir: Path, *, training: set[str], staged: set[str], older_than_s: float = STALE_CHECKPOINT_S
+                 ) -> None:
+    """Remove what runs that ended without finishing (killed, lost with their node) left and nothing used for
+    `older_than_s`: their checkpoints, but those of the names in `training`, and their staged photos, but those of
+    the trainings in `staged`."""
+    for subdir, keep in ((WORK_SUBDIR, training), (UPLOADS_SUBDIR, staged)):
+        for folder in (Path(lora_dir) / subdir).glob("*"):
+            try:
+                idle = time.time() - max(path.stat().st_mtime for path in [folder, *folder.iterdir()])
+            except OSError:  # removed meanwhile
+                continue
+            if folder.name not in keep and idle > older_than_s:
+                shutil.rmtree(folder, ignore_errors=True)

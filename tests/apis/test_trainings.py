@@ -21,7 +21,7 @@ from urllib3 import encode_multipart_formdata
 
 from browser import chromium, console_errors
 from instill_contract import task_input
-from served import API_KEY, KEYED, MODEL, TINY, TRAINING, http, raw_reply
+from served import API_KEY, KEYED, MODEL, TINY, TRAINING, PeakRss, http, raw_reply, replica_process
 from stable_diffusion_xl.apis.trainings import SWITCHED_OFF  # its field names are metric labels, as in the replica
 from stable_diffusion_xl.serving.client import grpc_call
 
@@ -171,6 +171,35 @@ def test_an_upload_over_the_limit_is_refused_with_413_before_it_is_read(cluster)
         sock.sendall(head.encode())
         head, _, answer = raw_reply(sock).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413") and json.loads(answer)["field"] == "body"
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_training_upload_costs_the_replica_its_bytes_not_what_its_photos_claim(cluster):
+    """Six 1-bit 9000x9000 PNGs, 10 KB each, once took a replica from 990 MB to 2.9 GB: their pixels were decoded
+    to RGB there and kept. Now they are refused from their headers; and an upload near SDXL_TRAIN_MAX_UPLOAD_MB
+    (64 MB), photos of many megapixels included, costs the replica far under 200 MB: nothing is decoded there."""
+    replica = replica_process(TRAINING)
+    huge = png(Image.new("1", (9000, 9000)))
+    with PeakRss(replica) as amplified:
+        status, reply = start(cluster, [(f"huge-{index}.png", huge) for index in range(6)], name="amplified")
+    assert (status, reply["field"]) == (400, "images")
+    assert '"huge-0.png": is 9000x9000, 81 megapixels; a photo may have 40 at most' in reply["error"]
+    noise = png(Image.fromarray(np.random.default_rng(3).integers(0, 256, (4000, 4000, 3), dtype=np.uint8)))
+    large = [("noise.png", noise), ("wide.png", png(Image.new("1", (6300, 6300)))), *photos(2)]
+    assert 45 << 20 < sum(len(data) for _, data in large) < 64 << 20
+    with PeakRss(replica) as uploaded:
+        status, reply = start(cluster, large, name="http-large-upload", steps=1)
+    assert status == 202, reply
+    assert wait_for(cluster, reply["id"], lambda s: s["status"] not in ("queued", "running"))[-1]["status"] == \
+        "succeeded"
+    print(f"replica RSS added: amplification case {amplified.added / 2**20:.0f} MiB, a "
+          f"{sum(len(data) for _, data in large) / 2**20:.0f} MiB upload {uploaded.added / 2**20:.0f} MiB")
+    assert amplified.added < 50 << 20 and uploaded.added < 200 << 20
 
 
 def test_json_with_data_uris_is_taken_and_a_bad_uri_is_named(cluster):
