@@ -3,7 +3,9 @@
 Fixtures live in conftest.py; import these by module name: `from helpers import request`.
 """
 
+import io
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +106,29 @@ def write_photos(folder: Path, count: int = 6, *, kind: str = "JPEG") -> Path:
     for index in range(count):
         training_photo(index).save(folder / f"photo-{index}{suffix}", kind)
     return folder
+
+
+def zipped(files: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, data in files:
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def unreadable_zips(files: list[tuple[str, bytes]]) -> dict[str, bytes]:
+    """Zips of `files` that no reader can unpack, by the error Python's zipfile raises for each: a member flagged
+    encrypted (as an encrypting archiver writes it), and members whose deflate or LZMA stream is scrambled."""
+    encrypted = bytearray(zipped(files))
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers' flag bit 0
+        at = encrypted.find(signature)
+        while at >= 0:
+            encrypted[at + flags] |= 1
+            at = encrypted.find(signature, at + 4)
+    made = {"RuntimeError": bytes(encrypted)}
+    for error, compression in (("error", zipfile.ZIP_DEFLATED), ("LZMAError", zipfile.ZIP_LZMA)):  # zlib.error
+        data = bytearray(zipped(files, compression))
+        start = data.find(b"PK\x03\x04") + 30 + len(files[0][0].encode())
+        data[start + 5: start + 200] = bytes(range(195))  # the first member's compressed stream
+        made[error] = bytes(data)
+    return made

@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -20,8 +21,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from urllib3 import encode_multipart_formdata
 
 from browser import chromium, console_errors
+from helpers import unreadable_zips
 from instill_contract import task_input
-from served import API_KEY, KEYED, MODEL, TINY, TRAINING, PeakRss, http, raw_reply, replica_process
+from served import API_KEY, KEYED, MODEL, TINY, TRAINING, PeakRss, http, raw_reply, replica_process, serve_log_lines
 from stable_diffusion_xl.apis.trainings import SWITCHED_OFF  # its field names are metric labels, as in the replica
 from stable_diffusion_xl.serving.client import grpc_call
 
@@ -162,6 +164,28 @@ def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(cluster, images,
     status, reply = start(cluster, images(), **options)
     assert (status, reply["field"]) == (http_status, field), reply
     assert sorted(path.name for path in cluster.lora_dir.rglob("*")) == before
+
+
+@pytest.mark.parametrize("error", ["RuntimeError", "error", "LZMAError"])  # encrypted; zlib.error; LZMA's
+def test_an_encrypted_or_damaged_zip_is_a_400_naming_the_photos_as_a_form_and_as_json(cluster, error):
+    """Each was an HTTP 500 with a traceback, which wrote the zip's member names into the replica's log."""
+    archive, request_id = unreadable_zips(photos(3))[error], f"bad-zip-{uuid.uuid4()}"
+    status, reply = start(cluster, [("photos.zip", archive)], name="zip-form", headers={"X-Request-ID": request_id})
+    assert (status, reply["field"]) == (400, "images") and f"not a readable zip ({error})" in reply["error"]
+    assert serve_log_lines(cluster, request_id, "rejected trainings call: bad images")
+    assert not serve_log_lines(cluster, request_id, ".*(Traceback|Request failed| 500 |ERROR|photo-0)", timeout=2)
+    body = {"images": [f"data:application/zip;base64,{base64.b64encode(archive).decode()}"], "name": "zip-json"}
+    status, reply, _ = http(cluster.ports, f"{TRAINING}/v1/trainings", body)
+    assert (status, reply["field"]) == (400, "images") and f"not a readable zip ({error})" in reply["error"]
+
+
+def test_a_photo_part_named_slash_is_only_a_name(cluster):
+    """`curl -F 'images=@a.png;filename=/'` was a 500: the name was taken for a path (ValueError from with_suffix)."""
+    (_, first), *rest = photos(3)
+    status, reply = start(cluster, [("/", first), *rest], name="slash-named", steps=1)
+    assert status == 202, reply
+    assert wait_for(cluster, reply["id"], lambda s: s["status"] not in ("queued", "running"))[-1]["status"] == \
+        "succeeded"
 
 
 def test_an_upload_over_the_limit_is_refused_with_413_before_it_is_read(cluster):

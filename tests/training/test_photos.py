@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import training_photo, write_photos
+from helpers import training_photo, unreadable_zips, write_photos, zipped
 from stable_diffusion_xl.training import photos as photos_module
 from stable_diffusion_xl.training.photos import PhotoError, read_photos
 
@@ -24,14 +24,6 @@ def jpeg(index: int = 0, size=(320, 300), **save) -> bytes:
 
 def pairs(count: int = 8) -> list[tuple[str, bytes]]:
     return [(f"photo-{index}.jpg", jpeg(index)) for index in range(count)]
-
-
-def zipped(files: list[tuple[str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files:
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def refused(source, **kwargs) -> str:
@@ -219,47 +211,14 @@ def test_an_uploaded_file_name_is_text_never_a_path(name):
     assert name in [photo.name for photo in photos] and len(photos) == 8
 
 
-def encrypted_zip() -> bytes:
-    """A zip whose member has the encryption flag set (general purpose bit 0), as an encrypting archiver writes it."""
-    data = bytearray(zipped(pairs(3)))
-    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
-        at = data.find(signature)
-        while at >= 0:
-            data[at + offset] |= 1
-            at = data.find(signature, at + 4)
-    return bytes(data)
+@pytest.mark.parametrize("error", ["RuntimeError", "error", "LZMAError"])  # encrypted; zlib.error; LZMA's
+def test_an_encrypted_or_damaged_zip_is_refused_naming_it(error):
+    archive = unreadable_zips(pairs(3))[error]
+    assert refused([("photos.zip", archive)]) == f'"photos.zip": not a readable zip ({error})'
 
 
-def damaged_member(compression: int) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
-        for name, content in pairs(3):
-            archive.writestr(name, content)
-    data = bytearray(buffer.getvalue())
-    start = data.find(b"PK\x03\x04") + 30 + len("photo-0.jpg")
-    data[start + 5: start + 200] = bytes(range(195))  # the first member's compressed stream, scrambled
-    return bytes(data)
-
-
-@pytest.mark.parametrize("archive, error", [
-    (encrypted_zip, "RuntimeError"),
-    (lambda: damaged_member(zipfile.ZIP_DEFLATED), "error"),  # zlib.error
-    (lambda: damaged_member(zipfile.ZIP_LZMA), "LZMAError"),
-])
-def test_an_encrypted_or_damaged_zip_is_refused_naming_it(archive, error):
-    assert refused([("photos.zip", archive())]) == f'"photos.zip": not a readable zip ({error})'
-
-
-def packed(compression: int) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
-        for name, content in [*pairs(3), ("photo-0.txt", b"TOK at sea")]:
-            archive.writestr(name, content)
-    return buffer.getvalue()
-
-
-SOUND_ZIPS = [packed(compression) for compression in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
-                                                      zipfile.ZIP_LZMA)]
+COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+SOUND_ZIPS = [zipped([*pairs(3), ("photo-0.txt", b"TOK at sea")], compression) for compression in COMPRESSIONS]
 
 
 @settings(max_examples=300, deadline=None)
