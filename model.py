@@ -15,8 +15,9 @@ from instill.helpers.ray_config import instill_deployment
 from ray import serve
 
 from stable_diffusion_xl.apis.routes import incoming
-from stable_diffusion_xl.generation.engine import Cancelled, Engine, Progress
-from stable_diffusion_xl.generation.request import InvalidRequest
+from stable_diffusion_xl.fields import InvalidRequest
+from stable_diffusion_xl.generation.engine import Engine
+from stable_diffusion_xl.generation.results import Cancelled, Progress
 from stable_diffusion_xl.generation.schedulers import SCHEDULERS
 from stable_diffusion_xl.generation.sizes import ASPECT_RATIOS, image_size
 from stable_diffusion_xl.serving.hardware import deployment_options, describe, replica_device

@@ -18,22 +18,19 @@ import os
 import sys
 from pathlib import Path
 
-from .generation.compile import MODES
-from .generation.engine import DEFAULT_MAX_BATCH_SIZE, choose_device
-from .generation.quantize import QuantizeRefused, refuse_unsupported
-from .generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
-from .serving.environment import SettingError
-from .serving.hardware import GPU_VARIABLES, NoUsableGPU, replica_device
+from .fields import InvalidRequest, UserError
+from .generation.compile import COMPILE_MODES
+from .generation.modes import PICTURES
+from .generation.request import PARAMETERS, TextToImageRequest
+from .generation.results import DEFAULT_MAX_BATCH_SIZE
 from .serving.settings import Settings
 from .training.options import OPTIONS
-from .training.photos import PhotoError
 from .weights.layout import (
     COMPILE_CACHE_SUBDIR,
     DEFAULT_WEIGHTS_DIR,
     FETCH_COMMAND,
     LORA_SUBDIR,
     WeightPaths,
-    WeightsMissing,
 )
 from .weights.library_logs import quiet_library_logs
 
@@ -49,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("prompt")
     for name, spec in PARAMETERS.items():
         generate.add_argument(f"--{name}", **_argument(spec))
-    generate.add_argument("--image", type=Path, help="a picture to edit (image-to-image; docs/edits.md)")
-    generate.add_argument("--mask", type=Path, help="with --image: repaint where this picture is white (inpainting)")
+    for name, picture in PICTURES.items():
+        generate.add_argument(f"--{name}", type=Path, help=picture.description)
     generate.add_argument("-o", "--output", type=Path, default=Path("out"), help="folder for the JPEGs (default: out)")
     generate.add_argument("--demo", action="store_true", help=DEMO_HELP)
     generate.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
@@ -89,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--demo", action="store_true", help=DEMO_HELP)
     cache.add_argument("--cache", type=Path, help="the cache folder (default: SDXL_COMPILE_CACHE, else "
                        f"{COMPILE_CACHE_SUBDIR}/ beside the models)")
-    cache.add_argument("--mode", choices=MODES, help="inductor's mode (default: SDXL_COMPILE_MODE, else default)")
+    cache.add_argument("--mode", choices=COMPILE_MODES,
+                       help="inductor's mode (default: SDXL_COMPILE_MODE, else default)")
 
     train = commands.add_parser("train", help="train a LoRA adapter (DreamBooth-LoRA) on photos of a subject, "
                                 "into the LoRA folder the deployment reads")
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {"generate": _generate, "serve": _serve, "try": _try, "fetch-weights": _fetch, "demo-weights": _demo,
                     "compile-cache": _compile_cache, "train": _train}
         return handlers[args.command](args)
-    except (InvalidRequest, WeightsMissing, SettingError, QuantizeRefused, PhotoError, NoUsableGPU) as error:
+    except UserError as error:  # what to change is in its message
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (DeployFailed, PortInUse) as error:  # Ray's own message on why the replica could not start; a taken port
@@ -138,13 +136,14 @@ def _argument(spec: dataclasses.Field) -> dict:
 
 def _generate(args) -> int:
     from .generation.engine import Engine
+    from .generation.modes import PIL_MODES
     from .generation.pictures import UploadLimits, read_pictures
     from .serving.encoding import encode
     from .serving.limits import Limits
 
     fields = {spec.name: getattr(args, spec.name) for spec in PARAMETERS.values()}
-    pictures = {name: _read(getattr(args, name), name) for name in ("image", "mask") if getattr(args, name)}
-    request = TextToImageRequest(prompt=args.prompt, **fields, **read_pictures(pictures, UploadLimits()))
+    sent = {name: _read(getattr(args, name), name) for name in PICTURES if getattr(args, name)}
+    request = TextToImageRequest(prompt=args.prompt, **fields, pictures=read_pictures(sent, UploadLimits(), PIL_MODES))
     engine = Engine.load(args.weights, demo=args.demo, max_batch_size=args.max_batch_size,
                          lora_dir=args.lora_dir or Settings.from_env().lora_dir)
     # The adapters as a deployment checks them (n is the user's own business here): an unknown one is an error line.
@@ -183,6 +182,10 @@ SERVED_APIS = {
 def _model_env(args) -> tuple[dict[str, str], Settings]:
     """The replica's SDXL_* variables and its settings, checked here so that a mistake fails at once, with the
     fix, rather than in a Ray replica; the other SDXL_* variables of this shell reach the replica as they are."""
+    from .generation.engine import choose_device
+    from .generation.quantize import refuse_unsupported
+    from .serving.hardware import GPU_VARIABLES, replica_device
+
     env = {"SDXL_WEIGHTS_DIR": str(args.weights.resolve()), "SDXL_DEMO_WEIGHTS": "1" if args.demo else "0"}
     settings = Settings.from_env({**os.environ, **env})
     settings.http_api_key()

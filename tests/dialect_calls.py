@@ -7,7 +7,7 @@ import json
 from starlette.requests import Request
 
 from stable_diffusion_xl.apis.routes import http_route
-from stable_diffusion_xl.generation.request import InvalidRequest
+from stable_diffusion_xl.fields import InvalidRequest
 from stable_diffusion_xl.serving.limits import Limits
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stable_diffusion_xl.generation.modes import PICTURES
 from stable_diffusion_xl.generation.request import TextToImageRequest
 from stable_diffusion_xl.generation.safety import SafetyChecker
 
@@ -20,8 +21,9 @@ ROUNDING = 2  # pixel levels that batched float kernels may move an image by
 
 
 def request(prompt="a cat napping", **fields) -> TextToImageRequest:
-    """A request with FAST's settings, unless `fields` says otherwise."""
-    return TextToImageRequest(prompt=prompt, **{**FAST, **fields})
+    """A request with FAST's settings, unless `fields` says otherwise; an edit's pictures by their names."""
+    pictures = {name: fields.pop(name) for name in PICTURES if name in fields}
+    return TextToImageRequest(prompt=prompt, **{**FAST, **fields}, pictures=pictures)
 
 
 def pixels(image) -> np.ndarray:

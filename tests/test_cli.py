@@ -118,3 +118,18 @@ def test_try_reports_input_that_is_not_json_before_starting_ray(weights_dir):
     assert [line for line in result.stderr.splitlines() if line.startswith("error")] == [
         "error: -i/--input: must be JSON (Expecting property name enclosed in double quotes at character 1)"]
     assert "starting Ray" not in result.stderr
+
+
+def test_the_help_and_the_settings_import_no_torch():
+    """`--help`, the settings table and `serve`'s checks before Ray starts stay fast: torch, diffusers and Ray are
+    imported by the commands that run them, not by the parser."""
+    probe = ("import contextlib, io, sys\n"
+             "from stable_diffusion_xl.__main__ import main\n"
+             "from stable_diffusion_xl.serving.settings import Settings\n"
+             "Settings.from_env({})\n"
+             "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+             "    main(['generate', '--help'])\n"
+             "print(sorted(name for name in ('torch', 'diffusers', 'transformers', 'ray') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

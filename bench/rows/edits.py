@@ -29,8 +29,9 @@ def edit_vs_text(bench) -> dict:
     mask.paste(255, (0, 0, size[0] // 2, size[1]))
     common = {"prompt": PROMPT, "seed": SEED, "steps": DEFAULT_STEPS}
     cases = {"text_to_image": TextToImageRequest(**common),
-             **{f"image_to_image_{s}": TextToImageRequest(**common, image=picture, strength=s) for s in STRENGTHS},
-             "inpainting_0.6": TextToImageRequest(**common, image=picture, mask=mask, strength=0.6)}
+             **{f"image_to_image_{s}": TextToImageRequest(**common, pictures={"image": picture}, strength=s)
+                for s in STRENGTHS},
+             "inpainting_0.6": TextToImageRequest(**common, pictures={"image": picture, "mask": mask}, strength=0.6)}
     runners = {name: (lambda request=request: engine.generate([request])) for name, request in cases.items()}
     log(f"edits: text-to-image against edits at strengths {STRENGTHS}, {DEFAULT_STEPS} steps, {bench.args.runs} "
         "runs each")
@@ -60,14 +61,15 @@ def weight_bytes(engine) -> dict:
     the RSS a second set of edit pipelines adds as it is built."""
     import psutil
 
-    from stable_diffusion_xl.generation.engine import edit_pipelines
+    from stable_diffusion_xl.generation.modes import MODES
 
     text = [engine.base, engine.refiner]
+    every_mode = [pipeline for pair in engine.pipelines.values() for pipeline in pair]
     before = psutil.Process().memory_info().rss
-    second_set = edit_pipelines(engine.base, engine.refiner)
+    second_set = [pipeline for mode in MODES.values() for pipeline in mode.pipelines(engine.base, engine.refiner)]
     built_bytes = psutil.Process().memory_info().rss - before
-    return {"text_to_image": _distinct_bytes(text), "with_edits": _distinct_bytes([*text, *engine.edits.values()]),
-            "with_a_second_set": _distinct_bytes([*text, *engine.edits.values(), *second_set.values()]),
+    return {"text_to_image": _distinct_bytes(text), "with_edits": _distinct_bytes(every_mode),
+            "with_a_second_set": _distinct_bytes([*every_mode, *second_set]),
             "rss_added_building_edit_pipelines": built_bytes}
 
 

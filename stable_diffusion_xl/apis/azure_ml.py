@@ -15,7 +15,8 @@ from http import HTTPStatus
 
 from starlette.responses import JSONResponse
 
-from ..generation.request import InvalidRequest, TextToImageRequest, excerpt, unknown_key
+from ..fields import InvalidRequest, excerpt, unknown_key
+from ..generation.request import TextToImageRequest
 from ..serving.encoding import encode_all, to_base64
 from ..serving.limits import Limits
 from ..serving.transport import HttpCall

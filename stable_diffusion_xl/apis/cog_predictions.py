@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from ..generation.request import InvalidRequest, TextToImageRequest, excerpt, unknown_key
+from ..fields import InvalidRequest, excerpt, unknown_key
+from ..generation.modes import PICTURES
+from ..generation.request import TextToImageRequest
 from ..generation.schedulers import SCHEDULERS
 from ..generation.sizes import NATIVE_SIZES
 from ..serving.encoding import encode_all, to_data_uri
@@ -65,11 +67,12 @@ class CogPrediction(HttpCall):
         for name, reason in UNSUPPORTED.items():
             if name in fields:
                 raise InvalidRequest(name, reason)
-        for name in ("image", "mask"):
+        pictures = [VOCABULARY.to_theirs[name] for name in PICTURES]
+        for name in pictures:
             if isinstance(fields.get(name), str) and fields[name].lstrip()[:8].lower().startswith(("http:", "https:")):
                 raise InvalidRequest(name, "is a URL, and this deployment fetches nothing: send the picture itself "
                                            "as a data URI (data:image/png;base64,...)")
-        edit = fields.get("image") is not None
+        edit = fields.get(pictures[0]) is not None  # the picture every edit starts from
         if not edit:
             fields.pop("prompt_strength", None)
         for name in IGNORED:
@@ -93,7 +96,7 @@ class CogPrediction(HttpCall):
         kept = [image for image, unsafe in zip(images, generation.filtered) if not unsafe]
         (request,) = requests
         # cog-sdxl logs its mode; an edit's line also says the size its picture was fitted to.
-        logs = f"{request.mode} mode, {generation.width}x{generation.height}\n" if request.image is not None else ""
+        logs = f"{request.mode} mode, {generation.width}x{generation.height}\n" if request.pictures else ""
         logs += "".join(f"Using seed: {seed}\n" for seed in generation.seeds)
         logs += "".join(f"NSFW content detected in image {index}\n"
                         for index, unsafe in enumerate(generation.filtered) if unsafe)

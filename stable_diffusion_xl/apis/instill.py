@@ -17,18 +17,11 @@ from instill.helpers import construct_task_text_to_image_output
 from instill.protogen.model.ray.v1alpha.user_defined_pb2 import CallRequest, CallResponse
 from starlette.responses import JSONResponse
 
-from ..generation.engine import Generation
+from ..fields import InvalidRequest, check_text, excerpt, unknown_key
+from ..generation.modes import PICTURES, PIL_MODES
 from ..generation.pictures import read_pictures
-from ..generation.request import (
-    PICTURES,
-    InvalidRequest,
-    TextToImageRequest,
-    check_text,
-    excerpt,
-    from_fields,
-    text_only,
-    unknown_key,
-)
+from ..generation.request import TextToImageRequest, from_fields, text_only
+from ..generation.results import Generation
 from ..serving.encoding import encode_all, to_base64
 from ..serving.limits import Limits
 from ..serving.transport import Call, HttpCall, key_problem
@@ -125,7 +118,7 @@ def usage(request: TextToImageRequest, generation: Generation) -> dict:
         "mode": request.mode,  # text-to-image, image-to-image or inpainting
         "strength": request.strength,  # null for text-to-image
         # The input picture's own size; width and height above are the native size it was fitted to.
-        "input-size": None if request.image is None else list(request.image.size),
+        "input-size": request.input_size and list(request.input_size),
         "tokens": dict(generation.tokens),  # {"prompt": 213, "negative-prompt": 12}: CLIP tokens, syntax removed
         "content-filtered": [index for index, unsafe in enumerate(generation.filtered) if unsafe],
         "seconds": {stage: round(seconds, 4) for stage, seconds in generation.timings.items()},
@@ -162,7 +155,7 @@ def parse_task_input(task_input: Any, limits: Limits, images_before: int = 0) ->
 
 def parse_flat(body: dict, limits: Limits, images_before: int = 0) -> TextToImageRequest:
     """The flat form people and `instill run` send: {"prompt": ..., "n": 2, ...}; "model" is ignored."""
-    fields = read_pictures({key: value for key, value in body.items() if key != "model"}, limits.uploads)
+    fields = read_pictures({key: value for key, value in body.items() if key != "model"}, limits.uploads, PIL_MODES)
     request = from_fields(fields.pop("prompt", None), fields, also=["prompt", "model"], pictures=True)
     limits.check(request, images_before, "")
     return request

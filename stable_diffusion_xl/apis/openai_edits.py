@@ -24,8 +24,9 @@ from typing import Any
 
 from PIL import Image
 
+from ..fields import InvalidRequest
 from ..generation.pictures import as_image, decode_picture, mask_from_alpha
-from ..generation.request import PARAMETERS, InvalidRequest, TextToImageRequest
+from ..generation.request import PARAMETERS, TextToImageRequest
 from ..generation.sizes import NATIVE_SIZES, nearest_aspect_ratio
 from ..serving.limits import Limits
 from ..serving.transport import Upload
@@ -87,8 +88,8 @@ def pictures(files: dict[str, list[bytes]], limits: Limits) -> tuple[Image.Image
     for name, sent in (("image", images), ("mask", masks)):
         if len(sent) > 1:
             raise InvalidRequest(name, f"takes one picture, got {len(sent)}: SDXL edits one picture at a time")
-    image = as_image(decode_picture(images[0], "image", limits.uploads))
-    mask = mask_from_alpha(decode_picture(masks[0], "mask", limits.uploads)) if masks else None
+    image = as_image(decode_picture(images[0], "image", limits.uploads), "image")
+    mask = mask_from_alpha(decode_picture(masks[0], "mask", limits.uploads), "mask") if masks else None
     return image, mask
 
 
@@ -122,7 +123,7 @@ def typed(fields: dict[str, Any]) -> dict[str, Any]:
     request's own check to name."""
     values = {}
     for name, value in fields.items():
-        spec = PARAMETERS.get(VOCABULARY.ours.get(name, ""))
+        spec = PARAMETERS.get(VOCABULARY.to_ours.get(name, ""))
         kind = spec.type.removeprefix("tuple[").removesuffix(", ...]").removesuffix(" | None") if spec else "str"
         values[name] = [as_type(item, kind) for item in value] if isinstance(value, list) else as_type(value, kind)
     return values

@@ -12,7 +12,8 @@ import time
 
 from starlette.responses import JSONResponse
 
-from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
+from ..fields import InvalidRequest, excerpt
+from ..generation.request import TextToImageRequest
 from ..generation.sizes import NATIVE_SIZES
 from ..serving.encoding import encode_all, to_base64, to_data_uri
 from ..serving.limits import Limits

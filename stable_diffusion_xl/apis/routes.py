@@ -11,7 +11,7 @@ import re
 
 from starlette.requests import Request
 
-from ..generation.request import InvalidRequest, excerpt
+from ..fields import InvalidRequest, excerpt
 from ..serving.transport import Call, Refused, StatusPing, route_path
 from .azure_ml import AzureScore
 from .cog_predictions import CogHealth, CogPrediction

@@ -18,8 +18,9 @@ import re
 
 from starlette.responses import JSONResponse
 
+from ..fields import KNOWN_FIELDS, InvalidRequest, excerpt, unknown_key
 from ..generation.pictures import decode_base64
-from ..generation.request import KNOWN_FIELDS, InvalidRequest, excerpt, unknown_key, wire_name
+from ..generation.request import wire_name
 from ..serving.environment import FLAG_VALUES
 from ..serving.limits import Limits
 from ..serving.trainings import Trainings

@@ -7,18 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..fields import KNOWN_FIELDS, InvalidRequest, excerpt, unknown_key
+from ..generation.modes import PICTURES, PIL_MODES
 from ..generation.pictures import read_pictures
-from ..generation.request import (
-    KNOWN_FIELDS,
-    PARAMETERS,
-    PICTURES,
-    InvalidRequest,
-    TextToImageRequest,
-    excerpt,
-    from_fields,
-    text_only,
-    unknown_key,
-)
+from ..generation.request import PARAMETERS, TextToImageRequest, from_fields, text_only
 
 if TYPE_CHECKING:
     from ..serving.limits import Limits
@@ -30,15 +22,15 @@ class Vocabulary:
         """`renamed` maps the API's names to our wire names; SDXL's other parameters, which the API has no name
         for, are taken by ours in snake_case, except those `without` (which the API sets another way). `own`
         are the API's other fields in the same object, which it reads itself; `elsewhere` its names in other
-        objects of the body. With `pictures` the API takes an edit's `image` and `mask` (renamed as it names
+        objects of the body. With `pictures` the API takes an edit's pictures (modes.PICTURES, renamed as it names
         them): data URIs or base64, decoded with the deployment's upload limits, or pictures decoded already."""
-        self.ours = {"prompt": "prompt", **renamed}
+        self.to_ours = {"prompt": "prompt", **renamed}  # the API's names -> ours
         self.pictures = pictures
-        taken = {*self.ours.values(), *without}
+        taken = {*self.to_ours.values(), *without}
         wires = [*PARAMETERS, *(PICTURES if pictures else ())]
-        self.ours |= {wire.replace("-", "_"): wire for wire in wires if wire not in taken}
-        self.theirs = {wire: name for name, wire in self.ours.items()}
-        self.fields = list(dict.fromkeys([*self.ours, *own]))  # every field of the object, as a hint lists them
+        self.to_ours |= {wire.replace("-", "_"): wire for wire in wires if wire not in taken}
+        self.to_theirs = {wire: name for name, wire in self.to_ours.items()}
+        self.fields = list(dict.fromkeys([*self.to_ours, *own]))  # every field of the object, as a hint lists them
         # Names of the API's own are as safe in logs and metric labels as ours (InvalidRequest.label).
         KNOWN_FIELDS.update(self.fields, elsewhere)
 
@@ -61,17 +53,19 @@ class Vocabulary:
         """One request from the API's fields, plus `settled`: values the dialect has translated itself, by our
         wire names (such as the aspect ratio of a size)."""
         self._refuse_pictures(fields)
-        unknown = sorted(set(fields) - set(self.ours))  # the dialect has taken its own fields out
+        unknown = sorted(set(fields) - set(self.to_ours))  # the dialect has taken its own fields out
         if unknown:
             raise unknown_key(unknown[0], self.fields)
         if self.pictures:
-            fields = read_pictures(fields, limits.uploads, (self.theirs["image"], self.theirs["mask"]))
-        parameters = {self.ours[name]: value for name, value in fields.items() if name != "prompt"}
+            fields = read_pictures(fields, limits.uploads,
+                                   {self.to_theirs[name]: mode for name, mode in PIL_MODES.items()})
+        parameters = {self.to_ours[name]: value for name, value in fields.items() if name != "prompt"}
         try:
             request = from_fields(fields.get("prompt"), {**parameters, **(settled or {})}, pictures=self.pictures)
             limits.check(request, images_before, "")
         except InvalidRequest as error:
-            raise InvalidRequest(self.theirs.get(error.field, error.field), error.reason, error.http_status) from None
+            named = self.to_theirs.get(error.field, error.field)
+            raise InvalidRequest(named, error.reason, error.http_status) from None
         return request
 
 

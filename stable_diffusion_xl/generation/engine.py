@@ -5,11 +5,8 @@ hands its latents to the refiner, which finishes the low-noise part
 (`denoising_start=high_noise_frac`): 40 UNet calls for 40 steps, not the 52 of refining a
 finished image. Usable without Ray: `Engine.load(...).generate([TextToImageRequest(...)])`.
 
-Edits (docs/edits.md) run on the same modules: image-to-image and inpainting pipelines are built over the
-base's and the refiner's own components (`_sharing`), so no weight is loaded twice, and LoRA adapters, compiled
-blocks and fp8 layers apply to them as they are. The input picture is fitted to its native size and encoded by
-the shared VAE; the base denoises from `strength` to the hand-off and the refiner finishes, as in text-to-image.
-Inpainting pastes the input back where the mask keeps it, so those pixels are the input's own.
+Edits (docs/edits.md) run the same sequence on the same modules; what differs by mode (generation/modes.py) is
+what the pipelines start from. An edit's input picture is fitted to its native size and encoded by the shared VAE.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ import math
 import secrets
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,18 +31,17 @@ from ..weights.layout import DEFAULT_WEIGHTS_DIR, WeightPaths
 from ..weights.library_logs import quiet_library_logs
 from . import compile as compiling
 from .adapters import DEFAULT_MAX_LORAS, ResidentAdapters
-from .compile import DEFAULT_MODE, compile_pipelines, compiled_graphs, inductor_compiles, refuse_adapters
+from .compile import DEFAULT_COMPILE_MODE, compile_pipelines, compiled_graphs, inductor_compiles, refuse_adapters
 from .compile_cache import CompileCache, cache_key
-from .pictures import fit, fit_mask, keep_unmasked
+from .modes import MODES
 from .quantize import quantize_unets, refuse_unsupported
 from .request import MAX_SEED, TextToImageRequest, nth_seed
+from .results import DEFAULT_MAX_BATCH_SIZE, Generation, NaNImage, OutOfMemory, Progress
 from .safety import SafetyChecker
-from .schedulers import both_experts_step, edit_calls, make_scheduler, unet_calls
+from .schedulers import both_experts_step, expert_calls, make_scheduler
 from .sizes import ASPECT_RATIOS, image_size
 
 log = logging.getLogger(__name__)
-STAGES = ("text_encoders", "base", "refiner", "vae_decode")
-DEFAULT_MAX_BATCH_SIZE = 4  # images per UNet batch
 # diffusers logs the part of a prompt beyond CLIP's 77 tokens, at WARNING. Prompts stay out of the logs.
 for _pipeline in ("pipeline_stable_diffusion_xl", "pipeline_stable_diffusion_xl_img2img",
                   "pipeline_stable_diffusion_xl_inpaint"):
@@ -53,82 +49,16 @@ for _pipeline in ("pipeline_stable_diffusion_xl", "pipeline_stable_diffusion_xl_
 quiet_library_logs()  # for every user of the engine, the CLI's and the deployment's alike
 
 
-@dataclass
-class Generation:
-    """The images of one request, the seed each was made with, where the time went (seconds), and
-    what had to be recovered on the way (NaN re-decodes, out-of-memory batch splits)."""
-
-    images: list[Image.Image]
-    seeds: list[int]
-    width: int
-    height: int
-    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    events: Counter = field(default_factory=Counter)
-    # Per image: the safety checker flagged it, and it was replaced by a black image of the same size.
-    filtered: list[bool] = field(default_factory=list)
-    safety_checked: bool = False  # a safety checker looked at the images (otherwise none is flagged)
-    # CLIP tokens of the prompt and of the negative prompt, weighting syntax removed: {"prompt": 213, ...}
-    tokens: dict[str, int] = field(default_factory=dict)
-    # The refiner ran: asked for, and the steps gave it one (with too few, the base made the images alone).
-    refined: bool = False
-
-
-class OutOfMemory(RuntimeError):
-    """Even one image does not fit. Instill Core reports "failed to allocate memory" as out of memory."""
-
-
-class NaNImage(RuntimeError):
-    """An image decoded to NaN even in fp32: its latents are broken, and a black image is no answer."""
-
-
-class Cancelled(RuntimeError):
-    """The caller cancelled: the generation stopped at the next denoising step."""
-
-
-class Progress:
-    """What a caller shares with its generation: the denoising steps done so far (one per UNet batch call)
-    out of the `total` planned, the stage running them, and `cancel()`, which stops the generation at the
-    end of the step under way. Read from other threads, to report progress while the images are made."""
-
-    def __init__(self):
-        self.steps = 0
-        self.total = 0  # planned when the generation starts (an out-of-memory split adds steps)
-        self.stage = "waiting"  # then "base" and "refiner", batch by batch
-        self._stop = threading.Event()
-        self._cancelled_at_step: int | None = None
-
-    def cancel(self) -> None:
-        if not self._stop.is_set():
-            self._cancelled_at_step = self.steps
-            self._stop.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._stop.is_set()
-
-    def stop_if_cancelled(self) -> None:
-        if self.cancelled:
-            raise Cancelled(f"cancelled at step {self._cancelled_at_step}; stopped after step {self.steps}")
-
-    def on_step_end(self, pipeline, step: int, timestep, tensors: dict) -> dict:
-        """diffusers' step-end callback: count the step, and interrupt the pipeline once cancelled."""
-        self.steps += 1
-        if self.cancelled:
-            pipeline._interrupt = True  # diffusers' way to skip the remaining steps of a pipeline call
-        return {}
-
-
 @dataclass(frozen=True)
 class _Job:
-    """One image to make: the index of its request, its own prompt, negative prompt and seed, and for an edit
-    its request's picture and mask, fitted to the size it is made at."""
+    """One image to make, with what it has of its own (request.PER_IMAGE): the index of its request, its prompt,
+    negative prompt and seed, and for an edit its request's pictures, fitted to the size it is made at."""
 
     request_index: int
     prompt: str
     negative_prompt: str
     seed: int
-    image: Image.Image | None = field(default=None, compare=False)
-    mask: Image.Image | None = field(default=None, compare=False)
+    pictures: dict[str, Image.Image] = field(default_factory=dict, compare=False)
 
 
 def choose_device() -> tuple[str, torch.dtype]:
@@ -148,7 +78,8 @@ class Engine:
         from .prompts import PromptEncoder  # compel: long prompts and weighting syntax
 
         self.prompts = PromptEncoder(base, refiner)
-        self.edits = edit_pipelines(base, refiner)  # {(mode, "base" | "refiner"): pipeline on the same modules}
+        # Each mode's (base, refiner) pipelines, all on the same modules.
+        self.pipelines = {name: mode.pipelines(base, refiner) for name, mode in MODES.items()}
         # The native square size the UNet was trained at: 1024 for SDXL, 256 for the demo weights.
         self.resolution = base.unet.config.sample_size * base.vae_scale_factor
         self._lock = threading.Lock()  # one generation at a time: the pipelines keep scheduler state
@@ -164,7 +95,7 @@ class Engine:
     def load(cls, weights_dir=DEFAULT_WEIGHTS_DIR, *, demo: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
              device: str | None = None, lora_dir: Path | None = None, max_loras: int = DEFAULT_MAX_LORAS,
              safety_checker: bool = False, safety_checker_dir: Path | None = None, compile: bool = False,
-             compile_mode: str = DEFAULT_MODE, compile_cache: Path | None = None,
+             compile_mode: str = DEFAULT_COMPILE_MODE, compile_cache: Path | None = None,
              quantize: str | None = None) -> Engine:
         """Load base and refiner from disk (safetensors only), sharing text_encoder_2, tokenizer_2 and the VAE.
         With `compile`, the UNets' transformer blocks are compiled on their first calls, in inductor's
@@ -213,13 +144,13 @@ class Engine:
             engine._quantize(quantize)
         return engine
 
-    def _compile(self, mode: str, cache_dir: Path, quantize: str | None = None) -> None:
+    def _compile(self, compile_mode: str, cache_dir: Path, quantize: str | None = None) -> None:
         """Compile both UNets' transformer blocks (generation/compile.py), and load what the compile cache holds for
         them; the compiler runs on their first calls, which warm_up() makes."""
-        compile_pipelines(self.base, self.refiner, self.device, mode)
+        compile_pipelines(self.base, self.refiner, self.device, compile_mode)
         if quantize:  # after compile_pipelines' QKV fusion, before the first calls run the compiler
             self._quantize(quantize)
-        key = cache_key([self.base.unet, self.refiner.unet], device=self.device, mode=mode,
+        key = cache_key([self.base.unet, self.refiner.unet], device=self.device, mode=compile_mode,
                         backend=compiling.BACKEND) | {"quantize": quantize}  # fp8 blocks are graphs of their own
         self.compile_cache = CompileCache(cache_dir, key)
         self.compile_cache.load()
@@ -231,10 +162,9 @@ class Engine:
         log.info("%d linear layers of the UNets' transformer blocks in %s", layers, method)
 
     def set_progress_bars(self, enabled: bool) -> None:
-        self.base.set_progress_bar_config(disable=not enabled, desc="base")
-        self.refiner.set_progress_bar_config(disable=not enabled, desc="refiner")
-        for (_, expert), pipeline in self.edits.items():
-            pipeline.set_progress_bar_config(disable=not enabled, desc=expert)
+        for base, refiner in self.pipelines.values():
+            base.set_progress_bar_config(disable=not enabled, desc="base")
+            refiner.set_progress_bar_config(disable=not enabled, desc="refiner")
 
     def warm_up(self) -> None:
         """One tiny generation per aspect ratio, so no user waits for first-call kernel selection. Compiled, also
@@ -274,8 +204,8 @@ class Engine:
         groups: dict[tuple, list[_Job]] = defaultdict(list)
         for index, (request, seed) in enumerate(zip(requests, seeds)):
             key = (request.batch_key, self.prompts.batch_key(request.prompt, request.negative_prompt))
-            image, mask = self._fitted(request)
-            groups[key] += [_Job(index, request.prompt, request.negative_prompt, nth_seed(seed, i), image, mask)
+            pictures = MODES[request.mode].fitted(request, self.size_of(request))
+            groups[key] += [_Job(index, request.prompt, request.negative_prompt, nth_seed(seed, i), pictures)
                             for i in range(request.n)]
         with self._lock, torch.inference_mode():
             progress.total = sum(math.ceil(len(jobs) / self.max_batch_size)
@@ -292,21 +222,14 @@ class Engine:
         return results
 
     def calls(self, request: TextToImageRequest) -> tuple[int, int]:
-        """UNet calls per batch of the base and of the refiner (for text-to-image, their sum and 0)."""
-        if request.mode == "text-to-image":
-            return unet_calls(request.scheduler, self.scheduler_configs["base"], request.steps), 0
-        return edit_calls(request.scheduler, self.scheduler_configs["base"], request.steps, request.strength,
-                          request.high_noise_frac if request.refiner else None)
+        """UNet calls per batch of the base and of the refiner."""
+        strength = 1.0 if request.strength is None else request.strength  # text-to-image runs the whole schedule
+        return expert_calls(request.scheduler, self.scheduler_configs["base"], request.steps, strength,
+                            request.high_noise_frac if request.refiner else None)
 
     def _refines(self, request: TextToImageRequest) -> bool:
         """Whether the refiner runs (an edit's strength may leave it all of the steps, or none)."""
-        return request.refiner if request.mode == "text-to-image" else self.calls(request)[1] > 0
-
-    def _fitted(self, request: TextToImageRequest) -> tuple[Image.Image | None, Image.Image | None]:
-        """An edit's picture and mask at the size it is made at (the mask binarized: 255 repaints)."""
-        size = self.size_of(request)
-        return (None if request.image is None else fit(request.image, size),
-                None if request.mask is None else fit_mask(request.mask, size))
+        return self.calls(request)[1] > 0
 
     def _as_run(self, request: TextToImageRequest) -> TextToImageRequest:
         """The request as it runs: the base alone where the steps leave either expert none (`steps: 1`)."""
@@ -353,17 +276,15 @@ class Engine:
         Returns the images (black where the safety checker flagged one), the seconds per stage, which images
         were decoded again, and which were flagged."""
         clock = _Clock(self.device)
-        if batch.mode == "text-to-image":
-            latents = self._text_to_image(batch, jobs, progress, clock)
-        else:
-            latents = self._edit(batch, jobs, progress, clock)
-        if latents is None:  # an edit with no step to run: the input as it is
-            images, redecoded = [job.image.copy() for job in jobs], set()
+        mode = MODES[batch.mode]
+        pictures = [job.pictures for job in jobs]
+        latents = self._denoise(batch, jobs, progress, clock)
+        if latents is None:  # an edit with no step to run
+            images, redecoded = mode.unchanged(pictures), set()
         else:
             images, redecoded = self.decode(latents)
             clock.lap("vae_decode")
-        if batch.mode == "inpainting":  # the kept pixels are the input's own, not the VAE's rendering of them
-            images = [keep_unmasked(image, job.image, job.mask) for image, job in zip(images, jobs)]
+        images = mode.finished(images, pictures)
         flagged = [False] * len(images)
         if self.safety_checker:  # the whole batch at once, on the pipelines' device
             flagged = self.safety_checker.flagged(images)
@@ -371,74 +292,43 @@ class Engine:
             clock.lap("safety_checker")
         return images, clock.laps, redecoded, flagged
 
-    def _text_to_image(self, batch: TextToImageRequest, jobs: list[_Job], progress: Progress, clock: _Clock
-                       ) -> torch.Tensor:
-        width, height = self.size_of(batch)
-        # A CPU generator per image makes image i depend on its own seed only, on any device and batch.
-        generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
-        use_refiner, guidance = batch.refiner, batch.guidance_scale
-        self.adapters.use(batch.lora, batch.lora_scale)  # before encoding: an adapter may train the text encoders
-        self.base.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["base"],
-                                             denoising_end=batch.high_noise_frac if use_refiner else None)
-        self.refiner.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["refiner"])
-
-        base_embeds = self._encode(self.base, jobs, guidance)
-        refiner_embeds = self._encode(self.refiner, jobs, guidance) if use_refiner else None
-        clock.lap("text_encoders")
-
-        progress.stage = "base"
-        latents = self.base(
-            **base_embeds, width=width, height=height, num_inference_steps=batch.steps,
-            guidance_scale=guidance, denoising_end=batch.high_noise_frac if use_refiner else None,
-            generator=generators, output_type="latent", callback_on_step_end=progress.on_step_end,
-        ).images
-        progress.stop_if_cancelled()
-        clock.lap("base")
-        if use_refiner:
-            progress.stage = "refiner"
-            latents = self.refiner(
-                **refiner_embeds, image=latents, num_inference_steps=batch.steps, guidance_scale=guidance,
-                denoising_start=batch.high_noise_frac, generator=generators, output_type="latent",
-                callback_on_step_end=progress.on_step_end,
-            ).images
-            progress.stop_if_cancelled()
-        clock.lap("refiner")
-        return latents
-
-    def _edit(self, batch: TextToImageRequest, jobs: list[_Job], progress: Progress, clock: _Clock
-              ) -> torch.Tensor | None:
-        """An edit's latents: the base from `strength` to the hand-off, the refiner the rest (either alone where
-        the schedule leaves the other none, see schedulers.edit_calls); None where no step is left to run."""
+    def _denoise(self, batch: TextToImageRequest, jobs: list[_Job], progress: Progress, clock: _Clock
+                 ) -> torch.Tensor | None:
+        """The batch's latents: the base over the noisiest part of the schedule (from `strength`, for an edit) to
+        the hand-off, the refiner over the rest; either alone where the schedule leaves the other none (see
+        schedulers.expert_calls). None where no step is left to run."""
         base_calls, refiner_calls = self.calls(batch)
         if base_calls + refiner_calls == 0:
             return None
+        # A CPU generator per image makes image i depend on its own seed only, on any device and batch.
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
         guidance, both = batch.guidance_scale, base_calls > 0 and refiner_calls > 0
-        self.adapters.use(batch.lora, batch.lora_scale)
-        base, refiner = self.edits[batch.mode, "base"], self.edits[batch.mode, "refiner"]
+        self.adapters.use(batch.lora, batch.lora_scale)  # before encoding: an adapter may train the text encoders
+        base, refiner = self.pipelines[batch.mode]
         base.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["base"],
                                         denoising_end=batch.high_noise_frac if both else None)
         refiner.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["refiner"])
-        # Encoded here, not by the pipelines: theirs cast the shared VAE to the UNet's dtype and back.
-        latents = self._encode_pictures([job.image for job in jobs], generators)
+        base_inputs, refiner_inputs = MODES[batch.mode].inputs(
+            batch, [job.pictures for job in jobs], self.size_of(batch),
+            lambda pictures: self._encode_pictures(pictures, generators))
         options = {"num_inference_steps": batch.steps, "guidance_scale": guidance, "generator": generators,
                    "output_type": "latent", "callback_on_step_end": progress.on_step_end}
-        if batch.mode == "inpainting":
-            width, height = self.size_of(batch)
-            options |= {"mask_image": [job.mask for job in jobs], "width": width, "height": height}
         base_embeds = self._encode(self.base, jobs, guidance) if base_calls else None
         refiner_embeds = self._encode(self.refiner, jobs, guidance) if refiner_calls else None
         clock.lap("text_encoders")
+        latents = None
         if base_calls:
             progress.stage = "base"
-            latents = base(**base_embeds, **options, image=latents, strength=batch.strength,
+            latents = base(**base_embeds, **options, **base_inputs,
                            denoising_end=batch.high_noise_frac if both else None).images
             progress.stop_if_cancelled()
         clock.lap("base")
         if refiner_calls:
             progress.stage = "refiner"
-            where = {"denoising_start": batch.high_noise_frac} if both else {"strength": batch.strength}
-            latents = refiner(**refiner_embeds, **options, image=latents, **where).images
+            # After the base, the refiner picks up its latents at the hand-off; alone, it starts the edit itself.
+            start = refiner_inputs | {"image": latents, "denoising_start": batch.high_noise_frac} if base_calls \
+                else base_inputs
+            latents = refiner(**refiner_embeds, **options, **start).images
             progress.stop_if_cancelled()
         clock.lap("refiner")
         return latents
@@ -474,26 +364,6 @@ class Engine:
     @functools.cached_property
     def _fp32_vae(self):
         return _fp32_copy(self.vae)
-
-
-def edit_pipelines(base, refiner) -> dict[tuple[str, str], object]:
-    """The image-to-image and inpainting pipelines of base and refiner, on their own modules; the refiner is an
-    image-to-image pipeline already."""
-    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
-
-    return {("image-to-image", "base"): _sharing(StableDiffusionXLImg2ImgPipeline, base),
-            ("image-to-image", "refiner"): refiner,
-            ("inpainting", "base"): _sharing(StableDiffusionXLInpaintPipeline, base),
-            ("inpainting", "refiner"): _sharing(StableDiffusionXLInpaintPipeline, refiner)}
-
-
-def _sharing(pipeline_class, pipeline):
-    """A `pipeline_class` pipeline over `pipeline`'s own components (the same module objects) and options. Not
-    diffusers' from_pipe: it casts every component to one dtype, float32 unless told, in place, which would turn
-    the fp16 UNets to fp32 (or an fp32 VAE to fp16) for the text-to-image pipelines too."""
-    options = {key: pipeline.config[key] for key in ("requires_aesthetics_score", "force_zeros_for_empty_prompt")
-               if key in pipeline.config}
-    return pipeline_class(**pipeline.components, **options, add_watermarker=False)
 
 
 def _fp32_copy(vae):

@@ -11,8 +11,9 @@ ever quoted. What this module decides:
 - A mask is white where to repaint and black where to keep; it is binarized at 128 (as diffusers' mask
   processor does), and must be the image's size (it is never resized: both sizes are named in the error).
 - The engine fits the image into the native SDXL size of its nearest aspect ratio (sizes.nearest_aspect_ratio)
-  with `fit`: a centred crop to that ratio, then a resize; the picture is never stretched.
-- The dialects that take JSON decode `image` and `mask` with `read_pictures` before building their request.
+  with `fit_picture`: a centred crop to that ratio, then a resize; the picture is never stretched.
+- The dialects that take JSON decode the pictures (generation/modes.py PICTURES) with `read_pictures` before
+  building their request.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .request import MASK_THRESHOLD, InvalidRequest, excerpt
+from ..fields import InvalidRequest, excerpt
 
+MASK_THRESHOLD = 128  # a mask's pixels at or above it repaint (diffusers binarizes its mask at 0.5)
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 DEFAULT_MAX_UPLOAD_MB = 20
 DEFAULT_MAX_UPLOAD_MEGAPIXELS = 40
@@ -46,13 +48,14 @@ class UploadLimits:
     max_pixels: int = DEFAULT_MAX_UPLOAD_MEGAPIXELS * 1_000_000
 
 
-def read_pictures(fields: dict, limits: UploadLimits, names: tuple[str, str] = ("image", "mask")) -> dict:
-    """`fields` with the pictures under `names` (the dialect's names for the image and the mask: data URIs,
-    base64 or bytes) decoded: the image as RGB, the mask as "L" (white repaints). Absent or null ones stay so."""
+def read_pictures(fields: dict, limits: UploadLimits, pictures: dict[str, str]) -> dict:
+    """`fields` with the pictures under the names `pictures` lists (data URIs, base64 or bytes) decoded, each in
+    the mode listed with it: "RGB" an image (as_image), "L" a mask (as_mask, white repaints). Absent or null ones
+    stay so."""
     fields = dict(fields)
-    for name, convert in zip(names, (as_image, as_mask)):
+    for name, mode in pictures.items():
         if fields.get(name) is not None and not isinstance(fields[name], Image.Image):
-            fields[name] = convert(decode_picture(fields[name], name, limits), name)
+            fields[name] = _CONVERSIONS[mode](decode_picture(fields[name], name, limits), name)
     return fields
 
 
@@ -85,7 +88,7 @@ def decode_picture(data: bytes | str, field: str, limits: UploadLimits = UploadL
                                     "file") from None
 
 
-def as_image(picture: Image.Image, field: str = "image") -> Image.Image:
+def as_image(picture: Image.Image, field: str) -> Image.Image:
     """An RGB image: transparency laid on white, every other mode converted."""
     picture = _eight_bits(picture, field)
     if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
@@ -95,7 +98,7 @@ def as_image(picture: Image.Image, field: str = "image") -> Image.Image:
     return picture.convert("RGB")
 
 
-def as_mask(picture: Image.Image, field: str = "mask") -> Image.Image:
+def as_mask(picture: Image.Image, field: str) -> Image.Image:
     """A mask ("L") from a picture's brightness: white repaints, black keeps; transparency counts as black."""
     picture = _eight_bits(picture, field)
     if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
@@ -105,7 +108,10 @@ def as_mask(picture: Image.Image, field: str = "mask") -> Image.Image:
     return picture.convert("L")
 
 
-def mask_from_alpha(picture: Image.Image, field: str = "mask") -> Image.Image:
+_CONVERSIONS = {"RGB": as_image, "L": as_mask}
+
+
+def mask_from_alpha(picture: Image.Image, field: str) -> Image.Image:
     """A mask ("L") from a picture's transparency, as OpenAI's edits take it: transparent repaints, opaque keeps.
     A picture without an alpha channel is refused: it marks nothing."""
     picture = _eight_bits(picture, field)
@@ -114,7 +120,7 @@ def mask_from_alpha(picture: Image.Image, field: str = "mask") -> Image.Image:
     return ImageOps.invert(picture.convert("RGBA").getchannel("A"))
 
 
-def fit(picture: Image.Image, size: tuple[int, int]) -> Image.Image:
+def fit_picture(picture: Image.Image, size: tuple[int, int]) -> Image.Image:
     """`picture` at `size`: cropped around its centre to that aspect ratio, then resized; never stretched.
     A picture of that size already is returned as it is, pixel for pixel."""
     if picture.size == size:
@@ -124,7 +130,7 @@ def fit(picture: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def fit_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
     """The mask fitted as its image is, then binarized: 255 repaints, 0 keeps."""
-    return fit(mask, size).point(lambda value: 255 if value >= MASK_THRESHOLD else 0)
+    return fit_picture(mask, size).point(lambda value: 255 if value >= MASK_THRESHOLD else 0)
 
 
 def keep_unmasked(generated: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:

@@ -7,24 +7,22 @@ Per-tensor rather than rowwise scales: torchao's rowwise kernels take bfloat16 n
 
 Only the transformer blocks' linear layers (attention projections, feed-forward, proj_in/proj_out) are quantized:
 they do most of the UNets' matrix work at 1024². The convolutions, the time and micro-condition embeddings and
-the norms stay fp16. torchao is imported only here, and only when quantizing. LoRA adapters are refused: peft
-cannot load one onto float8 layers.
+the norms stay fp16. torchao (and torch) are imported only when quantizing or checking the GPU. LoRA adapters are
+refused: peft cannot load one onto float8 layers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from ..fields import UserError, excerpt
 from ..weights.lora_files import available, described
-from .request import excerpt
 
 METHODS = ("fp8",)
 FP8_CAPABILITY = (8, 9)  # the first GPUs with fp8 tensor cores (Ada Lovelace)
 
 
-class QuantizeRefused(ValueError):
+class QuantizeRefused(UserError, ValueError):
     """The quantization asked for cannot run on this replica's device."""
 
 
@@ -39,6 +37,8 @@ def refuse_unsupported(method: str | None, device: str, lora_dir: Path | None = 
     if device != "cuda":
         raise QuantizeRefused(f"SDXL_QUANTIZE={method} needs {wanted}; this replica runs on the {device.upper()}. "
                               "Unset SDXL_QUANTIZE")
+    import torch  # here, not above: the settings import this module's METHODS
+
     capability = torch.cuda.get_device_capability()
     if capability < FP8_CAPABILITY:
         gpu = f"{torch.cuda.get_device_name()}, is {capability[0]}.{capability[1]}"
@@ -56,13 +56,14 @@ def quantize_unets(base, refiner) -> int:
     return quantize_unet(base.unet) + quantize_unet(refiner.unet)
 
 
-def quantize_unet(unet: torch.nn.Module) -> int:
+def quantize_unet(unet) -> int:
     """One UNet's transformer linear layers to float8, in place; how many there were."""
+    import torch
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerTensor, quantize_
 
     chosen = []
 
-    def in_transformer_block(module: torch.nn.Module, name: str) -> bool:
+    def in_transformer_block(module, name: str) -> bool:
         # fp8 matrix products need both sizes to be multiples of 16; SDXL's are.
         if (isinstance(module, torch.nn.Linear) and ".attentions." in f".{name}"
                 and module.in_features % 16 == 0 and module.out_features % 16 == 0):

@@ -4,100 +4,32 @@ Every surface (gRPC task inputs, HTTP JSON, the CLI) builds a `TextToImageReques
 dataclass checks its own fields, so an invalid request cannot reach the engine. The field
 metadata is also what the CLI flags and README's parameter table are written from.
 
-Despite its name it also carries edits: an `image` (PIL, RGB) makes it image-to-image, and a `mask` (PIL "L",
-white repaints) inpainting; `strength` says how much is redrawn (`mode` says which of the three). The pictures
-arrive decoded (generation/pictures.py `read_pictures` decodes a JSON dialect's data URIs), are no
-PARAMETERS (no CLI flag, no row of the parameter table, no snake_case name in the peer APIs: a dialect takes
-them with `from_fields(..., pictures=True)`), and fix the aspect ratio: the nearest to the image's own.
-
-Errors quote user values only as short, escaped excerpts, so an error fits in a gRPC status
-and a hostile value is never sent back, logged or used as a metric label whole.
+Despite its name it also carries edits: its `pictures` (generation/modes.py PICTURES, decoded) choose its `mode`,
+and `strength` says how much of them is redrawn. The pictures arrive decoded (generation/pictures.py
+`read_pictures` decodes a JSON dialect's data URIs), are no PARAMETERS (no CLI flag, no row of the parameter
+table, no snake_case name in the peer APIs: a dialect takes them with `from_fields(..., pictures=True)`), and fix
+the aspect ratio: the nearest to the input picture's own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import math
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
+from ..fields import KNOWN_FIELDS, InvalidRequest, check_text, excerpt, unknown_key
+from .modes import MODES, PICTURES, mode_of
 from .schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from .sizes import ASPECT_RATIOS, nearest_aspect_ratio
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
-EXCERPT_CHARS = 24
-MODES = ("text-to-image", "image-to-image", "inpainting")
-# How much of the picture is redrawn by default, as diffusers' docs and cog-sdxl have it.
-DEFAULT_STRENGTH = {"image-to-image": 0.8, "inpainting": 0.85}
-PICTURES = ("image", "mask")  # request fields that hold a decoded picture
-MASK_THRESHOLD = 128  # a mask's pixels at or above it repaint (diffusers binarizes its mask at 0.5)
-
-
-class InvalidRequest(ValueError):
-    """A request field is missing, of the wrong type or out of range; `http_status` is 400 unless the
-    whole HTTP request is refused (404 route, 405 method, 413 body size)."""
-
-    def __init__(self, field_name: str, reason: str, http_status: int = 400, retry_after_s: int | None = None):
-        super().__init__(f"{field_name}: {reason}")
-        self.field, self.reason, self.http_status = field_name, reason, http_status
-        self.retry_after_s = retry_after_s  # when the same call may succeed later (HTTP 429's Retry-After)
-
-    def within(self, prefix: str) -> InvalidRequest:
-        """The same error, with the field named from an enclosing object."""
-        return InvalidRequest(f"{prefix}{self.field}", self.reason, self.http_status, self.retry_after_s)
-
-    @property
-    def label(self) -> str:
-        """The field's name for logs and metric labels: a known name, never user text."""
-        leaf = re.sub(r"\[\d+\]", "", self.field).rsplit(".", 1)[-1]
-        return leaf if leaf in KNOWN_FIELDS else "unknown-key"
-
-
-def excerpt(value: Any) -> str:
-    """A value as an error may quote it: short, escaped, ASCII; containers are only described."""
-    if isinstance(value, str):
-        shown = value[:EXCERPT_CHARS]
-        # Escaped (control characters, lone surrogates, anything not ASCII), a character can take 12: keep the
-        # excerpt itself short too.
-        while len(json.dumps(shown)) > 2 * EXCERPT_CHARS + 2:
-            shown = shown[:-1]
-        quoted = json.dumps(shown)
-        return quoted if shown == value else f"{quoted[:-1]}...\" ({len(value)} characters)"
-    if isinstance(value, list):
-        return f"a list of {len(value)} items"
-    if isinstance(value, dict):
-        return f"an object with {len(value)} keys"
-    if isinstance(value, int) and value.bit_length() > 64:  # Python's int() refuses to print past 4300 digits
-        return f"an integer of {value.bit_length()} bits"
-    text = json.dumps(value)  # numbers, true/false, null; NaN and Infinity as JavaScript spells them
-    return text if len(text) <= EXCERPT_CHARS else f"{text[:EXCERPT_CHARS]}... ({len(text)} digits)"
-
-
-def key_name(name: str) -> str:
-    """A key of the caller's, as an error names it: plain names as they are, anything else excerpted."""
-    return name if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name) else excerpt(name)
-
-
-def unknown_key(name: str, known: Iterable[str], kind: str = "parameter") -> InvalidRequest:
-    """The error for a key nobody reads: the known names closest to it first (a typo's fix), then all of them."""
-    known = list(dict.fromkeys(known))
-    spelled = {_spelling(option): option for option in known}
-    # Long keys are hostile or no typo: no suggestion (and no quadratic comparison).
-    close = difflib.get_close_matches(_spelling(name), spelled, n=3, cutoff=0.6) if len(name) <= 40 else []
-    hint = f"did you mean {' or '.join(f'`{spelled[match]}`' for match in close)}? " if close else ""
-    return InvalidRequest(key_name(name), f"unknown {kind}; {hint}known: {', '.join(known)}")
-
-
-def _spelling(name: str) -> str:
-    """A name as a typo compares: case, dashes and underscores differ between dialects, not between meanings."""
-    return name.lower().replace("-", "_")
+# The fields each image of a batch has of its own; the engine hands them to the pipelines image by image.
+PER_IMAGE = ("prompt", "negative_prompt", "seed", "n", "pictures")
 
 
 def _option(default, description, *, minimum=None, maximum=None, choices=None, shown=None):
@@ -146,9 +78,8 @@ class TextToImageRequest:
         None, "Only with an input image (see edits.md): how much of it is redrawn, from 0 (returned as it is) to 1 "
         "(redrawn whole).", minimum=0.0, maximum=1.0, shown="0.8 (0.85 with a mask)",
     )
-    # The picture to edit (RGB) and what of it to repaint ("L": 255 repaints, 0 keeps): decoded, never JSON.
-    image: Image.Image | None = field(default=None, hash=False, repr=False)
-    mask: Image.Image | None = field(default=None, hash=False, repr=False)
+    # An edit's input pictures by name (modes.PICTURES), in the Pillow mode listed there: decoded, never JSON.
+    pictures: Mapping[str, Image.Image] = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     def __post_init__(self):
         # lora and lora-scale take one value or a list, kept as a tuple (the batch key must be hashable).
@@ -158,7 +89,7 @@ class TextToImageRequest:
         if self.refiner is None:
             object.__setattr__(self, "refiner", not self.lora)
         for spec in dataclasses.fields(self):
-            if spec.name not in PICTURES:
+            if spec.name != "pictures":
                 check_field(spec, getattr(self, spec.name))
         self._resolve_lora_scales()
         self._check_pictures()
@@ -180,43 +111,46 @@ class TextToImageRequest:
         object.__setattr__(self, "lora_scale", tuple(float(scale) for scale in scales))
 
     def _check_pictures(self) -> None:
-        """An edit's image and mask; their own defects (format, bytes, pixels) were refused as they were decoded."""
-        for name, mode in zip(PICTURES, ("RGB", "L")):
-            picture = getattr(self, name)
-            if picture is not None and not isinstance(picture, Image.Image):
+        """An edit's pictures together; their own defects (format, bytes, pixels) were refused as they were
+        decoded."""
+        pictures = {name: picture for name, picture in self.pictures.items() if picture is not None}
+        for name, picture in pictures.items():
+            if name not in PICTURES:
+                raise unknown_key(name, PICTURES, "picture")
+            if not isinstance(picture, Image.Image):
                 raise InvalidRequest(name, f"must be a picture (a data URI or base64 text), got {excerpt(picture)}")
-            if picture is not None and picture.mode != mode:
-                object.__setattr__(self, name, picture.convert(mode))
-        if self.image is None:
-            if self.mask is not None:
-                raise InvalidRequest("mask", "needs an `image` to repaint")
+            if picture.mode != PICTURES[name].pil_mode:
+                pictures[name] = picture.convert(PICTURES[name].pil_mode)
+        object.__setattr__(self, "pictures", pictures)
+        mode = mode_of(pictures)
+        if mode.default_strength is None:
             if self.strength is not None:
                 raise InvalidRequest("strength", "applies to an input `image`; this request has none")
             return
-        if self.mask is not None:
-            if self.mask.size != self.image.size:
-                raise InvalidRequest("mask", f"is {self.mask.width}x{self.mask.height}, the image "
-                                             f"{self.image.width}x{self.image.height}: send a mask of the image's size")
-            if self.mask.getextrema()[1] < MASK_THRESHOLD:
-                raise InvalidRequest("mask", "marks nothing to repaint (it is all black, or all kept)")
-        object.__setattr__(self, "aspect_ratio", nearest_aspect_ratio(*self.image.size))
+        mode.check(self)
+        object.__setattr__(self, "aspect_ratio", nearest_aspect_ratio(*pictures[mode.pictures[0]].size))
         if self.strength is None:
-            object.__setattr__(self, "strength", DEFAULT_STRENGTH[self.mode])
+            object.__setattr__(self, "strength", mode.default_strength)
 
     @property
     def mode(self) -> str:
-        """"text-to-image", "image-to-image" (an image) or "inpainting" (an image and a mask)."""
-        if self.image is None:
-            return "text-to-image"
-        return "image-to-image" if self.mask is None else "inpainting"
+        """The name of the mode its pictures choose: "text-to-image" (none), "image-to-image", "inpainting"."""
+        return mode_of(self.pictures).name
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The size of the picture an edit starts from, as sent; None for text-to-image."""
+        inputs = MODES[self.mode].pictures
+        return self.pictures[inputs[0]].size if inputs else None
 
     @property
     def batch_key(self) -> tuple:
-        """What must match for two requests to share one UNet batch. Different input pictures can share one: they
-        are fitted to the size of their aspect ratio, and the pipelines take a list."""
-        return (self.aspect_ratio, self.steps, self.guidance_scale, self.high_noise_frac, self.refiner,
-                bool(self.negative_prompt), self.scheduler, self.lora, self.lora_scale, self.mode, self.strength)
-
+        """What must match for two requests to share one UNet batch: every field but each image's own (PER_IMAGE),
+        its mode, and whether it has a negative prompt (without one the base uses zero embeddings). Different input
+        pictures can share a batch: they are fitted to the size of their aspect ratio, and the pipelines take a
+        list. A new field is shared by default, so a batch never runs one request's value for another's."""
+        shared = tuple(getattr(self, spec.name) for spec in dataclasses.fields(self) if spec.name not in PER_IMAGE)
+        return (*shared, self.mode, bool(self.negative_prompt))
 
 
 def text_only(name: str) -> InvalidRequest:
@@ -235,10 +169,9 @@ def wire_name(spec: dataclasses.Field) -> str:
 
 
 PARAMETERS = {wire_name(spec): spec for spec in dataclasses.fields(TextToImageRequest)
-              if spec.name not in ("prompt", *PICTURES)}
-# Every name an error's field may end in; anything else is the caller's text (see InvalidRequest.label).
-KNOWN_FIELDS = {*PARAMETERS, *PICTURES, "prompt", "model", "data", "parameter", "task input", "task_inputs", "body",
-                "method", "path"}
+              if spec.name not in ("prompt", "pictures")}
+KNOWN_FIELDS.update(PARAMETERS, ["prompt", "model", "data", "parameter", "task input", "task_inputs", "body",
+                                           "method", "path"])
 
 
 def check_field(spec: dataclasses.Field, value: Any) -> None:
@@ -268,14 +201,6 @@ def _check_value(spec: dataclasses.Field, value: Any, type_name: str) -> None:
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
         raise InvalidRequest(name, f"must be {bounds}, got {excerpt(value)}")
-
-
-def check_text(name: str, text: str) -> None:
-    """JSON can carry half of a UTF-16 pair ("\\ud800"), which no tokenizer can read."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest(name, "must be valid Unicode text; it holds a lone surrogate (e.g. \\ud800)") from None
 
 
 # Field annotations are strings under `from __future__ import annotations`.
@@ -313,10 +238,10 @@ def from_fields(prompt: Any, parameters: dict, where: str = "", also: Iterable[s
         raise unknown_key(unknown[0], [*also, *PARAMETERS, *(PICTURES if pictures else ())]).within(where)
     if prompt is None:
         raise InvalidRequest(f"{where}prompt", "is required")
-    values = {key: value for key, value in parameters.items() if key in PICTURES and value is not None}
-    values |= {PARAMETERS[key].name: _from_json(PARAMETERS[key], value) for key, value in parameters.items()
-               if key in PARAMETERS}
+    sent = {key: value for key, value in parameters.items() if key in PICTURES and value is not None}
+    values = {PARAMETERS[key].name: _from_json(PARAMETERS[key], value) for key, value in parameters.items()
+              if key in PARAMETERS}
     try:
-        return TextToImageRequest(prompt=prompt, **values)
+        return TextToImageRequest(prompt=prompt, **values, pictures=sent)
     except InvalidRequest as error:
         raise error.within(where) from None

@@ -90,8 +90,9 @@ def both_experts_step(name: str, config, steps: int, high_noise_frac: float) -> 
     return 0 < base_calls < len(alone.timesteps)
 
 
-def edit_calls(name: str, config, steps: int, strength: float, high_noise_frac: float | None) -> tuple[int, int]:
-    """UNet calls of the base and of the refiner for an edit at `strength` (high_noise_frac None: no refiner).
+def expert_calls(name: str, config, steps: int, strength: float, high_noise_frac: float | None) -> tuple[int, int]:
+    """UNet calls of the base and of the refiner at `strength` (1 for text-to-image; high_noise_frac None: no
+    refiner).
 
     An edit runs the last `strength` of the sampler's schedule, as diffusers' img2img `get_timesteps` cuts it
     (`int(steps * strength)` steps), so 40 steps at 0.5 are 20 calls. With the refiner, the base runs those at or

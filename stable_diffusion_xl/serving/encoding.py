@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 if TYPE_CHECKING:  # the engine's settings import this module's default quality
-    from ..generation.engine import Generation
+    from ..generation.results import Generation
 
 DEFAULT_JPEG_QUALITY = 95
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}

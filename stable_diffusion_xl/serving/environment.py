@@ -9,12 +9,12 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from ..generation.request import excerpt
+from ..fields import UserError, excerpt
 
 FLAG_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
-class SettingError(ValueError):
+class SettingError(UserError, ValueError):
     """An SDXL_* variable holds a value the deployment cannot run with."""
 
 

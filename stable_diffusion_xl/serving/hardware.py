@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 from instill.helpers.const import DEFAULT_AUTOSCALING_CONFIG
 
-from ..generation.request import excerpt
+from ..fields import UserError, excerpt
 from .environment import SettingError
 
 log = logging.getLogger("ray.serve")
@@ -112,7 +112,7 @@ def _number(env: Mapping[str, str], variable: str, default: float | None = None)
     return value
 
 
-class NoUsableGPU(RuntimeError):
+class NoUsableGPU(UserError, RuntimeError):
     """The replica was given a GPU (or told SDXL_DEVICE=cuda) that torch cannot use."""
 
 

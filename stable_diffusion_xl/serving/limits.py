@@ -7,9 +7,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..fields import InvalidRequest, excerpt
 from ..generation.adapters import DEFAULT_MAX_LORAS
+from ..generation.modes import PICTURES
 from ..generation.pictures import DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MEGAPIXELS, UploadLimits
-from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
+from ..generation.request import TextToImageRequest
 from ..weights.layout import SDXL_SCHEDULER_CONFIG
 from ..weights.lora_files import LoraFolder, is_plain_name
 from .environment import setting
@@ -54,8 +56,8 @@ class Limits:
                                   maximum=600)
     max_upload_mb: int = setting("SDXL_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB, "largest input picture (the image "
                                  "and the mask of an edit, each), in MB as sent, checked before it is decoded; "
-                                 "an HTTP body carrying pictures may be larger than SDXL_MAX_BODY_BYTES by two of "
-                                 "them in base64", minimum=1, maximum=100)
+                                 "an HTTP body carrying pictures may be larger than SDXL_MAX_BODY_BYTES by each "
+                                 "of them in base64", minimum=1, maximum=100)
     max_upload_megapixels: int = setting("SDXL_MAX_UPLOAD_MEGAPIXELS", DEFAULT_MAX_UPLOAD_MEGAPIXELS, "largest "
                                          "input picture in megapixels, as its header declares them (checked before "
                                          "its pixels are decoded)", minimum=1, maximum=89)
@@ -88,9 +90,11 @@ class Limits:
         return UploadLimits(max_bytes=self.max_upload_mb << 20, max_pixels=self.max_upload_megapixels * 1_000_000)
 
     def body_bytes(self, pictures: bool = False) -> int:
-        """The largest HTTP body a route takes: SDXL_MAX_BODY_BYTES, plus an image and a mask in base64 where
-        the route takes pictures (each is held to SDXL_MAX_UPLOAD_MB as it is decoded)."""
-        return self.max_body_bytes + (2 * -(-(self.max_upload_mb << 20) // 3) * 4 if pictures else 0)
+        """The largest HTTP body a route takes: SDXL_MAX_BODY_BYTES, plus every picture a request may send
+        (modes.PICTURES) in base64 where the route takes pictures (each is held to SDXL_MAX_UPLOAD_MB as it is
+        decoded)."""
+        base64_bytes = -(-(self.max_upload_mb << 20) // 3) * 4
+        return self.max_body_bytes + (len(PICTURES) * base64_bytes if pictures else 0)
 
     def check(self, request: TextToImageRequest, images_before: int, where: str) -> None:
         """One input against the deployment, with the images of the call before it; errors name the input's own

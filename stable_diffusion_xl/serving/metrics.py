@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from ray.serve.metrics import Counter, Histogram
 
-from ..generation.engine import Generation
-from ..generation.request import InvalidRequest
+from ..fields import InvalidRequest
+from ..generation.results import Generation
 
 STAGE_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120]
 

@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..generation.compile import DEFAULT_MODE, MODES
-from ..generation.engine import DEFAULT_MAX_BATCH_SIZE
+from ..fields import excerpt
+from ..generation.compile import COMPILE_MODES, DEFAULT_COMPILE_MODE
 from ..generation.quantize import METHODS as QUANTIZE_METHODS
-from ..generation.request import excerpt
+from ..generation.results import DEFAULT_MAX_BATCH_SIZE
 from ..weights.layout import DEFAULT_WEIGHTS_DIR
 from .encoding import DEFAULT_JPEG_QUALITY
 from .environment import SettingError, read, setting
@@ -33,10 +33,10 @@ class Settings:
     compile: bool = setting("SDXL_COMPILE", False, "`1` compiles the UNets' transformer blocks (torch.compile) during "
                             "the warm-up, which then takes minutes unless SDXL_COMPILE_CACHE holds them; no LoRA "
                             "adapters")
-    compile_mode: str = setting("SDXL_COMPILE_MODE", DEFAULT_MODE, "inductor's mode with SDXL_COMPILE=1: the "
+    compile_mode: str = setting("SDXL_COMPILE_MODE", DEFAULT_COMPILE_MODE, "inductor's mode with SDXL_COMPILE=1: the "
                                 "max-autotune modes benchmark kernels for every graph, minutes more at the first "
                                 "start; `max-autotune` also records CUDA graphs per shape and worker thread (memory)",
-                                choices=MODES)
+                                choices=COMPILE_MODES)
     compile_cache: Path | None = setting("SDXL_COMPILE_CACHE", None, "folder of compiled artifacts with "
                                          "SDXL_COMPILE=1: a replica loads the entry made for its torch, GPU and "
                                          "networks instead of compiling, or saves one after its warm-up "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import ray
 
-from ..generation.request import InvalidRequest, excerpt
+from ..fields import InvalidRequest, excerpt
 from ..training.options import TrainingOptions
 from ..training.output import adapter_path, remove_stale, stage_photos, staged_photos
 from ..training.photos import PhotoError, read_photos

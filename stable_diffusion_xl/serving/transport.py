@@ -20,8 +20,9 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..generation.engine import Generation, Progress
-from ..generation.request import InvalidRequest, TextToImageRequest, excerpt
+from ..fields import InvalidRequest, excerpt
+from ..generation.request import TextToImageRequest
+from ..generation.results import Generation, Progress
 from .limits import SLOW_BODY_S, Limits
 
 if TYPE_CHECKING:

@@ -10,7 +10,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..generation.request import MAX_SEED, InvalidRequest, check_field, excerpt, unknown_key, wire_name
+from ..fields import InvalidRequest, excerpt, unknown_key
+from ..generation.request import MAX_SEED, check_field, wire_name
 from ..weights.lora_files import is_plain_name
 
 MIN_PHOTOS, FEW_PHOTOS = 3, 8  # refused under 3, warned under 8

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..generation.request import InvalidRequest, excerpt
+from ..fields import InvalidRequest, excerpt
 from ..weights.lora_files import SIDECAR, SUFFIX
 
 WORK_SUBDIR = ".training"  # hidden: lora_files.available() lists plain names only

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps
 
-from ..generation.request import excerpt
+from ..fields import UserError, excerpt
 from .options import FEW_PHOTOS, MIN_PHOTOS
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ SKIPPED = ("__MACOSX", "Thumbs.db", "desktop.ini")  # what archivers and file br
 QUARTER_TURNS = (5, 6, 7, 8)
 
 
-class PhotoError(ValueError):
+class PhotoError(UserError, ValueError):
     """A photo, or the set of them, cannot be trained on: one line naming which and why."""
 
 

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..fields import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
 MANIFEST = DEFAULT_WEIGHTS_DIR / "manifest.json"
@@ -30,7 +32,7 @@ SDXL_SCHEDULER_CONFIG = {
 }
 
 
-class WeightsMissing(FileNotFoundError):
+class WeightsMissing(UserError, FileNotFoundError):
     """The weights the engine was asked to load are not on disk."""
 
 

@@ -52,21 +52,21 @@ def test_a_form_as_the_sdk_sends_it_gives_one_image_to_image_request_with_its_fi
     status, _, (request,) = edit_form(parts)
     assert status == 200 and request.mode == "image-to-image" and request.strength == 0.8
     assert (request.n, request.seed, request.guidance_scale, request.refiner) == (2, 7, 6.5, False)
-    assert request.image.size == (64, 48) and request.aspect_ratio == "5:4"  # the picture's nearest shape
+    assert request.pictures["image"].size == (64, 48) and request.aspect_ratio == "5:4"  # the picture's nearest shape
 
 
 def test_the_masks_transparent_pixels_become_the_white_the_engine_repaints():
     parts = [IMAGE, ("mask", ("mask.png", left_half_transparent())), ("prompt", PROMPT), ("strength", "0.5")]
     status, _, (request,) = edit_form(parts)
     assert status == 200 and request.mode == "inpainting" and request.strength == 0.5
-    mask = np.asarray(request.mask)
+    mask = np.asarray(request.pictures["mask"])
     assert mask.shape == (48, 64) and (mask[:, :32] == 255).all() and (mask[:, 32:] == 0).all()
 
 
 def test_an_all_transparent_mask_repaints_the_whole_picture():
     parts = [IMAGE, ("mask", ("mask.png", png(mode="RGBA", colour=(0, 0, 0, 0)))), ("prompt", PROMPT)]
     status, _, (request,) = edit_form(parts)
-    assert status == 200 and request.mode == "inpainting" and np.asarray(request.mask).min() == 255
+    assert status == 200 and request.mode == "inpainting" and np.asarray(request.pictures["mask"]).min() == 255
 
 
 @pytest.mark.parametrize(("parts", "param", "words"), [
@@ -149,7 +149,8 @@ def test_cog_takes_image_mask_and_prompt_strength_and_ignores_its_default_size_w
     payload = {"input": {"prompt": PROMPT, **fields}}
     _, _, (request,) = raw_reply("predictions", json.dumps(payload).encode(), {"content-type": "application/json"})
     assert (request.mode, request.strength, request.aspect_ratio) == ("inpainting", 0.6, "5:4")
-    assert np.asarray(request.mask)[:16, :16].min() == 255 and np.asarray(request.mask)[16:].max() == 0
+    mask = np.asarray(request.pictures["mask"])
+    assert mask[:16, :16].min() == 255 and mask[16:].max() == 0
 
 
 def test_cog_without_an_image_leaves_its_default_prompt_strength_unused():

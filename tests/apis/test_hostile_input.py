@@ -28,7 +28,8 @@ from served import (
     serve_log_lines,
     wait_for_metric,
 )
-from stable_diffusion_xl.generation.request import KNOWN_FIELDS, MAX_SEED, PARAMETERS
+from stable_diffusion_xl.fields import KNOWN_FIELDS
+from stable_diffusion_xl.generation.request import MAX_SEED, PARAMETERS
 from stable_diffusion_xl.serving.client import METHOD, grpc_call
 from stable_diffusion_xl.serving.limits import Limits
 

@@ -1,8 +1,8 @@
 """Instill's usage metadata says what ran, which is not always what was asked."""
 
 from stable_diffusion_xl.apis.instill import usage
-from stable_diffusion_xl.generation.engine import Generation
 from stable_diffusion_xl.generation.request import TextToImageRequest
+from stable_diffusion_xl.generation.results import Generation
 
 
 def test_usage_says_the_refiner_did_not_run_where_the_steps_left_it_none():

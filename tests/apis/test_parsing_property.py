@@ -6,12 +6,8 @@ from hypothesis import strategies as st
 
 from stable_diffusion_xl.apis.instill import parse_json
 from stable_diffusion_xl.apis.instill import parse_task_input as parse_one
-from stable_diffusion_xl.generation.request import (
-    KNOWN_FIELDS,
-    PARAMETERS,
-    InvalidRequest,
-    TextToImageRequest,
-)
+from stable_diffusion_xl.fields import KNOWN_FIELDS, InvalidRequest
+from stable_diffusion_xl.generation.request import PARAMETERS, TextToImageRequest
 from stable_diffusion_xl.serving.limits import Limits
 
 LIMITS = Limits()

@@ -19,7 +19,8 @@ from torch._inductor.utils import fresh_cache
 from helpers import ROUNDING, count_unet_calls, max_pixel_difference, nan_decodes, request
 from stable_diffusion_xl.generation import compile as compilation
 from stable_diffusion_xl.generation.compile import CompileRefused, compiled_graphs
-from stable_diffusion_xl.generation.engine import Cancelled, Engine, Progress
+from stable_diffusion_xl.generation.engine import Engine
+from stable_diffusion_xl.generation.results import Cancelled, Progress
 from stable_diffusion_xl.generation.schedulers import SCHEDULERS
 from stable_diffusion_xl.serving.environment import SettingError
 from stable_diffusion_xl.serving.settings import Settings

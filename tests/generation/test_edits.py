@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from helpers import ROUNDING, count_unet_calls, max_pixel_difference, nan_decodes, request, write_flagging_checker
-from stable_diffusion_xl.generation.engine import Cancelled, Progress
-from stable_diffusion_xl.generation.pictures import fit
+from stable_diffusion_xl.generation.pictures import fit_picture
+from stable_diffusion_xl.generation.results import Cancelled, Progress
 from stable_diffusion_xl.generation.safety import SafetyChecker
 from stable_diffusion_xl.weights.layout import WeightPaths
 
@@ -32,7 +32,8 @@ def test_edit_pipelines_run_on_the_very_modules_of_text_to_image_so_no_weight_is
         for module in pipeline.components.values():
             if isinstance(module, torch.nn.Module):
                 weights |= parameters(module)
-    for (mode, expert), pipeline in engine.edits.items():
+    for mode, expert, pipeline in [(mode, expert, pipeline) for mode, pair in engine.pipelines.items()
+                                   for expert, pipeline in zip(("base", "refiner"), pair)]:
         for name, module in pipeline.components.items():
             if isinstance(module, torch.nn.Module):
                 assert id(module) in modules, f"{mode} {expert}'s {name} is a module of its own"
@@ -42,7 +43,7 @@ def test_edit_pipelines_run_on_the_very_modules_of_text_to_image_so_no_weight_is
 
 def test_image_to_image_equals_diffusers_ensemble_of_experts_called_on_the_pipelines(engine):
     ours = engine.generate([request(seed=4, **EDIT)])[0]
-    base, refiner = engine.edits["image-to-image", "base"], engine.edits["image-to-image", "refiner"]
+    base, refiner = engine.pipelines["image-to-image"]
     generator = [torch.Generator("cpu").manual_seed(4)]
     common = {"prompt": ["a cat napping"], "num_inference_steps": 6, "guidance_scale": 7.5, "generator": generator}
     with torch.inference_mode():  # diffusers' documented recipe, the picture given as a picture
@@ -87,7 +88,7 @@ def test_a_picture_of_another_size_is_made_at_its_nearest_native_size(engine):
     wide = PHOTO.resize((300, 200))  # 3:2
     generation = engine.generate([request(steps=2, strength=0.0, image=wide)])[0]
     assert (generation.width, generation.height) == generation.images[0].size == (304, 208)
-    assert generation.images[0].tobytes() == fit(wide, (304, 208)).tobytes()
+    assert generation.images[0].tobytes() == fit_picture(wide, (304, 208)).tobytes()
 
 
 @pytest.mark.slow  # trains or generates again: kept out of `make test-fast`

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from helpers import ROUNDING, count_unet_calls, max_pixel_difference, pixels, request
-from stable_diffusion_xl.generation.engine import Cancelled, Progress
 from stable_diffusion_xl.generation.request import MAX_SEED, TextToImageRequest
+from stable_diffusion_xl.generation.results import Cancelled, Progress
 from stable_diffusion_xl.generation.sizes import NATIVE_SIZES
 
 

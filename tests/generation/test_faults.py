@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import ROUNDING, max_pixel_difference, nan_decodes, request
-from stable_diffusion_xl.generation.engine import NaNImage, OutOfMemory
+from stable_diffusion_xl.generation.results import NaNImage, OutOfMemory
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from helpers import count_unet_calls, request
 from instill_contract import check_output, task_input
 from served import MODEL, SMALL, TINY, http
 from stable_diffusion_xl.apis.instill import parse_json
+from stable_diffusion_xl.fields import InvalidRequest
 from stable_diffusion_xl.generation.engine import Engine
-from stable_diffusion_xl.generation.request import InvalidRequest
 from stable_diffusion_xl.serving.client import grpc_call
 from stable_diffusion_xl.serving.limits import Limits
 

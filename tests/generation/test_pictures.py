@@ -11,15 +11,16 @@ from PIL import Image
 from dialect_calls import dialect_reply
 from stable_diffusion_xl.apis.instill import parse_json
 from stable_diffusion_xl.apis.trainings import json_fields
+from stable_diffusion_xl.fields import InvalidRequest
 from stable_diffusion_xl.generation.pictures import (
     UploadLimits,
     decode_base64,
     decode_picture,
-    fit,
     fit_mask,
+    fit_picture,
     mask_from_alpha,
 )
-from stable_diffusion_xl.generation.request import InvalidRequest, TextToImageRequest
+from stable_diffusion_xl.generation.request import TextToImageRequest
 from stable_diffusion_xl.generation.sizes import nearest_aspect_ratio
 from stable_diffusion_xl.serving.limits import Limits
 
@@ -49,10 +50,11 @@ def parsed(**fields) -> TextToImageRequest:
 
 def test_an_image_makes_image_to_image_and_a_mask_inpainting_with_their_default_strengths():
     edit = parsed(image=IMAGE)
-    assert (edit.mode, edit.strength, edit.image.mode, edit.image.size) == ("image-to-image", 0.8, "RGB", SIZE)
-    assert np.array_equal(np.asarray(edit.image), np.asarray(PHOTO))
+    image = edit.pictures["image"]
+    assert (edit.mode, edit.strength, image.mode, image.size) == ("image-to-image", 0.8, "RGB", SIZE)
+    assert np.array_equal(np.asarray(edit.pictures["image"]), np.asarray(PHOTO))
     painted = parsed(image=IMAGE, mask=base64.b64encode(encoded(MASK)).decode(), strength=0.5)  # bare base64
-    assert (painted.mode, painted.strength, painted.mask.mode) == ("inpainting", 0.5, "L")
+    assert (painted.mode, painted.strength, painted.pictures["mask"].mode) == ("inpainting", 0.5, "L")
     assert parsed().mode == "text-to-image" and parsed().strength is None
 
 
@@ -62,9 +64,9 @@ def test_the_aspect_ratio_follows_the_image_and_the_fit_crops_never_stretches():
     assert nearest_aspect_ratio(4000, 3000) == "5:4" and nearest_aspect_ratio(10, 1) == "21:9"
     wide = Image.new("RGB", (200, 100), "white")
     wide.paste((255, 0, 0), (0, 0, 20, 100))  # a red band at the left edge, outside the centred crop
-    fitted = fit(wide, (100, 100))
+    fitted = fit_picture(wide, (100, 100))
     assert fitted.size == (100, 100) and fitted.getpixel((0, 50)) == (255, 255, 255)
-    assert fit(PHOTO, SIZE).tobytes() == PHOTO.tobytes()  # a native size already: pixel for pixel
+    assert fit_picture(PHOTO, SIZE).tobytes() == PHOTO.tobytes()  # a native size already: pixel for pixel
     assert set(fit_mask(MASK.resize((48, 32)), SIZE).getdata()) == {0, 255}  # binarized after resizing
 
 
@@ -72,36 +74,36 @@ def test_the_aspect_ratio_follows_the_image_and_the_fit_crops_never_stretches():
 def test_other_modes_are_converted_to_rgb(mode):
     picture = Image.new(mode, SIZE)
     image_format = "JPEG" if mode == "CMYK" else "PNG"
-    assert parsed(image=data_uri(encoded(picture, image_format))).image.mode == "RGB"
+    assert parsed(image=data_uri(encoded(picture, image_format))).pictures["image"].mode == "RGB"
 
 
 def test_transparency_is_laid_on_white_in_an_image_and_counts_as_keep_in_a_mask():
     clear = Image.new("RGBA", SIZE, (0, 0, 0, 0))
-    assert parsed(image=data_uri(encoded(clear))).image.getpixel((0, 0)) == (255, 255, 255)
+    assert parsed(image=data_uri(encoded(clear))).pictures["image"].getpixel((0, 0)) == (255, 255, 255)
     strokes = clear.copy()
     strokes.paste((255, 255, 255, 255), (0, 0, 10, 10))  # white strokes on a transparent sheet, as a canvas saves
-    mask = parsed(image=IMAGE, mask=data_uri(encoded(strokes))).mask
+    mask = parsed(image=IMAGE, mask=data_uri(encoded(strokes))).pictures["mask"]
     assert mask.getpixel((0, 0)) == 255 and mask.getpixel((50, 50)) == 0
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped():
     grey = Image.fromarray(np.full((SIZE[1], SIZE[0]), 32768, dtype=np.uint16))
-    assert parsed(image=data_uri(encoded(grey))).image.getpixel((0, 0)) == (127, 127, 127)
+    assert parsed(image=data_uri(encoded(grey))).pictures["image"].getpixel((0, 0)) == (127, 127, 127)
 
 
 def test_exif_orientation_is_applied():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90 degrees: the stored 96x64 picture shows as 64x96
-    assert parsed(image=data_uri(encoded(PHOTO, "JPEG", exif=exif), "image/jpeg")).image.size == (64, 96)
+    assert parsed(image=data_uri(encoded(PHOTO, "JPEG", exif=exif), "image/jpeg")).pictures["image"].size == (64, 96)
 
 
 def test_openai_masks_repaint_where_transparent():
     sheet = Image.new("RGBA", SIZE, (0, 0, 0, 255))
     sheet.paste((0, 0, 0, 0), (0, 0, 10, 10))
-    mask = mask_from_alpha(sheet)
+    mask = mask_from_alpha(sheet, "mask")
     assert mask.getpixel((0, 0)) == 255 and mask.getpixel((50, 50)) == 0
     with pytest.raises(InvalidRequest, match="mask: has no transparency"):
-        mask_from_alpha(PHOTO)
+        mask_from_alpha(PHOTO, "mask")
 
 
 ANIMATED = encoded(PHOTO, "GIF", save_all=True, append_images=[Image.new("RGB", SIZE)])

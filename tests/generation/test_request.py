@@ -1,20 +1,15 @@
 """The request contract: defaults, types, ranges and the errors a user sees."""
 
+import dataclasses
 import json
 
 import pytest
+from PIL import Image
 
 from stable_diffusion_xl.apis.instill import parse_json, parse_task_input
-from stable_diffusion_xl.generation.request import (
-    KNOWN_FIELDS,
-    MAX_SEED,
-    PARAMETERS,
-    PICTURES,
-    InvalidRequest,
-    TextToImageRequest,
-    excerpt,
-    nth_seed,
-)
+from stable_diffusion_xl.fields import KNOWN_FIELDS, InvalidRequest, excerpt
+from stable_diffusion_xl.generation.modes import PICTURES
+from stable_diffusion_xl.generation.request import MAX_SEED, PARAMETERS, PER_IMAGE, TextToImageRequest, nth_seed
 from stable_diffusion_xl.serving.limits import Limits
 
 DEFAULT_LIMITS = Limits()
@@ -215,3 +210,22 @@ def test_a_key_like_no_known_name_gets_the_list_without_a_guess():
     with pytest.raises(InvalidRequest) as caught:
         parse({"prompt": "a cat", "xyzzy": 1})
     assert "did you mean" not in caught.value.reason and "negative-prompt" in caught.value.reason
+
+
+def test_every_field_but_each_images_own_keeps_requests_out_of_one_batch():
+    """A new field is in the batch key unless it is declared PER_IMAGE (and the engine hands it over per image):
+    a batch never runs with one request's value for another's."""
+    text = TextToImageRequest(prompt="a cat", negative_prompt="blur", seed=1, steps=5, refiner=True, lora=("style",))
+    edit = dataclasses.replace(text, pictures={"image": Image.new("RGB", (64, 64))}, strength=0.5)
+    other = {"aspect_ratio": "16:9", "steps": 6, "guidance_scale": 3.0, "high_noise_frac": 0.5, "refiner": False,
+             "scheduler": "ddim", "lora": ("other",), "lora_scale": (0.5,), "strength": 0.6}
+    assert set(other) | set(PER_IMAGE) == {spec.name for spec in dataclasses.fields(TextToImageRequest)}
+    for name, value in other.items():
+        first = edit if name == "strength" else text  # an edit's aspect ratio is its picture's
+        changed = dataclasses.replace(first, **{name: value})
+        assert getattr(changed, name) != getattr(first, name) and changed.batch_key != first.batch_key, name
+    images_own = {"prompt": "a dog", "negative_prompt": "noise", "seed": 2, "n": 3,
+                  "pictures": {"image": Image.new("RGB", (60, 60), "red")}}
+    assert dataclasses.replace(edit, **images_own).batch_key == edit.batch_key
+    assert dataclasses.replace(text, negative_prompt="").batch_key != text.batch_key  # zero embeddings instead
+    assert dataclasses.replace(edit, strength=text.strength, pictures={}).batch_key != edit.batch_key  # a mode

@@ -3,7 +3,7 @@ InvalidRequest naming the field by its wire name."""
 
 import pytest
 
-from stable_diffusion_xl.generation.request import InvalidRequest
+from stable_diffusion_xl.fields import InvalidRequest
 from stable_diffusion_xl.training.options import OPTIONS, TrainingOptions, default_steps, from_fields
 
 

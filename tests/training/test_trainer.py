@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import request, training_photo
+from stable_diffusion_xl.fields import InvalidRequest
 from stable_diffusion_xl.generation.engine import Engine
-from stable_diffusion_xl.generation.request import InvalidRequest
 from stable_diffusion_xl.training.loop import crop, encode, load_pipeline, mean_loss
 from stable_diffusion_xl.training.options import TrainingOptions
 from stable_diffusion_xl.training.photos import Photo, PhotoError
