@@ -48,10 +48,9 @@ class StableDiffusionXL:
             compile=self.settings.compile, compile_mode=self.settings.compile_mode,
             compile_cache=self.settings.compile_cache, quantize=self.settings.quantize,
         )
-        # What a call may ask for: the settings' limits, the adapters' folder, the weights' scheduler, and the
-        # slow bodies this replica lets arrive at once.
+        # What a call may ask for: the settings' limits, the adapters' folder and the slow bodies this replica lets
+        # arrive at once.
         self.limits = dataclasses.replace(self.settings.limits, lora_folder=self.engine.adapters.files,
-                                          scheduler_config=self.engine.scheduler_configs["base"],
                                           slow_bodies=SlowBodies(self.settings.max_ongoing_requests))
         if self.settings.warm_up:
             started = time.perf_counter()

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from .fields import InvalidRequest, UserError
+from .fields import FLAG, InvalidRequest, UserError, spec_of
 from .generation.compile import COMPILE_MODES
 from .generation.modes import PICTURES
 from .generation.request import PARAMETERS, TextToImageRequest
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, spec in OPTIONS.items():
         if name != "name":
             train.add_argument(f"--{name}", **_argument(spec))
-    train.add_argument("--name", required=True, help=OPTIONS["name"].metadata["description"])
+    train.add_argument("--name", required=True, help=spec_of(OPTIONS["name"]).description)
     train.add_argument("--demo", action="store_true", help=DEMO_HELP)
     train.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
     train.add_argument("--lora-dir", type=Path, help=f"where the adapter goes (default: SDXL_LORA_DIR, else "
@@ -119,19 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _argument(spec: dataclasses.Field) -> dict:
-    """An argparse option from a request field: its type, default, choices and description."""
-    meta = spec.metadata
-    if spec.type in ("bool", "bool | None"):
-        return {"action": argparse.BooleanOptionalAction, "default": spec.default, "help": meta["description"]}
-    if spec.type == "int | None":  # the default is computed (training steps, resolution)
-        return {"type": int, "default": None, "help": f"{meta['description']} (default: {meta['shown']})"}
-    if spec.type.startswith("tuple["):  # --lora a b --lora-scale 0.8
-        kind = str if spec.type == "tuple[str, ...]" else float
-        return {"type": kind, "nargs": "+", "default": spec.default, "help": meta["description"]}
-    kind = {"str": str, "int": int, "float": float, "float | None": float}[spec.type]
-    return {"type": kind, "default": spec.default, "choices": meta.get("choices"),
-            "help": f"{meta['description']} (default: {meta.get('shown') or spec.default})"}
+def _argument(member: dataclasses.Field) -> dict:
+    """An argparse option from a declared field: its type, default, choices and description."""
+    spec = spec_of(member)
+    if spec.kind is FLAG:
+        return {"action": argparse.BooleanOptionalAction, "default": member.default, "help": spec.description}
+    if spec.listed:  # --lora a b --lora-scale 0.8
+        return {"type": spec.kind.parse, "nargs": "+", "default": member.default, "help": spec.description}
+    return {"type": spec.kind.parse, "default": member.default, "choices": spec.choices,
+            "help": f"{spec.description} (default: {spec.shown or member.default})"}
 
 
 def _generate(args) -> int:

@@ -1,52 +1,70 @@
-"""The docs' tables (docs/apis.md, docs/settings.md), written from the declarations they document so the two
-cannot drift."""
+"""The docs' tables (docs/apis.md, docs/settings.md, docs/training.md), written from the declarations they document
+so the two cannot drift."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+from .fields import FLAG, FOLDER, Spec, spec_of
 from .generation.request import MAX_PROMPT_CHARS, PARAMETERS
 from .serving.environment import declared
 from .serving.settings import Settings
-
-_JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "bool | None": "boolean",
-               "float | None": "number",
-               "tuple[str, ...]": "string or array", "tuple[float, ...]": "number or array"}
+from .training.options import OPTIONS
 
 
 def parameter_table() -> str:
     """The request fields: from TextToImageRequest."""
     rows = ["| field | type | default | allowed | meaning |", "|---|---|---|---|---|",
             f"| `data.prompt` | string | required | 1 to {MAX_PROMPT_CHARS} characters | What the image should show. |"]
-    for name, spec in PARAMETERS.items():
-        meta = spec.metadata
-        if meta["choices"]:
-            allowed = ", ".join(meta["choices"])
-        elif meta["minimum"] is not None:
-            allowed = f"{meta['minimum']} to {meta['maximum']}" if meta["maximum"] is not None else \
-                f"{meta['minimum']} to the deployment's SDXL_MAX_N"
-        else:
-            allowed = {"bool | None": "true, false", "str": f"up to {MAX_PROMPT_CHARS} characters",
-                       "tuple[str, ...]": "adapters the deployment has (the GET status lists them)"}[spec.type]
-        default = meta["shown"] or f"`{json.dumps(spec.default)}`"
-        rows.append(f"| `parameter.{name}` | {_JSON_TYPES[spec.type]} | {default} | {allowed} "
-                    f"| {meta['description']} |")
+    for name, member in PARAMETERS.items():
+        spec = spec_of(member)
+        allowed = "true, false" if spec.kind is FLAG else _allowed(spec)
+        default = spec.shown or f"`{json.dumps(member.default)}`"
+        rows.append(f"| `parameter.{name}` | {spec.json_type} | {default} | {allowed} | {spec.description} |")
     return "\n".join(rows)
 
 
 def settings_table() -> str:
     """The SDXL_* variables: from Settings and Limits."""
     rows = ["| variable | default | allowed | meaning |", "|---|---|---|---|"]
-    for spec in declared(Settings):
-        meta = spec.metadata
-        if meta["shown"]:
-            default = meta["shown"]
-        elif spec.type == "bool":
-            default = "on" if spec.default else "off"
+    for member in declared(Settings):
+        spec = spec_of(member)
+        if spec.choices and not spec.allowed:
+            allowed = ", ".join(f"`{choice}`" for choice in spec.choices)
+        elif spec.kind is FLAG:
+            allowed = "1, 0 (or true/false, yes/no, on/off)"
         else:
-            default = str(spec.default)
-        allowed = meta["allowed"] or {"bool": "1, 0 (or true/false, yes/no, on/off)", "Path": "a folder",
-                                      "Path | None": "a folder"}.get(spec.type) or \
-            f"{meta['minimum']} to {meta['maximum']}"
-        rows.append(f"| `{meta['variable']}` | {default} | {allowed} | {meta['meaning']} |")
+            allowed = _allowed(spec)
+        rows.append(f"| `{spec.variable}` | {spec.shown or _default(member.default)} | {allowed} | "
+                    f"{spec.description} |")
     return "\n".join(rows)
+
+
+def option_table() -> str:
+    """A training's options, as the `train` command and `POST /v1/trainings` take them: from TrainingOptions."""
+    rows = ["| option | default | allowed | what it does |", "|---|---|---|---|"]
+    for name, member in OPTIONS.items():
+        spec = spec_of(member)
+        default = spec.shown or ("required" if member.default is dataclasses.MISSING else _default(member.default))
+        allowed = "" if spec.kind is FLAG else _allowed(spec)
+        rows.append(f"| `--{name}` | {default} | {allowed} | {spec.description} |")
+    return "\n".join(rows)
+
+
+def _allowed(spec: Spec) -> str:
+    if spec.allowed:
+        return spec.allowed
+    if spec.choices:
+        return ", ".join(spec.choices)
+    if spec.kind is FOLDER:
+        return "a folder"
+    if spec.minimum is None:
+        return ""
+    return f"{spec.minimum} to {spec.maximum}" if spec.maximum is not None else f"at least {spec.minimum}"
+
+
+def _default(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stable_diffusion_xl.docs import parameter_table, settings_table
+from stable_diffusion_xl.docs import option_table, parameter_table, settings_table
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
@@ -21,6 +21,10 @@ def test_the_request_table_on_the_apis_page_is_generated_from_the_dataclass():
 
 def test_the_settings_table_on_the_settings_page_is_generated_from_the_declarations():
     assert settings_table() in (ROOT / "docs" / "settings.md").read_text()
+
+
+def test_the_option_table_on_the_training_page_is_generated_from_the_declarations():
+    assert option_table() in (ROOT / "docs" / "training.md").read_text()
 
 
 def test_readme_is_a_front_door_and_links_every_docs_page():

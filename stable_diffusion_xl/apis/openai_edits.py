@@ -19,12 +19,11 @@ the same limit before it is decoded. Errors are OpenAI's shape, as the generatio
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from PIL import Image
 
-from ..fields import InvalidRequest
+from ..fields import FLAG, INTEGER, InvalidRequest, spec_of
 from ..generation.pictures import as_image, decode_picture, mask_from_alpha
 from ..generation.request import PARAMETERS, TextToImageRequest
 from ..generation.sizes import NATIVE_SIZES, nearest_aspect_ratio
@@ -42,7 +41,6 @@ VOCABULARY = Vocabulary({}, without=["aspect-ratio"], pictures=True,
                         own=["size", "response_format", "output_format", "output_compression",
                              "stream", "background", *IGNORED])
 UPLOAD_SETTINGS = "SDXL_MAX_UPLOAD_MB for each of image and mask, SDXL_MAX_BODY_BYTES for the fields"
-_INTEGER = re.compile(r"[+-]?\d{1,20}")
 
 
 class OpenAIEdits(OpenAIImages):
@@ -56,9 +54,9 @@ class OpenAIEdits(OpenAIImages):
             if name in fields or name in files:
                 raise InvalidRequest(name, NOT_SERVED[name])
         VOCABULARY.reject_unknown({**fields, **files})
-        for name, kind in (("output_compression", "int"), ("stream", "bool")):  # form text, as JSON would carry it
+        for name, kind in (("output_compression", INTEGER), ("stream", FLAG)):  # form text, as JSON would carry it
             if name in fields:
-                fields[name] = as_type(fields[name], kind)
+                fields[name] = kind.read(fields[name])
         size = self.take_options(fields, IGNORED)
         image, mask = pictures(files, limits)
         served = "{}x{}".format(*NATIVE_SIZES[nearest_aspect_ratio(*image.size)])
@@ -123,24 +121,9 @@ def typed(fields: dict[str, Any]) -> dict[str, Any]:
     request's own check to name."""
     values = {}
     for name, value in fields.items():
-        spec = PARAMETERS.get(VOCABULARY.to_ours.get(name, ""))
-        kind = spec.type.removeprefix("tuple[").removesuffix(", ...]").removesuffix(" | None") if spec else "str"
-        values[name] = [as_type(item, kind) for item in value] if isinstance(value, list) else as_type(value, kind)
+        member = PARAMETERS.get(VOCABULARY.to_ours.get(name, ""))
+        read = spec_of(member).from_text if member else str
+        values[name] = [read(item) for item in value] if isinstance(value, list) else read(value)
     return values
 
 
-def as_type(text: str, kind: str) -> Any:
-    if kind == "int":
-        return as_integer(text)
-    if kind == "float":
-        try:
-            return float(text)
-        except ValueError:
-            return text
-    if kind.startswith("bool"):
-        return {"true": True, "false": False}.get(text, text)
-    return text
-
-
-def as_integer(text: str | None) -> int | str | None:
-    return int(text) if text is not None and _INTEGER.fullmatch(text) else text

@@ -18,10 +18,8 @@ import re
 
 from starlette.responses import JSONResponse
 
-from ..fields import KNOWN_FIELDS, InvalidRequest, excerpt, unknown_key
+from ..fields import KNOWN_FIELDS, InvalidRequest, excerpt, spec_of, unknown_key, wire_name
 from ..generation.pictures import decode_base64
-from ..generation.request import wire_name
-from ..serving.environment import FLAG_VALUES
 from ..serving.limits import Limits
 from ..serving.trainings import Trainings
 from ..serving.transport import HttpCall, Upload, read_body
@@ -99,7 +97,7 @@ class CancelTraining(TrainingCall):
 
 
 def form_fields(parts: list[tuple[str, str | Upload]]) -> tuple[list[tuple[str, bytes]], dict]:
-    """A multipart form's `images` files and its other fields, read as TrainingOptions' types."""
+    """A multipart form's `images` files and its other fields, read as TrainingOptions' kinds."""
     photos, fields = [], {}
     for name, value in parts:
         if name == "images":
@@ -109,31 +107,10 @@ def form_fields(parts: list[tuple[str, str | Upload]]) -> tuple[list[tuple[str, 
         elif isinstance(value, Upload):
             raise InvalidRequest(name if name in OPTIONS else "body", "is a file; only `images` are uploads")
         elif name in OPTIONS:
-            fields[name] = option_value(name, value.strip())
+            fields[name] = spec_of(OPTIONS[name]).from_text(value.strip())  # text of no kind stays, for the check
         else:
             fields[name] = None  # an unknown field, named by the caller's check
     return photos, fields
-
-
-def option_value(name: str, text: str):
-    """A form field's text as its option's type: numbers and flags as an HTML form sends them."""
-    kind = str(OPTIONS[name].type)
-    if kind.startswith("int"):
-        if text == "" and "None" in kind:
-            return None
-        if not re.fullmatch(r"-?\d{1,12}", text):
-            raise InvalidRequest(name, f"must be an integer, got {excerpt(text)}")
-        return int(text)
-    if kind.startswith("float"):
-        try:
-            return float(text)
-        except ValueError:
-            raise InvalidRequest(name, f"must be a number, got {excerpt(text)}") from None
-    if kind.startswith("bool"):
-        if text.lower() not in FLAG_VALUES:
-            raise InvalidRequest(name, f"must be true or false, got {excerpt(text)}")
-        return FLAG_VALUES[text.lower()]
-    return text
 
 
 def json_fields(body: bytes) -> tuple[list[tuple[str, bytes]], dict]:

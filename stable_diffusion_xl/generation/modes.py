@@ -5,23 +5,19 @@ Every mode runs one sequence (Engine._run): the prompts encoded, the base over t
 the refiner over the rest, the latents decoded, the safety filter. A mode says only what the pipelines start from
 and what is done to the decoded images. The edit pipelines are built over the base's and the refiner's own
 components (`_sharing`), so no weight is loaded twice, and LoRA adapters, compiled blocks and fp8 layers apply to
-them as they are. Where to add a mode: docs/layout.md.
+them as they are. The methods take a request.TextToImageRequest (not imported: the request imports this module).
+Where to add a mode: docs/layout.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from ..fields import KNOWN_FIELDS, InvalidRequest
 from .pictures import MASK_THRESHOLD, fit_mask, fit_picture, keep_unmasked
-
-if TYPE_CHECKING:
-    from .request import TextToImageRequest
-
 
 
 @dataclass(frozen=True)
@@ -48,18 +44,18 @@ class TextToImage:
     pictures: tuple[str, ...] = ()
     default_strength: float | None = None  # how much of an input picture is redrawn; None: there is none
 
-    def check(self, request: TextToImageRequest) -> None:
+    def check(self, request) -> None:
         """What the request's pictures must be together, beyond each picture's own checks."""
 
     def pipelines(self, base, refiner) -> tuple:
         """The pipelines of the base and of the refiner, over their own modules."""
         return base, refiner
 
-    def fitted(self, request: TextToImageRequest, size: tuple[int, int]) -> dict[str, Image.Image]:
+    def fitted(self, request, size: tuple[int, int]) -> dict[str, Image.Image]:
         """The request's pictures at the size the image is made at."""
         return {}
 
-    def inputs(self, request: TextToImageRequest, pictures: list[dict], size: tuple[int, int], encode: Encoder
+    def inputs(self, request, pictures: list[dict], size: tuple[int, int], encode: Encoder
                ) -> tuple[dict, dict]:
         """What the base and the refiner pipelines take besides the prompts, the schedule, the guidance and the
         generators, for a batch of images made from `pictures` (each image's fitted ones)."""

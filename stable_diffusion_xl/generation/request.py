@@ -14,14 +14,25 @@ the aspect ratio: the nearest to the input picture's own.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from ..fields import KNOWN_FIELDS, InvalidRequest, check_text, excerpt, unknown_key
+from ..fields import (
+    FLAG,
+    INTEGER,
+    KNOWN_FIELDS,
+    NUMBER,
+    TEXT,
+    InvalidRequest,
+    declare,
+    excerpt,
+    spec_of,
+    unknown_key,
+    wire_name,
+)
 from .modes import MODES, PICTURES, mode_of
 from .schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from .sizes import ASPECT_RATIOS, nearest_aspect_ratio
@@ -32,65 +43,58 @@ MAX_PROMPT_CHARS = 4000
 PER_IMAGE = ("prompt", "negative_prompt", "seed", "n", "pictures")
 
 
-def _option(default, description, *, minimum=None, maximum=None, choices=None, shown=None):
-    """A request field; `shown` is its default as README writes it, where the value itself would not say."""
-    return field(
-        default=default,
-        metadata={"description": description, "minimum": minimum, "maximum": maximum, "choices": choices,
-                  "shown": shown},
-    )
-
-
 @dataclass(frozen=True)
 class TextToImageRequest:
-    prompt: str = field(metadata={"description": "What the image should show."})
-    negative_prompt: str = _option("", "What the image should not show.")
-    aspect_ratio: str = _option("1:1", "Shape of the image, mapped to SDXL's native ~1 MP size. With an input image, "
-                                "the image's nearest one.", choices=ASPECT_RATIOS)
-    n: int = _option(1, "How many images to generate for the prompt.", minimum=1)
-    seed: int = _option(
-        0, f"Seed of image 0; image i uses seed + i, wrapping from {MAX_SEED} to 1. 0 picks a random seed. "
-        "Every seed reported back regenerates its image alone.",
-        minimum=0, maximum=MAX_SEED,
+    prompt: str = declare(TEXT, dataclasses.MISSING, "What the image should show.")
+    negative_prompt: str = declare(TEXT, "", "What the image should not show.",
+                                   allowed=f"up to {MAX_PROMPT_CHARS} characters")
+    aspect_ratio: str = declare(TEXT, "1:1", "Shape of the image, mapped to SDXL's native ~1 MP size. With an input "
+                                "image, the image's nearest one.", choices=ASPECT_RATIOS)
+    n: int = declare(INTEGER, 1, "How many images to generate for the prompt.", minimum=1,
+                     allowed="1 to the deployment's SDXL_MAX_N")
+    seed: int = declare(
+        INTEGER, 0, f"Seed of image 0; image i uses seed + i, wrapping from {MAX_SEED} to 1. 0 picks a random seed. "
+        "Every seed reported back regenerates its image alone.", minimum=0, maximum=MAX_SEED,
     )
-    steps: int = _option(40, "Denoising steps, shared between base and refiner.", minimum=1, maximum=100)
-    guidance_scale: float = _option(7.5, "Classifier-free guidance; 1 turns it off.", minimum=1.0, maximum=20.0)
-    high_noise_frac: float = _option(
-        0.8, "Where the refiner takes over, as a fraction of the noise schedule: the base denoises the noisiest "
-        "part. Where the steps leave either expert none (1 step), the base makes the image alone.",
+    steps: int = declare(INTEGER, 40, "Denoising steps, shared between base and refiner.", minimum=1, maximum=100)
+    guidance_scale: float = declare(NUMBER, 7.5, "Classifier-free guidance; 1 turns it off.", minimum=1.0,
+                                    maximum=20.0)
+    high_noise_frac: float = declare(
+        NUMBER, 0.8, "Where the refiner takes over, as a fraction of the noise schedule: the base denoises the "
+        "noisiest part. Where the steps leave either expert none (1 step), the base makes the image alone.",
         minimum=0.05, maximum=0.95,
     )
-    refiner: bool | None = _option(
-        None, "Hand the low-noise steps to the refiner; false runs the base alone. With a LoRA the default is "
+    refiner: bool | None = declare(
+        FLAG, None, "Hand the low-noise steps to the refiner; false runs the base alone. With a LoRA the default is "
         "false: the refiner never saw the adapter's subject or style.", shown="true (false with a LoRA)",
     )
-    scheduler: str = _option(DEFAULT_SCHEDULER, "Sampler of base and refiner, by its A1111/ComfyUI name.",
+    scheduler: str = declare(TEXT, DEFAULT_SCHEDULER, "Sampler of base and refiner, by its A1111/ComfyUI name.",
                              choices=tuple(SCHEDULERS))
-    lora: tuple[str, ...] = _option(
-        (), "LoRA adapters by name (the file stems in the deployment's LoRA folder): one, or a list to stack.",
-        shown="none",
+    lora: tuple[str, ...] = declare(
+        TEXT, (), "LoRA adapters by name (the file stems in the deployment's LoRA folder): one, or a list to stack.",
+        listed=True, shown="none", allowed="adapters the deployment has (the GET status lists them)",
     )
-    lora_scale: tuple[float, ...] = _option(
-        (), "Strength of the adapters: one number for all, or a list with one per adapter.", minimum=0.0,
-        maximum=2.0, shown="1.0 each",
+    lora_scale: tuple[float, ...] = declare(
+        NUMBER, (), "Strength of the adapters: one number for all, or a list with one per adapter.", minimum=0.0,
+        maximum=2.0, listed=True, shown="1.0 each",
     )
-    strength: float | None = _option(
-        None, "Only with an input image (see edits.md): how much of it is redrawn, from 0 (returned as it is) to 1 "
-        "(redrawn whole).", minimum=0.0, maximum=1.0, shown="0.8 (0.85 with a mask)",
+    strength: float | None = declare(
+        NUMBER, None, "Only with an input image (see edits.md): how much of it is redrawn, from 0 (returned as it "
+        "is) to 1 (redrawn whole).", minimum=0.0, maximum=1.0, shown="0.8 (0.85 with a mask)",
     )
     # An edit's input pictures by name (modes.PICTURES), in the Pillow mode listed there: decoded, never JSON.
     pictures: Mapping[str, Image.Image] = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     def __post_init__(self):
-        # lora and lora-scale take one value or a list, kept as a tuple (the batch key must be hashable).
-        for name in ("lora", "lora_scale"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
+        declared = [(member, spec) for member in dataclasses.fields(self) if (spec := spec_of(member))]
+        for member, spec in declared:  # one value or a list, kept as a tuple (the batch key must be hashable)
+            value = getattr(self, member.name)
+            if spec.listed:
+                object.__setattr__(self, member.name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
         if self.refiner is None:
             object.__setattr__(self, "refiner", not self.lora)
-        for spec in dataclasses.fields(self):
-            if spec.name != "pictures":
-                check_field(spec, getattr(self, spec.name))
+        for member, spec in declared:
+            spec.check(wire_name(member), getattr(self, member.name))
         self._resolve_lora_scales()
         self._check_pictures()
         if not self.prompt.strip():
@@ -164,64 +168,10 @@ def nth_seed(first_seed: int, index: int) -> int:
     return 1 + (first_seed - 1 + index) % MAX_SEED
 
 
-def wire_name(spec: dataclasses.Field) -> str:
-    return spec.name.replace("_", "-")
-
-
 PARAMETERS = {wire_name(spec): spec for spec in dataclasses.fields(TextToImageRequest)
               if spec.name not in ("prompt", "pictures")}
 KNOWN_FIELDS.update(PARAMETERS, ["prompt", "model", "data", "parameter", "task input", "task_inputs", "body",
                                            "method", "path"])
-
-
-def check_field(spec: dataclasses.Field, value: Any) -> None:
-    """A dataclass field's value against its type and the ranges and choices in its metadata (`_option`); errors
-    name it by its wire name. Training options are checked by it too."""
-    if value is None and spec.type.endswith("| None"):
-        return
-    if spec.type.startswith("tuple["):  # each item as a value of the item type
-        for item in value:
-            _check_value(spec, item, _ITEM_TYPES[spec.type])
-    else:
-        _check_value(spec, value, spec.type)
-
-
-def _check_value(spec: dataclasses.Field, value: Any, type_name: str) -> None:
-    name, kind = wire_name(spec), _KINDS[type_name]
-    # bool is an int in Python; a JSON true must not pass as n=1.
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise InvalidRequest(name, f"must be {_KIND_NAMES[spec.type]}, got {excerpt(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidRequest(name, f"must be a finite number, got {excerpt(value)}")
-    if isinstance(value, str):
-        check_text(name, value)
-    choices, minimum, maximum = (spec.metadata.get(key) for key in ("choices", "minimum", "maximum"))
-    if choices and value not in choices:
-        raise InvalidRequest(name, f"must be one of {', '.join(choices)}; got {excerpt(value)}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise InvalidRequest(name, f"must be {bounds}, got {excerpt(value)}")
-
-
-# Field annotations are strings under `from __future__ import annotations`.
-_KINDS = {"str": str, "int": int, "int | None": int, "float": (int, float), "float | None": (int, float),
-          "bool": bool, "bool | None": bool}
-_ITEM_TYPES = {"tuple[str, ...]": "str", "tuple[float, ...]": "float"}
-_KIND_NAMES = {"str": "a string", "int": "an integer", "int | None": "an integer", "float": "a number",
-               "float | None": "a number",
-               "bool": "true or false",
-               "bool | None": "true or false", "tuple[str, ...]": "a string or a list of strings",
-               "tuple[float, ...]": "a number or a list of numbers"}
-
-
-def _from_json(spec: dataclasses.Field, value: Any) -> Any:
-    """JSON and protobuf Struct carry every number as a double: take 2.0 as the integer 2."""
-    if spec.type == "int" and isinstance(value, float) and value.is_integer():
-        return int(value)
-    numeric = isinstance(value, int) and not isinstance(value, bool)
-    if spec.type.startswith("float") and numeric and value.bit_length() < 64:
-        return float(value)  # larger integers stay integers, for the range check to name (float() would overflow)
-    return value
 
 
 def from_fields(prompt: Any, parameters: dict, where: str = "", also: Iterable[str] = (), *,
@@ -239,7 +189,7 @@ def from_fields(prompt: Any, parameters: dict, where: str = "", also: Iterable[s
     if prompt is None:
         raise InvalidRequest(f"{where}prompt", "is required")
     sent = {key: value for key, value in parameters.items() if key in PICTURES and value is not None}
-    values = {PARAMETERS[key].name: _from_json(PARAMETERS[key], value) for key, value in parameters.items()
+    values = {PARAMETERS[key].name: spec_of(PARAMETERS[key]).from_json(value) for key, value in parameters.items()
               if key in PARAMETERS}
     try:
         return TextToImageRequest(prompt=prompt, **values, pictures=sent)

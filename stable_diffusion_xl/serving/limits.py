@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from ..fields import InvalidRequest, excerpt
+from ..fields import INTEGER, InvalidRequest, declare, excerpt
 from ..generation.adapters import DEFAULT_MAX_LORAS
 from ..generation.modes import PICTURES
 from ..generation.pictures import DEFAULT_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MEGAPIXELS, UploadLimits
 from ..generation.request import TextToImageRequest
-from ..weights.layout import SDXL_SCHEDULER_CONFIG
 from ..weights.lora_files import LoraFolder, is_plain_name
-from .environment import setting
 
 SLOW_BODY_S = 1.0  # a body still arriving after this long holds a call slot as a slow one (SlowBodies)
 
@@ -45,38 +42,36 @@ class SlowBodies:
 class Limits:
     """What one call may ask of this deployment; Instill's schema sets no maximum for n."""
 
-    max_n: int = setting("SDXL_MAX_N", 4, "largest `n` per task input", minimum=1, maximum=64)
-    max_images_per_call: int = setting("SDXL_MAX_IMAGES_PER_CALL", 8, "images per call, over all task inputs",
-                                       minimum=1, maximum=256)
-    max_body_bytes: int = setting("SDXL_MAX_BODY_BYTES", 1 << 20, "largest HTTP body or gRPC CallRequest, in bytes; "
-                                  "a larger one is refused (HTTP 413) before it is read", minimum=1024,
+    max_n: int = declare(INTEGER, 4, "largest `n` per task input", variable="SDXL_MAX_N", minimum=1, maximum=64)
+    max_images_per_call: int = declare(INTEGER, 8, "images per call, over all task inputs",
+                                       variable="SDXL_MAX_IMAGES_PER_CALL", minimum=1, maximum=256)
+    max_body_bytes: int = declare(INTEGER, 1 << 20, "largest HTTP body or gRPC CallRequest, in bytes; a larger one is "
+                                  "refused (HTTP 413) before it is read", variable="SDXL_MAX_BODY_BYTES", minimum=1024,
                                   maximum=64 << 20)
-    body_timeout_s: int = setting("SDXL_BODY_TIMEOUT_S", 10, "seconds an HTTP body may take to arrive; a slower one "
-                                  "is refused (HTTP 408), so stalled uploads cannot hold a replica", minimum=1,
-                                  maximum=600)
-    max_upload_mb: int = setting("SDXL_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB, "largest input picture (the image "
-                                 "and the mask of an edit, each), in MB as sent, checked before it is decoded; "
-                                 "an HTTP body carrying pictures may be larger than SDXL_MAX_BODY_BYTES by each "
-                                 "of them in base64", minimum=1, maximum=100)
-    max_upload_megapixels: int = setting("SDXL_MAX_UPLOAD_MEGAPIXELS", DEFAULT_MAX_UPLOAD_MEGAPIXELS, "largest "
-                                         "input picture in megapixels, as its header declares them (checked before "
-                                         "its pixels are decoded)", minimum=1, maximum=89)
-    max_training_upload_mb: int = setting("SDXL_TRAIN_MAX_UPLOAD_MB", 64, "largest body of `POST /v1/trainings` "
-                                          "(its photos), in MB; a larger one is refused (HTTP 413) before it is "
-                                          "read; it may take 10 times SDXL_BODY_TIMEOUT_S to arrive", minimum=1,
-                                          maximum=1024)
-    max_training_megapixels: int = setting("SDXL_TRAIN_MAX_MEGAPIXELS", 1000, "megapixels the photos of one training "
-                                           "may have together, as their headers declare them (each is held to "
-                                           "SDXL_MAX_UPLOAD_MEGAPIXELS)", minimum=1, maximum=100_000)
-    max_loras: int = setting("SDXL_MAX_LORAS", DEFAULT_MAX_LORAS, "LoRA adapters a replica keeps loaded (the least "
-                             "recently used is unloaded past it); also the most one request may stack", minimum=1,
-                             maximum=64)
+    body_timeout_s: int = declare(INTEGER, 10, "seconds an HTTP body may take to arrive; a slower one is refused (HTTP "
+                                  "408), so stalled uploads cannot hold a replica", variable="SDXL_BODY_TIMEOUT_S",
+                                  minimum=1, maximum=600)
+    max_upload_mb: int = declare(INTEGER, DEFAULT_MAX_UPLOAD_MB, "largest input picture (the image and the mask of an "
+                                 "edit, each), in MB as sent, checked before it is decoded; an HTTP body carrying "
+                                 "pictures may be larger than SDXL_MAX_BODY_BYTES by each of them in base64",
+                                 variable="SDXL_MAX_UPLOAD_MB", minimum=1, maximum=100)
+    max_upload_megapixels: int = declare(INTEGER, DEFAULT_MAX_UPLOAD_MEGAPIXELS, "largest input picture in megapixels, "
+                                         "as its header declares them (checked before its pixels are decoded)",
+                                         variable="SDXL_MAX_UPLOAD_MEGAPIXELS", minimum=1, maximum=89)
+    max_training_upload_mb: int = declare(INTEGER, 64, "largest body of `POST /v1/trainings` (its photos), in MB; a "
+                                          "larger one is refused (HTTP 413) before it is read; it may take 10 times "
+                                          "SDXL_BODY_TIMEOUT_S to arrive", variable="SDXL_TRAIN_MAX_UPLOAD_MB",
+                                          minimum=1, maximum=1024)
+    max_training_megapixels: int = declare(INTEGER, 1000, "megapixels the photos of one training may have together, as "
+                                           "their headers declare them (each is held to SDXL_MAX_UPLOAD_MEGAPIXELS)",
+                                           variable="SDXL_TRAIN_MAX_MEGAPIXELS", minimum=1, maximum=100_000)
+    max_loras: int = declare(INTEGER, DEFAULT_MAX_LORAS, "LoRA adapters a replica keeps loaded (the least recently "
+                             "used is unloaded past it); also the most one request may stack",
+                             variable="SDXL_MAX_LORAS", minimum=1, maximum=64)
     # Not settings: found when the replica starts, the adapters in its LoRA folder (fixed names, or the folder
-    # itself, re-listed when a request names an adapter not on its list), its weights' scheduler config (base
-    # and refiner split a sampler's steps by its timesteps) and its count of slow bodies.
+    # itself, re-listed when a request names an adapter not on its list) and its count of slow bodies.
     lora_names: tuple[str, ...] = ()
     lora_folder: LoraFolder | None = None
-    scheduler_config: Mapping[str, Any] = field(default_factory=lambda: SDXL_SCHEDULER_CONFIG)
     slow_bodies: SlowBodies | None = None  # the replica's, shared by its calls; None: bodies are not counted
 
     @property

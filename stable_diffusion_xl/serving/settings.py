@@ -6,85 +6,88 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fields import excerpt
+from ..fields import FLAG, FOLDER, INTEGER, TEXT, declare, excerpt
 from ..generation.compile import COMPILE_MODES, DEFAULT_COMPILE_MODE
 from ..generation.quantize import METHODS as QUANTIZE_METHODS
 from ..generation.results import DEFAULT_MAX_BATCH_SIZE
 from ..weights.layout import DEFAULT_WEIGHTS_DIR
 from .encoding import DEFAULT_JPEG_QUALITY
-from .environment import SettingError, read, setting
+from .environment import SettingError, read
 from .limits import Limits
 
 
 @dataclass(frozen=True)
 class Settings:
-    weights_dir: Path = setting("SDXL_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR, "folder with the fetched weights",
-                                shown="`weights/` beside model.py")
-    lora_dir: Path | None = setting("SDXL_LORA_DIR", None, "folder of LoRA adapters, `<name>.safetensors` each "
-                                    "(listed at start-up, again when a request names one not seen yet); shared "
-                                    "storage on several nodes", shown="`loras/` beside the models")
-    demo_weights: bool = setting("SDXL_DEMO_WEIGHTS", False, "`1` loads `weights/demo` (noise); never a silent "
-                                 "fallback")
-    device: str | None = setting("SDXL_DEVICE", None, "the device replicas run on, whatever Ray gave them; unset, a "
-                                 "replica runs on the GPU Ray gives it (and refuses to start if torch cannot use it), "
-                                 "else on the CPU", shown="Ray's choice", choices=("cpu", "cuda"))
-    max_batch_size: int = setting("SDXL_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an "
-                                  "out-of-memory batch is split and retried)", minimum=1, maximum=64)
-    compile: bool = setting("SDXL_COMPILE", False, "`1` compiles the UNets' transformer blocks (torch.compile) during "
-                            "the warm-up, which then takes minutes unless SDXL_COMPILE_CACHE holds them; no LoRA "
-                            "adapters")
-    compile_mode: str = setting("SDXL_COMPILE_MODE", DEFAULT_COMPILE_MODE, "inductor's mode with SDXL_COMPILE=1: the "
-                                "max-autotune modes benchmark kernels for every graph, minutes more at the first "
-                                "start; `max-autotune` also records CUDA graphs per shape and worker thread (memory)",
-                                choices=COMPILE_MODES)
-    compile_cache: Path | None = setting("SDXL_COMPILE_CACHE", None, "folder of compiled artifacts with "
-                                         "SDXL_COMPILE=1: a replica loads the entry made for its torch, GPU and "
-                                         "networks instead of compiling, or saves one after its warm-up "
-                                         "(`compile-cache` command)", shown="`compile-cache/` beside the models")
-    quantize: str | None = setting("SDXL_QUANTIZE", None, "`fp8` runs the UNets' transformer layers on the fp8 "
-                                   "tensor cores (torchao); images differ slightly from fp16's; needs a GPU of "
-                                   "compute capability 8.9 or newer, else the replica refuses to start",
-                                   shown="none: fp16",
-                                   choices=QUANTIZE_METHODS)
-    safety_checker: bool = setting("SDXL_SAFETY_CHECKER", False, "filter unsafe images: a flagged image comes back "
-                                   "black as `content_filtered`; needs `fetch-weights --safety-checker`")
-    safety_checker_dir: Path | None = setting("SDXL_SAFETY_CHECKER_DIR", None, "folder of the safety checker",
+    weights_dir: Path = declare(FOLDER, DEFAULT_WEIGHTS_DIR, "folder with the fetched weights",
+                                variable="SDXL_WEIGHTS_DIR", shown="`weights/` beside model.py")
+    lora_dir: Path | None = declare(FOLDER, None, "folder of LoRA adapters, `<name>.safetensors` each (listed at "
+                                    "start-up, again when a request names one not seen yet); shared storage on several "
+                                    "nodes", variable="SDXL_LORA_DIR", shown="`loras/` beside the models")
+    demo_weights: bool = declare(FLAG, False, "`1` loads `weights/demo` (noise); never a silent fallback",
+                                 variable="SDXL_DEMO_WEIGHTS")
+    device: str | None = declare(TEXT, None, "the device replicas run on, whatever Ray gave them; unset, a replica "
+                                 "runs on the GPU Ray gives it (and refuses to start if torch cannot use it), else on "
+                                 "the CPU", variable="SDXL_DEVICE", shown="Ray's choice", choices=("cpu", "cuda"))
+    max_batch_size: int = declare(INTEGER, DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an out-of-memory batch is "
+                                  "split and retried)", variable="SDXL_MAX_BATCH_SIZE", minimum=1, maximum=64)
+    compile: bool = declare(FLAG, False, "`1` compiles the UNets' transformer blocks (torch.compile) during the "
+                            "warm-up, which then takes minutes unless SDXL_COMPILE_CACHE holds them; no LoRA adapters",
+                            variable="SDXL_COMPILE")
+    compile_mode: str = declare(TEXT, DEFAULT_COMPILE_MODE, "inductor's mode with SDXL_COMPILE=1: the max-autotune "
+                                "modes benchmark kernels for every graph, minutes more at the first start; "
+                                "`max-autotune` also records CUDA graphs per shape and worker thread (memory)",
+                                variable="SDXL_COMPILE_MODE", choices=COMPILE_MODES)
+    compile_cache: Path | None = declare(FOLDER, None, "folder of compiled artifacts with SDXL_COMPILE=1: a replica "
+                                         "loads the entry made for its torch, GPU and networks instead of compiling, "
+                                         "or saves one after its warm-up (`compile-cache` command)",
+                                         variable="SDXL_COMPILE_CACHE", shown="`compile-cache/` beside the models")
+    quantize: str | None = declare(TEXT, None, "`fp8` runs the UNets' transformer layers on the fp8 tensor cores "
+                                   "(torchao); images differ slightly from fp16's; needs a GPU of compute capability "
+                                   "8.9 or newer, else the replica refuses to start", variable="SDXL_QUANTIZE",
+                                   shown="none: fp16", choices=QUANTIZE_METHODS)
+    safety_checker: bool = declare(FLAG, False, "filter unsafe images: a flagged image comes back black as "
+                                   "`content_filtered`; needs `fetch-weights --safety-checker`",
+                                   variable="SDXL_SAFETY_CHECKER")
+    safety_checker_dir: Path | None = declare(FOLDER, None, "folder of the safety checker",
+                                              variable="SDXL_SAFETY_CHECKER_DIR",
                                               shown="`stable-diffusion-safety-checker/` beside the models")
-    jpeg_quality: int = setting("SDXL_JPEG_QUALITY", DEFAULT_JPEG_QUALITY, "JPEG quality of the returned images",
-                                minimum=1, maximum=100)
-    warm_up: bool = setting("SDXL_WARM_UP", True, "one tiny generation per aspect ratio before the replica "
-                            "reports ready")
-    api_key: str | None = setting("SDXL_API_KEY", None, "the key every generating HTTP route and gRPC call "
-                                  "requires as `Authorization: Bearer <key>` (gRPC: `authorization` metadata); the "
-                                  "GET ping stays open", shown="none: open",
+    jpeg_quality: int = declare(INTEGER, DEFAULT_JPEG_QUALITY, "JPEG quality of the returned images",
+                                variable="SDXL_JPEG_QUALITY", minimum=1, maximum=100)
+    warm_up: bool = declare(FLAG, True, "one tiny generation per aspect ratio before the replica reports ready",
+                            variable="SDXL_WARM_UP")
+    api_key: str | None = declare(TEXT, None, "the key every generating HTTP route and gRPC call requires as "
+                                  "`Authorization: Bearer <key>` (gRPC: `authorization` metadata); the GET ping stays "
+                                  "open", variable="SDXL_API_KEY", shown="none: open",
                                   allowed="printable ASCII, no spaces", secret=True)
-    api_key_file: Path | None = setting("SDXL_API_KEY_FILE", None, "a file holding that key instead (a mounted "
-                                        "secret); surrounding whitespace is ignored", shown="none", allowed="a file")
-    training: bool = setting("SDXL_TRAINING", False, "`1` serves `POST /v1/trainings`: LoRA trainings from photos "
-                             "(and the page's Train panel), each a Ray task beside the replicas; off, those routes "
-                             "answer 404")
-    train_gpus: int = setting("SDXL_TRAIN_GPUS", 1, "GPUs each training asks Ray for; a training waits, queued, until "
-                              "they are free; a cluster without GPUs trains on a CPU", minimum=0, maximum=16)
-    max_trainings: int = setting("SDXL_MAX_TRAININGS", 4, "trainings queued and running at once on this application; "
-                                 "another is refused (HTTP 429 with Retry-After) until one ends", minimum=1,
-                                 maximum=1000)
-    train_overwrite: bool = setting("SDXL_TRAIN_OVERWRITE", False, "`1` lets a training over HTTP with "
-                                    "`overwrite=true` replace an adapter that a training over HTTP made; adapters put "
-                                    "in the folder otherwise are never replaced over HTTP")
+    api_key_file: Path | None = declare(FOLDER, None, "a file holding that key instead (a mounted secret); surrounding "
+                                        "whitespace is ignored", variable="SDXL_API_KEY_FILE", shown="none",
+                                        allowed="a file")
+    training: bool = declare(FLAG, False, "`1` serves `POST /v1/trainings`: LoRA trainings from photos (and the page's "
+                             "Train panel), each a Ray task beside the replicas; off, those routes answer 404",
+                             variable="SDXL_TRAINING")
+    train_gpus: int = declare(INTEGER, 1, "GPUs each training asks Ray for; a training waits, queued, until they are "
+                              "free; a cluster without GPUs trains on a CPU", variable="SDXL_TRAIN_GPUS", minimum=0,
+                              maximum=16)
+    max_trainings: int = declare(INTEGER, 4, "trainings queued and running at once on this application; another is "
+                                 "refused (HTTP 429 with Retry-After) until one ends", variable="SDXL_MAX_TRAININGS",
+                                 minimum=1, maximum=1000)
+    train_overwrite: bool = declare(FLAG, False, "`1` lets a training over HTTP with `overwrite=true` replace an "
+                                    "adapter that a training over HTTP made; adapters put in the folder otherwise are "
+                                    "never replaced over HTTP", variable="SDXL_TRAIN_OVERWRITE")
     limits: Limits = field(default_factory=Limits, metadata={"group": Limits})
     # Ray Serve: a replica makes one image batch at a time, so it holds one request running and one
     # ready; the rest wait in Serve's queue, where autoscaling sees them.
-    max_ongoing_requests: int = setting("SDXL_MAX_ONGOING_REQUESTS", 2, "calls a replica holds: one generating, "
-                                        "one ready to start", minimum=1, maximum=1000)
-    max_queued_requests: int = setting("SDXL_MAX_QUEUED_REQUESTS", 100, "calls waiting in Serve's queue before new "
-                                       "ones are refused as busy", minimum=1, maximum=1_000_000)
-    target_ongoing_requests: int = setting("SDXL_TARGET_ONGOING_REQUESTS", 1, "autoscaling adds a replica when "
-                                           "replicas average more than this", minimum=1, maximum=1000)
-    upscale_delay_s: int = setting("SDXL_UPSCALE_DELAY_S", 30, "seconds of load before a replica is added (the "
-                                   "SDK's default is 600)", minimum=0, maximum=86400)
-    downscale_delay_s: int = setting("SDXL_DOWNSCALE_DELAY_S", 1800, "seconds of lower load before a replica is "
-                                     "removed, down to RAY_NUM_OF_MIN_REPLICAS (Core: 1; elsewhere 0 unless set)",
-                                     minimum=0, maximum=86400)
+    max_ongoing_requests: int = declare(INTEGER, 2, "calls a replica holds: one generating, one ready to start",
+                                        variable="SDXL_MAX_ONGOING_REQUESTS", minimum=1, maximum=1000)
+    max_queued_requests: int = declare(INTEGER, 100, "calls waiting in Serve's queue before new ones are refused as "
+                                       "busy", variable="SDXL_MAX_QUEUED_REQUESTS", minimum=1, maximum=1_000_000)
+    target_ongoing_requests: int = declare(INTEGER, 1, "autoscaling adds a replica when replicas average more than "
+                                           "this", variable="SDXL_TARGET_ONGOING_REQUESTS", minimum=1, maximum=1000)
+    upscale_delay_s: int = declare(INTEGER, 30, "seconds of load before a replica is added (the SDK's default is 600)",
+                                   variable="SDXL_UPSCALE_DELAY_S", minimum=0, maximum=86400)
+    downscale_delay_s: int = declare(INTEGER, 1800, "seconds of lower load before a replica is removed, down to "
+                                     "RAY_NUM_OF_MIN_REPLICAS (Core: 1; elsewhere 0 unless set)",
+                                     variable="SDXL_DOWNSCALE_DELAY_S", minimum=0, maximum=86400)
 
     def __post_init__(self):
         if self.compile and not self.warm_up:

@@ -1,28 +1,23 @@
 """The options of one training: their defaults, ranges and descriptions, checked when they are built.
 
-Field names are Python's; errors and the CLI use the wire names (`learning-rate`), and the fields are checked
-by the request's own check_field (types, ranges in the metadata), as TextToImageRequest's are.
+Field names are Python's; errors and the CLI use the wire names (`learning-rate`). The fields are declared and
+checked as TextToImageRequest's are (fields.declare); docs/training.md's option table is written from them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..fields import InvalidRequest, excerpt, unknown_key
-from ..generation.request import MAX_SEED, check_field, wire_name
+from ..fields import FLAG, INTEGER, NUMBER, TEXT, InvalidRequest, declare, excerpt, spec_of, unknown_key, wire_name
+from ..generation.request import MAX_SEED
 from ..weights.lora_files import is_plain_name
 
 MIN_PHOTOS, FEW_PHOTOS = 3, 8  # refused under 3, warned under 8
 STEPS_PER_PHOTO, MAX_DEFAULT_STEPS, MIN_DEFAULT_STEPS = 110, 1500, 400  # published recipes: ~100-120 per photo
 MAX_STEPS = 20_000
 MAX_TOKEN_CHARS, MAX_CLASS_WORD_CHARS = 40, 60
-
-
-def _option(default, description, *, minimum=None, maximum=None, shown=None):
-    return field(default=default, metadata={"description": description, "minimum": minimum, "maximum": maximum,
-                                            "shown": shown})
 
 
 def default_steps(photo_count: int) -> int:
@@ -32,35 +27,39 @@ def default_steps(photo_count: int) -> int:
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    name: str = field(metadata={"description": "The adapter's name: requests use it as `\"lora\": NAME`; the "
-                                               "files are NAME.safetensors and NAME.json in the LoRA folder."})
-    token: str = _option("TOK", "The trigger word: a rare token that comes to mean the subject; put it in prompts.")
-    class_word: str = _option("person", "What the subject is (person, dog, style, ...): the default caption is "
-                              "`a photo of TOKEN CLASS`.")
-    steps: int | None = _option(None, f"Training steps (each takes one photo on each worker); default "
-                                f"{STEPS_PER_PHOTO} per photo, from {MIN_DEFAULT_STEPS} to {MAX_DEFAULT_STEPS}, "
-                                "divided among the workers.", minimum=1,
-                                maximum=MAX_STEPS, shown=f"{STEPS_PER_PHOTO} per photo")
-    rank: int = _option(32, "The LoRA rank: larger learns more detail and makes a larger file.", minimum=1,
+    name: str = declare(TEXT, dataclasses.MISSING, "The adapter's name: the files `NAME.safetensors` and "
+                        "`NAME.json`, and `\"lora\": \"NAME\"` in requests. A name that exists is refused unless "
+                        "`overwrite`.", allowed="letters, digits, `-`, `_`, inner dots; up to 100")
+    token: str = declare(TEXT, "TOK", "The trigger word that comes to mean the subject; put it in prompts. A rare "
+                         "token (`TOK`, `sks`, `zqx`) has no meaning of its own to unlearn.", shown="`TOK`",
+                         allowed=f"one word, up to {MAX_TOKEN_CHARS} characters")
+    class_word: str = declare(TEXT, "person", "What the subject is (`person`, `dog`, `mug`, `watercolor style`); "
+                              "the caption of a photo without one of its own is `a photo of TOKEN CLASS`.",
+                              shown="`person`", allowed=f"up to {MAX_CLASS_WORD_CHARS} characters")
+    steps: int | None = declare(INTEGER, None, "Optimizer steps (batch 1 per worker; the default is divided among "
+                                "the workers). Too few: the likeness is weak; too many: every image looks like the "
+                                "photos (overfitting).", minimum=1, maximum=MAX_STEPS,
+                                shown=f"{STEPS_PER_PHOTO} per photo, {MIN_DEFAULT_STEPS} to {MAX_DEFAULT_STEPS}")
+    rank: int = declare(INTEGER, 32, "The LoRA rank: more learns finer detail and makes a larger file.", minimum=1,
                         maximum=256)
-    learning_rate: float = _option(1e-4, "AdamW's learning rate, constant.", minimum=1e-7, maximum=1e-2)
-    resolution: int | None = _option(None, "Square training size in pixels, a multiple of 64; photos are centre-"
-                                     "cropped and resized to it. Default: the base model's native size (1024 for "
-                                     "SDXL, 256 for the demo weights).", minimum=256, maximum=2048,
-                                     shown="the model's native size")
-    seed: int = _option(0, "Seed of the noise, the timesteps and the photo order.", minimum=0, maximum=MAX_SEED)
-    train_text_encoder: bool = _option(False, "Also train LoRA on both text encoders (more memory, more steps "
-                                       "per second lost; can help a subject's likeness).")
-    workers: int = _option(1, "Data-parallel workers under Ray Train (one GPU each where there are GPUs); 1 "
+    learning_rate: float = declare(NUMBER, 1e-4, "AdamW's rate, constant.", minimum=1e-7, maximum=1e-2, shown="1e-4")
+    resolution: int | None = declare(INTEGER, None, "The square the photos are centre-cropped and resized to.",
+                                     minimum=256, maximum=2048, shown="1024 (the demo weights: 256)",
+                                     allowed="256 to 2048, a multiple of 64")
+    seed: int = declare(INTEGER, 0, "The noise, timesteps and photo order: the same photos and options give the "
+                        "same adapter.", minimum=0, maximum=MAX_SEED)
+    train_text_encoder: bool = declare(FLAG, False, "Also train LoRA on both text encoders (their attention): more "
+                                       "memory and time, sometimes a closer likeness.")
+    workers: int = declare(INTEGER, 1, "Data-parallel workers under Ray Train (one GPU each where there are GPUs); 1 "
                            "trains in this process.", minimum=1, maximum=64)
-    overwrite: bool = _option(False, "Replace an adapter of the same name (only once the new one is complete).")
-    resume: bool = _option(False, "Continue from the checkpoint an interrupted run of this name left.")
-    checkpoint_every: int = _option(250, "Save a checkpoint (LoRA, optimizer, step) every this many steps.",
+    overwrite: bool = declare(FLAG, False, "Replace an adapter of the same name, once the new one is complete.")
+    resume: bool = declare(FLAG, False, "Continue an interrupted run from its last checkpoint.")
+    checkpoint_every: int = declare(INTEGER, 250, "Steps between checkpoints (the LoRA, the optimizer and the step).",
                                     minimum=1, maximum=MAX_STEPS)
 
     def __post_init__(self):
-        for spec in dataclasses.fields(self):
-            check_field(spec, getattr(self, spec.name))
+        for member in dataclasses.fields(self):
+            spec_of(member).check(wire_name(member), getattr(self, member.name))
         if not is_plain_name(self.name):
             raise InvalidRequest("name", f"must be a plain name (letters, digits, -, _ and inner dots, at most 100 "
                                          f"characters), got {excerpt(self.name)}")
@@ -93,12 +92,7 @@ def from_fields(fields: dict, where: str = "") -> TrainingOptions:
     unknown = sorted(set(fields) - set(OPTIONS))
     if unknown:
         raise unknown_key(unknown[0], OPTIONS, kind="option").within(where)
-    values = {}
-    for key, value in fields.items():
-        spec = OPTIONS[key]
-        if spec.type.startswith("int") and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        values[spec.name] = value
+    values = {OPTIONS[key].name: spec_of(OPTIONS[key]).from_json(value) for key, value in fields.items()}
     if "name" not in values:
         raise InvalidRequest(f"{where}name", "is required")
     try:

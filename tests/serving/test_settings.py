@@ -1,14 +1,17 @@
 """Settings are checked when they are read: a bad value names the variable, the value and what is allowed."""
 
+from dataclasses import dataclass
+
 import pytest
 
-from stable_diffusion_xl.serving.environment import SettingError, declared
+from stable_diffusion_xl.fields import NUMBER, TEXT, declare, spec_of
+from stable_diffusion_xl.serving.environment import SettingError, declared, read
 from stable_diffusion_xl.serving.limits import Limits
 from stable_diffusion_xl.serving.settings import Settings
 
 
 def test_unset_or_empty_variables_take_the_defaults():
-    assert Settings.from_env({}) == Settings.from_env({name.metadata["variable"]: "" for name in declared(Settings)})
+    assert Settings.from_env({}) == Settings.from_env({spec_of(member).variable: "" for member in declared(Settings)})
     defaults = Settings.from_env({})
     assert (defaults.max_batch_size, defaults.max_ongoing_requests, defaults.limits) == (4, 2, Limits())
     assert (defaults.compile, defaults.compile_mode, defaults.compile_cache) == (False, "default", None)
@@ -75,3 +78,16 @@ def test_an_empty_key_file_fails_the_start(tmp_path):
     empty.write_text("\n")
     with pytest.raises(SettingError, match="the key must be printable ASCII"):
         Settings.from_env({"SDXL_API_KEY_FILE": str(empty)}).http_api_key()
+
+
+@dataclass(frozen=True)
+class _Tuning:
+    ratio: float = declare(NUMBER, 0.5, "a fraction", variable="SDXL_X_RATIO", minimum=0.0, maximum=1.0)
+    word: str = declare(TEXT, "a", "a word", variable="SDXL_X_WORD")
+
+
+def test_a_number_or_text_setting_is_read_as_its_kind_with_its_range_checked():
+    assert read(_Tuning, {"SDXL_X_RATIO": "0.25", "SDXL_X_WORD": "hello"}) == _Tuning(0.25, "hello")
+    for text in ("abc", "1.5", "nan"):
+        with pytest.raises(SettingError, match=rf'^SDXL_X_RATIO="{text}": must be a number from 0.0 to 1.0$'):
+            read(_Tuning, {"SDXL_X_RATIO": text})

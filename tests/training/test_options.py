@@ -3,7 +3,7 @@ InvalidRequest naming the field by its wire name."""
 
 import pytest
 
-from stable_diffusion_xl.fields import InvalidRequest
+from stable_diffusion_xl.fields import InvalidRequest, spec_of
 from stable_diffusion_xl.training.options import OPTIONS, TrainingOptions, default_steps, from_fields
 
 
@@ -49,8 +49,8 @@ def test_each_option_out_of_range_names_its_field(fields, field, reason):
 
 
 def test_every_option_documents_itself():
-    for name, spec in OPTIONS.items():
-        assert spec.metadata["description"], name
+    for name, member in OPTIONS.items():
+        assert spec_of(member).description, name
 
 
 def test_options_from_wire_named_fields_take_json_numbers_and_refuse_unknown_keys():
