@@ -134,16 +134,11 @@ def stage_flops(args, device: Device) -> dict:
 
 def stage_build(args, device: Device) -> dict:
     """Real-size SDXL networks with random weights, saved as fetch-weights lays out the real ones (fp16 variant)."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLImg2ImgPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from stable_diffusion_xl.weights.layout import BASE, REFINER, SDXL_SCHEDULER_CONFIG, VAE_FP16_FIX
+    from stable_diffusion_xl.weights.demo import save_pair
+    from stable_diffusion_xl.weights.layout import VAE_FP16_FIX
 
     configs = _configs(device.dry)
     root = args.weights
@@ -164,20 +159,8 @@ def stage_build(args, device: Device) -> dict:
         fp16_fix = AutoencoderKL(**{**configs.VAE, "force_upcast": False}).half()
     device.sync()
     built = time.perf_counter() - started
-    scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG)
-    StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-                              tokenizer_2=tokenizer, unet=unet, scheduler=scheduler
-                              ).save_pretrained(root / BASE, variant="fp16")
-    # The refiner shares the base's second text encoder, tokenizer and VAE in Engine.load: saved once.
-    StableDiffusionXLImg2ImgPipeline(vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
-                                     tokenizer_2=tokenizer, unet=refiner_unet, scheduler=scheduler,
-                                     requires_aesthetics_score=True, force_zeros_for_empty_prompt=False
-                                     ).save_pretrained(root / REFINER, variant="fp16")
-    for shared in ("text_encoder_2", "tokenizer_2", "vae"):
-        shutil.rmtree(root / REFINER / shared)
-    for name in ("tokenizer", "tokenizer_2"):  # the hub's slow-tokenizer files, as fetch-weights gets them
-        shutil.rmtree(root / BASE / name)
-        shutil.copytree(tokenizer_dir, root / BASE / name)
+    save_pair(root, tokenizer_dir, text_encoder=text_encoder, text_encoder_2=text_encoder_2, vae=vae,
+              base_unet=unet, refiner_unet=refiner_unet)
     fp16_fix.save_pretrained(root / VAE_FP16_FIX)
     (root / "loras").mkdir()
     size = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())

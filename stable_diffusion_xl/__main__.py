@@ -41,64 +41,61 @@ DEMO_HELP = "use the tiny random demo weights: their images are noise"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stable_diffusion_xl", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    # The flags several commands share: which weights, and the demo ones.
+    weights = argparse.ArgumentParser(add_help=False)
+    weights.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
+    model = argparse.ArgumentParser(add_help=False, parents=[weights])
+    model.add_argument("--demo", action="store_true", help=DEMO_HELP)
 
-    generate = commands.add_parser("generate", help="write JPEGs for a prompt")
+    generate = commands.add_parser("generate", parents=[model], help="write JPEGs for a prompt")
     generate.add_argument("prompt")
     for name, spec in PARAMETERS.items():
         generate.add_argument(f"--{name}", **_argument(spec))
     for name, picture in PICTURES.items():
         generate.add_argument(f"--{name}", type=Path, help=picture.description)
     generate.add_argument("-o", "--output", type=Path, default=Path("out"), help="folder for the JPEGs (default: out)")
-    generate.add_argument("--demo", action="store_true", help=DEMO_HELP)
-    generate.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
     generate.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="images per UNet batch")
     generate.add_argument("--lora-dir", type=Path, help=f"where --lora finds adapters (default: SDXL_LORA_DIR, else "
                           f"{LORA_SUBDIR}/ beside the models, where `serve` and `train` find them)")
 
-    serve = commands.add_parser("serve", help="serve the Instill model on a local Ray Serve (HTTP, gRPC) until Ctrl-C")
+    serve = commands.add_parser("serve", parents=[model],
+                                help="serve the Instill model on a local Ray Serve (HTTP, gRPC) until Ctrl-C")
     serve.add_argument("--host", default="127.0.0.1", help="the HTTP API's address (default: 127.0.0.1; 0.0.0.0 for "
                        "every interface); Ray's own ports and its dashboard stay on 127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
     serve.add_argument("--grpc-port", type=int, default=9000, help="gRPC port (default: 9000; 0: no gRPC). Ray "
                        "Serve's gRPC proxy listens on every interface: set SDXL_API_KEY where others can reach it")
-    try_ = commands.add_parser("try", help="serve the Instill model, POST one input as `instill run -i` does, "
-                               "save the images")
+    try_ = commands.add_parser("try", parents=[model], help="serve the Instill model, POST one input as "
+                               "`instill run -i` does, save the images")
     try_.add_argument("-i", "--input", default='{"prompt": "cat napping"}', help="the input JSON, flat or enveloped")
     try_.add_argument("-o", "--output", type=Path, default=Path("out"), help="folder for the JPEGs (default: out)")
-    for command in (serve, try_):
-        command.add_argument("--demo", action="store_true", help=DEMO_HELP)
-        command.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
 
-    fetch = commands.add_parser("fetch-weights", help="download the real fp16 weights (about 12 GB), or one LoRA")
-    fetch.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
+    fetch = commands.add_parser("fetch-weights", parents=[weights],
+                                help="download the real fp16 weights (about 12 GB), or one LoRA")
     fetch.add_argument("--safety-checker", action="store_true", help="also fetch the optional safety checker "
                        "(CompVis/stable-diffusion-safety-checker, 0.6 GB) that SDXL_SAFETY_CHECKER needs")
     fetch.add_argument("--lora", metavar="REPO_ID", help="fetch one LoRA adapter from this hub repository instead, "
                        f"into <weights>/{LORA_SUBDIR}/")
     fetch.add_argument("--lora-file", help="the .safetensors file of that repository (needed when it holds several)")
     fetch.add_argument("--lora-name", help="the name requests will use (default: the file's stem)")
-    demo = commands.add_parser("demo-weights", help="build tiny random-weight pipelines in weights/demo")
-    demo.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
+    commands.add_parser("demo-weights", parents=[weights], help="build tiny random-weight pipelines in weights/demo")
 
-    cache = commands.add_parser("compile-cache", help="compile as SDXL_COMPILE=1 does, warm up, and save the "
-                                "compiled code where replicas load it (run it on the GPU kind they run on)")
-    cache.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
-    cache.add_argument("--demo", action="store_true", help=DEMO_HELP)
+    cache = commands.add_parser("compile-cache", parents=[model], help="compile as SDXL_COMPILE=1 does, warm up, "
+                                "and save the compiled code where replicas load it (run it on the GPU kind they "
+                                "run on)")
     cache.add_argument("--cache", type=Path, help="the cache folder (default: SDXL_COMPILE_CACHE, else "
                        f"{COMPILE_CACHE_SUBDIR}/ beside the models)")
     cache.add_argument("--mode", choices=COMPILE_MODES,
                        help="inductor's mode (default: SDXL_COMPILE_MODE, else default)")
 
-    train = commands.add_parser("train", help="train a LoRA adapter (DreamBooth-LoRA) on photos of a subject, "
-                                "into the LoRA folder the deployment reads")
+    train = commands.add_parser("train", parents=[model], help="train a LoRA adapter (DreamBooth-LoRA) on photos of a "
+                                "subject, into the LoRA folder the deployment reads")
     train.add_argument("--images", type=Path, required=True, help="a folder or .zip of JPEG/PNG/WebP photos; a "
                        "photo.txt beside photo.jpg is its caption")
     for name, spec in OPTIONS.items():
         if name != "name":
             train.add_argument(f"--{name}", **_argument(spec))
     train.add_argument("--name", required=True, help=spec_of(OPTIONS["name"]).description)
-    train.add_argument("--demo", action="store_true", help=DEMO_HELP)
-    train.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights folder")
     train.add_argument("--lora-dir", type=Path, help=f"where the adapter goes (default: SDXL_LORA_DIR, else "
                        f"{LORA_SUBDIR}/ beside the models, where `serve` reads adapters)")
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ..weights.atomic import atomically
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # of this folder layout
@@ -103,8 +103,10 @@ class CompileCache:
         entry = {"key": self.key, "bytes": len(artifacts), "sha256": hashlib.sha256(artifacts).hexdigest()}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self.folder / "artifacts.bin", artifacts)
-            _write_atomically(self.folder / "key.json", json.dumps(entry, indent=1).encode())
+            with atomically(self.folder / "artifacts.bin") as path:
+                path.write_bytes(artifacts)
+            with atomically(self.folder / "key.json") as path:
+                path.write_text(json.dumps(entry, indent=1))
         except OSError as error:
             log.warning("compile cache: cannot write %s (%s): the next replica compiles again", self.folder, error)
             return None
@@ -136,17 +138,3 @@ def _triton_version() -> str | None:
     except ImportError:
         return None
     return triton.__version__
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-            os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide it from a replica running as another user
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..fields import InvalidRequest, excerpt
+from ..weights.atomic import atomically
 from ..weights.lora_files import SIDECAR, SUFFIX
 
 WORK_SUBDIR = ".training"  # hidden: lora_files.available() lists plain names only
@@ -85,9 +86,10 @@ class Workspace:
     def save(self, state: dict) -> None:
         """A checkpoint: LoRA weights, optimizer and step; the previous one stays until this one is whole."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.checkpoint, lambda path: torch.save(state, path))
-        info = {"step": state["step"], "signature": self.signature}
-        _write_atomically(self.checkpoint_info, lambda path: path.write_text(json.dumps(info)))
+        with atomically(self.checkpoint) as path:
+            torch.save(state, path)
+        with atomically(self.checkpoint_info) as path:
+            path.write_text(json.dumps({"step": state["step"], "signature": self.signature}))
 
     def load(self) -> dict | None:
         if not self.checkpoint.is_file():
@@ -95,22 +97,15 @@ class Workspace:
         return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
 
     def publish(self, write_adapter: Callable[[Path], None], metadata: dict, *, overwrite: bool) -> Path:
-        """Write the adapter (by `write_adapter(path)`) and its JSON beside each other in the workspace, then
-        rename them into the LoRA folder: the JSON first, so that a listed adapter always has its JSON."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="publish-", dir=self.folder))
-        try:
-            adapter, meta = staging / f"{self.name}{SUFFIX}", staging / f"{self.name}{SIDECAR}"
+        """Write the adapter (by `write_adapter(path)`) and its JSON into the LoRA folder, each renamed into place
+        once whole: the JSON first, so that a listed adapter always has its JSON."""
+        target = adapter_path(self.lora_dir, self.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomically(target) as adapter, atomically(metadata_path(self.lora_dir, self.name)) as meta:
             write_adapter(adapter)
             meta.write_text(json.dumps(metadata, indent=2) + "\n")
             self.check_name(overwrite)  # again: another run may have taken the name meanwhile
-            for written in (adapter, meta):
-                os.chmod(written, 0o644)  # replicas may run as another user
-            os.replace(meta, metadata_path(self.lora_dir, self.name))
-            os.replace(adapter, adapter_path(self.lora_dir, self.name))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return adapter_path(self.lora_dir, self.name)
+        return target
 
     def clear(self) -> None:
         """Remove this run's folder, and `.training/` when no other run has one."""
@@ -119,17 +114,6 @@ class Workspace:
             self.folder.parent.rmdir()
         except OSError:  # absent, or other runs' folders in it
             pass
-
-
-def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def stage_photos(lora_dir: Path, training_id: str, photos: list[tuple[str, bytes]]) -> Path:

@@ -40,13 +40,7 @@ DEMO_LORAS = {"demo-style": "diffusers", "demo-kohya": "kohya"}
 
 def build(weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, seed: int = 0) -> Path:
     """Write demo base and refiner folders (and a safety checker) under `weights_dir/demo`; returns that folder."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLImg2ImgPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -68,34 +62,45 @@ def build(weights_dir: Path | str = DEFAULT_WEIGHTS_DIR, seed: int = 0) -> Path:
             up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8, layers_per_block=1,
             sample_size=256, scaling_factor=0.13025, force_upcast=True,
         )
-        scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG)  # so that step splits match SDXL's
-        base = StableDiffusionXLPipeline(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-            tokenizer_2=tokenizer, unet=_unet(UNet2DConditionModel, cross_attention_dim=2 * HIDDEN, time_ids=6),
-            scheduler=scheduler,
-        )
-        refiner = StableDiffusionXLImg2ImgPipeline(
-            vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None, tokenizer_2=tokenizer,
-            unet=_unet(UNet2DConditionModel, cross_attention_dim=HIDDEN, time_ids=5), scheduler=scheduler,
-            requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
-        )
+        base_unet = _unet(UNet2DConditionModel, cross_attention_dim=2 * HIDDEN, time_ids=6)
+        refiner_unet = _unet(UNet2DConditionModel, cross_attention_dim=HIDDEN, time_ids=5)
         shutil.rmtree(root, ignore_errors=True)
-        for folder, pipeline in ((BASE, base), (REFINER, refiner)):
-            pipeline.to(torch.float16).save_pretrained(root / folder, safe_serialization=True, variant="fp16")
-        # The hub's SDXL tokenizers are slow-tokenizer files (vocab.json, merges.txt), not tokenizer.json.
-        for name in ("tokenizer", "tokenizer_2"):
-            shutil.rmtree(root / BASE / name)
-            shutil.copytree(tokenizer_dir, root / BASE / name)
+        save_pair(root, tokenizer_dir, text_encoder=text_encoder, text_encoder_2=text_encoder_2, vae=vae,
+                  base_unet=base_unet, refiner_unet=refiner_unet)
         for index, (name, layout) in enumerate(DEMO_LORAS.items()):
-            write_lora(base.unet, root / LORA_SUBDIR / f"{name}.safetensors", seed=seed + 1 + index, layout=layout)
+            write_lora(base_unet, root / LORA_SUBDIR / f"{name}.safetensors", seed=seed + 1 + index, layout=layout)
     manifest = load_manifest()
-    for folder in (BASE, REFINER):
-        _keep_only(root / folder, manifest[folder].files)
     write_safety_checker(root / SAFETY_CHECKER, seed=seed)
     _keep_only(root / SAFETY_CHECKER, manifest[SAFETY_CHECKER].files)
     (root / "README.md").write_text("Tiny random-weight SDXL pipelines for tests and the demo: their images are "
                                     "noise.\n")
     return root
+
+
+def save_pair(root: Path, tokenizer_dir: Path, *, text_encoder, text_encoder_2, vae, base_unet, refiner_unet) -> None:
+    """SDXL's base and refiner from these networks (random ones: the demo's, or the GPU benchmark's real-size ones),
+    saved in fp16 exactly as fetch-weights lays out the real ones (manifest.json's files): the refiner shares the
+    base's second text encoder, tokenizer and VAE, and the tokenizers are the hub's slow-tokenizer files."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG)  # so that step splits match SDXL's
+    base = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=base_unet, scheduler=scheduler)
+    refiner = StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None, tokenizer_2=tokenizer,
+        unet=refiner_unet, scheduler=scheduler, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+    )
+    for folder, pipeline in ((BASE, base), (REFINER, refiner)):
+        pipeline.to(torch.float16).save_pretrained(root / folder, safe_serialization=True, variant="fp16")
+    # The hub's SDXL tokenizers are slow-tokenizer files (vocab.json, merges.txt), not tokenizer.json.
+    for name in ("tokenizer", "tokenizer_2"):
+        shutil.rmtree(root / BASE / name)
+        shutil.copytree(tokenizer_dir, root / BASE / name)
+    manifest = load_manifest()
+    for folder in (BASE, REFINER):
+        _keep_only(root / folder, manifest[folder].files)
 
 
 def write_lora(unet, path: Path, *, seed: int, layout: str = "diffusers") -> Path:
