@@ -28,6 +28,7 @@ from served import (
     serve_log_lines,
     wait_for_metric,
 )
+from stable_diffusion_xl.apis import routes  # noqa: F401  every dialect declares its names, as in the replica
 from stable_diffusion_xl.fields import KNOWN_FIELDS
 from stable_diffusion_xl.generation.request import MAX_SEED, PARAMETERS
 from stable_diffusion_xl.serving.client import METHOD, grpc_call
