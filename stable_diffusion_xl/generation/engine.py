@@ -278,7 +278,7 @@ class Engine:
         clock = _Clock(self.device)
         mode = MODES[batch.mode]
         pictures = [job.pictures for job in jobs]
-        latents = self._denoise(batch, jobs, progress, clock)
+        latents = self._denoise(mode, batch, jobs, pictures, progress, clock)
         if latents is None:  # an edit with no step to run
             images, redecoded = mode.unchanged(pictures), set()
         else:
@@ -292,8 +292,8 @@ class Engine:
             clock.lap("safety_checker")
         return images, clock.laps, redecoded, flagged
 
-    def _denoise(self, batch: TextToImageRequest, jobs: list[_Job], progress: Progress, clock: _Clock
-                 ) -> torch.Tensor | None:
+    def _denoise(self, mode, batch: TextToImageRequest, jobs: list[_Job], pictures: list[dict], progress: Progress,
+                 clock: _Clock) -> torch.Tensor | None:
         """The batch's latents: the base over the noisiest part of the schedule (from `strength`, for an edit) to
         the hand-off, the refiner over the rest; either alone where the schedule leaves the other none (see
         schedulers.expert_calls). None where no step is left to run."""
@@ -308,15 +308,13 @@ class Engine:
         base.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["base"],
                                         denoising_end=batch.high_noise_frac if both else None)
         refiner.scheduler = make_scheduler(batch.scheduler, self.scheduler_configs["refiner"])
-        base_inputs, refiner_inputs = MODES[batch.mode].inputs(
-            batch, [job.pictures for job in jobs], self.size_of(batch),
-            lambda pictures: self._encode_pictures(pictures, generators))
+        base_inputs, refiner_inputs = mode.inputs(batch, pictures, self.size_of(batch),
+                                                  lambda inputs: self._encode_pictures(inputs, generators))
         options = {"num_inference_steps": batch.steps, "guidance_scale": guidance, "generator": generators,
                    "output_type": "latent", "callback_on_step_end": progress.on_step_end}
         base_embeds = self._encode(self.base, jobs, guidance) if base_calls else None
         refiner_embeds = self._encode(self.refiner, jobs, guidance) if refiner_calls else None
         clock.lap("text_encoders")
-        latents = None
         if base_calls:
             progress.stage = "base"
             latents = base(**base_embeds, **options, **base_inputs,
