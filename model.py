@@ -24,7 +24,8 @@ from stable_diffusion_xl.serving.hardware import deployment_options, describe, r
 from stable_diffusion_xl.serving.limits import SlowBodies
 from stable_diffusion_xl.serving.metrics import ReplicaMetrics
 from stable_diffusion_xl.serving.settings import Settings
-from stable_diffusion_xl.serving.trainings import Trainings
+from stable_diffusion_xl.serving.transport import GenerationCall, Parsed, StatusCall, TrainingCall
+from stable_diffusion_xl.training.queue import TrainingQueue
 from stable_diffusion_xl.weights.layout import WeightPaths
 from stable_diffusion_xl.weights.library_logs import quiet_library_logs
 
@@ -62,25 +63,24 @@ class StableDiffusionXL:
 
     async def __call__(self, request, grpc_context=None):
         call = incoming(request, grpc_context)
-        if call.at_once:  # Instill Core's scale-from-zero ping, a model list, the page: no body, no work
-            return call.answer_at_once(self.status())
+        if isinstance(call, StatusCall):  # Instill Core's scale-from-zero ping, a model list, the page: no key, no work
+            return call.answer(self.status())
         try:
-            call.authorize(self.api_key)
-            if call.trains:  # queued on the Ray cluster, never run here
+            call.authorize(self.api_key)  # a path no route takes is refused here, key or not
+            if isinstance(call, TrainingCall):  # queued on the Ray cluster, never run here
                 return await call.train(self.trainings, self.limits)
-            requests = await call.requests(self.limits)
+            parsed = await call.parse(self.limits)
         except InvalidRequest as error:
             self.metrics.reject(call.api, error)
             log.info("rejected %s call: bad %s", call.api, error.label)
             return call.reject(error)
         progress = Progress()
-        answer = self.answer(call, requests, progress)
-        return call.stream(answer, progress) if call.streams else await answer
+        return await call.respond(self.answer(call, parsed, progress), progress)
 
-    async def answer(self, call, requests, progress: Progress):
+    async def answer(self, call: GenerationCall, parsed: Parsed, progress: Progress):
         try:
             # In a thread, JPEG encoding included, so pings and health checks are answered while the GPU works.
-            return await asyncio.to_thread(self.generate, call, requests, progress)
+            return await asyncio.to_thread(self.generate, call, parsed, progress)
         except asyncio.CancelledError:
             progress.cancel()  # the caller went away (deadline, hang-up): the engine stops at the next step
             raise
@@ -95,12 +95,15 @@ class StableDiffusionXL:
                 "api_key_required": self.api_key is not None,
                 "training": {"enabled": self.trainings is not None, "gpus": self.settings.train_gpus}}
 
-    def start_trainings(self) -> Trainings:
+    def start_trainings(self) -> TrainingQueue:
         """SDXL_TRAINING=1: this application's trainings, on the weights and into the LoRA folder it serves."""
         weights = WeightPaths.locate(self.settings.weights_dir, demo=self.settings.demo_weights)
-        return Trainings(serve.get_replica_context().app_name, weights, self.engine.adapters.folder, self.settings)
+        return TrainingQueue(serve.get_replica_context().app_name, weights, self.engine.adapters.folder,
+                             gpus=self.settings.train_gpus, max_trainings=self.settings.max_trainings,
+                             may_overwrite=self.settings.train_overwrite, photo_limits=self.settings.limits.photos)
 
-    def generate(self, call, requests, progress: Progress):
+    def generate(self, call: GenerationCall, parsed: Parsed, progress: Progress):
+        requests = parsed.requests
         try:
             generations = self.engine.generate(requests, progress)
         except Cancelled as stopped:
@@ -109,11 +112,11 @@ class StableDiffusionXL:
             raise
         except Exception as error:
             self.metrics.fail(call.api, error)
-            answer = call.failed(error)
+            answer = call.failure_answer(parsed, error)
             if answer is None:
                 raise
             return answer
-        response = call.answer(requests, generations, self.settings.jpeg_quality)
+        response = call.answer(parsed, generations, self.settings.jpeg_quality)
         self.metrics.record(call.api, [request.aspect_ratio for request in requests], generations)
         log.info("%d task inputs, %d images, seconds %s", len(requests), sum(len(g.images) for g in generations),
                  [{stage: round(s, 3) for stage, s in g.timings.items()} for g in generations])

@@ -161,23 +161,12 @@ def _read(path: Path, name: str) -> bytes:
         raise InvalidRequest(name, f"cannot be read ({type(error).__name__})") from None
 
 
-# What `serve` lists: each API's route below the application's route prefix.
-SERVED_APIS = {
-    "Instill task inputs (POST)": "/",
-    "OpenAI Images (SDK base_url)": "/v1",
-    "Azure ML online endpoint (POST)": "/score",
-    "cog predictions (POST)": "/predictions",
-    "plain body (POST)": "/predict",
-    "try it in a browser": "/ui",
-}
-
-
 def _model_env(args) -> tuple[dict[str, str], Settings]:
     """The replica's SDXL_* variables and its settings, checked here so that a mistake fails at once, with the
     fix, rather than in a Ray replica; the other SDXL_* variables of this shell reach the replica as they are."""
-    from .generation.engine import choose_device
     from .generation.quantize import refuse_unsupported
     from .serving.hardware import GPU_VARIABLES, replica_device
+    from .weights.loading import choose_device
 
     env = {"SDXL_WEIGHTS_DIR": str(args.weights.resolve()), "SDXL_DEMO_WEIGHTS": "1" if args.demo else "0"}
     settings = Settings.from_env({**os.environ, **env})
@@ -185,7 +174,7 @@ def _model_env(args) -> tuple[dict[str, str], Settings]:
     paths = WeightPaths.locate(args.weights, demo=args.demo)
     # The replica runs on this machine's device: on a GPU machine it asks Ray for one, as hardware GPU on Core does,
     # unless this shell says otherwise (Ray hides the GPUs from a replica that asked for none).
-    device = settings.device or choose_device()[0]
+    device = choose_device(settings.device)
     if device == "cuda":
         replica_device(device)  # SDXL_DEVICE=cuda where torch has no GPU: refused now, not by a replica
         if not any(variable in os.environ for variable in GPU_VARIABLES):
@@ -195,6 +184,7 @@ def _model_env(args) -> tuple[dict[str, str], Settings]:
 
 
 def _serve(args) -> int:
+    from .apis.routes import served_routes
     from .serving.local_serve import Application, Ports, check_free, run
 
     env, settings = _model_env(args)
@@ -204,8 +194,8 @@ def _serve(args) -> int:
     print(f"serving on http://{args.host}:{ports.http}/" + (f" and gRPC [::]:{ports.grpc}" if ports.grpc else "") +
           " (application 'default')")
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    for api, path in SERVED_APIS.items():
-        print(f"  {api:<34} http://{shown}:{ports.http}{path}")
+    for method, path, title in served_routes():
+        print(f"  {title:<38} {method:<4} http://{shown}:{ports.http}{path}")
     if ports.grpc and settings.http_api_key() is None:
         print(f"  note: Ray Serve's gRPC proxy listens on every interface and no SDXL_API_KEY is set: anyone who "
               f"reaches port {ports.grpc} can generate; set one, or --grpc-port 0 for no gRPC", file=sys.stderr)
@@ -313,13 +303,14 @@ def _train(args) -> int:
     from tqdm import tqdm
 
     from .training.options import TrainingOptions
+    from .training.output import check_name
     from .training.photos import read_photos
-    from .training.trainer import refuse_taken, train
+    from .training.trainer import train
 
     options = TrainingOptions(**{spec.name: getattr(args, spec.name) for spec in OPTIONS.values()})
     paths = WeightPaths.locate(args.weights, demo=args.demo)
     lora_dir = args.lora_dir or Settings.from_env().lora_dir or paths.loras
-    refuse_taken(lora_dir, options)  # before the photos are read
+    check_name(lora_dir, options.name, overwrite=options.overwrite)  # before the photos are read
     with warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")
         photos = read_photos(args.images)

@@ -6,11 +6,19 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from .apis.routes import served_routes
 from .fields import FLAG, FOLDER, Spec, spec_of
 from .generation.request import MAX_PROMPT_CHARS, PARAMETERS
 from .serving.environment import declared
 from .serving.settings import Settings
 from .training.options import OPTIONS
+
+
+def route_table() -> str:
+    """What the application serves over HTTP: from the route table."""
+    rows = ["| method | path | what |", "|---|---|---|"]
+    rows += [f"| {method} | `{path}` | {title} |" for method, path, title in served_routes()]
+    return "\n".join(rows)
 
 
 def parameter_table() -> str:

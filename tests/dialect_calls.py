@@ -36,7 +36,7 @@ def raw_reply(path: str, payload: bytes, headers: dict, limits: Limits | None = 
     call = http_route(Request(scope, receive))
     try:
         call.authorize(api_key)
-        requests = asyncio.run(call.requests(limits or Limits()))
+        requests = asyncio.run(call.parse(limits or Limits())).requests
     except InvalidRequest as error:
         response = call.reject(error)
         return response.status_code, json.loads(response.body), []

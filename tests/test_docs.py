@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stable_diffusion_xl.docs import option_table, parameter_table, settings_table
+from stable_diffusion_xl.docs import option_table, parameter_table, route_table, settings_table
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
@@ -17,6 +17,10 @@ ANCHOR = re.compile(r"[^\w\- ]")
 
 def test_the_request_table_on_the_apis_page_is_generated_from_the_dataclass():
     assert parameter_table() in (ROOT / "docs" / "apis.md").read_text()
+
+
+def test_the_route_table_on_the_apis_page_is_generated_from_the_routes():
+    assert route_table() in (ROOT / "docs" / "apis.md").read_text()
 
 
 def test_the_settings_table_on_the_settings_page_is_generated_from_the_declarations():

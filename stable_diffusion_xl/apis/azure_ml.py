@@ -16,10 +16,9 @@ from http import HTTPStatus
 from starlette.responses import JSONResponse
 
 from ..fields import InvalidRequest, excerpt, unknown_key
-from ..generation.request import TextToImageRequest
 from ..serving.encoding import encode_all, to_base64
 from ..serving.limits import Limits
-from ..serving.transport import HttpCall
+from ..serving.transport import HttpGeneration, Parsed
 from .vocabulary import Vocabulary, json_object
 
 COLUMNS = ("prompt", "negative_prompt")
@@ -27,10 +26,11 @@ VOCABULARY = Vocabulary({"num_inference_steps": "steps"}, without=["n"],  # one 
                         elsewhere=["input_data", "columns", "index", "parameters"])
 
 
-class AzureScore(HttpCall):
+class AzureScore(HttpGeneration):
     api = "azure-ml"
+    title = "Azure ML online endpoint"
 
-    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+    async def parse(self, limits: Limits) -> Parsed:
         body = json_object(await self.json_body(limits), "body")
         unknown = sorted(set(body) - {"input_data", "parameters"})
         if unknown:
@@ -56,14 +56,14 @@ class AzureScore(HttpCall):
                 requests.append(VOCABULARY.request({**parameters, **dict(zip(columns, values))}, limits, len(requests)))
             except InvalidRequest as error:
                 raise error.within(f"input_data.data[{index}]." if error.field in COLUMNS else "parameters.") from None
-        return requests
+        return Parsed(requests)
 
-    def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
+    def answer(self, parsed, generations, jpeg_quality) -> JSONResponse:
         images = encode_all(generations, to_base64, "jpeg", jpeg_quality)
         return JSONResponse([
             {"prompt": request.prompt, "generated_image": image,
              "nsfw_content_detected": generation.filtered[0] if generation.safety_checked else None}
-            for request, generation, (image,) in zip(requests, generations, images)
+            for request, generation, (image,) in zip(parsed.requests, generations, images)
         ])
 
     def error_body(self, error: InvalidRequest) -> dict:

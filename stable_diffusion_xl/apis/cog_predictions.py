@@ -25,7 +25,7 @@ from ..generation.schedulers import SCHEDULERS
 from ..generation.sizes import NATIVE_SIZES
 from ..serving.encoding import encode_all, to_data_uri
 from ..serving.limits import Limits
-from ..serving.transport import HttpCall
+from ..serving.transport import HttpCall, HttpGeneration, Parsed, StatusCall
 from .vocabulary import Vocabulary, choose, json_object
 
 # cog-sdxl's scheduler names (PNDM and KLMS have no counterpart here); ours are taken too.
@@ -44,20 +44,23 @@ VOCABULARY = Vocabulary({"num_outputs": "n", "num_inference_steps": "steps", "re
 NSFW = "NSFW content detected. Try running it again, or try a different prompt."
 
 
-class CogPrediction(HttpCall):
-    api = "cog"
+class CogPrediction(HttpGeneration):
+    """A prediction; its `id`, when sent, is the answer's option."""
 
-    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+    api = "cog"
+    title = "cog predictions"
+
+    async def parse(self, limits: Limits) -> Parsed:
         body = json_object(await self.json_body(limits, pictures=True), "body")
         unknown = sorted(set(body) - {"input", "id"})
         if unknown:
             error = unknown_key(unknown[0], ["input", "id"], "key")  # webhook, output_file_prefix: not served
             raise InvalidRequest(error.field, f"{error.reason}; webhooks are not served")
-        self.id = body.get("id")
-        if not isinstance(self.id, (str, type(None))):
-            raise InvalidRequest("id", f"must be a string, got {excerpt(self.id)}")
+        prediction_id = body.get("id")
+        if not isinstance(prediction_id, (str, type(None))):
+            raise InvalidRequest("id", f"must be a string, got {excerpt(prediction_id)}")
         try:
-            return [self._request(dict(json_object(body.get("input"), "input")), limits)]
+            return Parsed([self._request(dict(json_object(body.get("input"), "input")), limits)], prediction_id)
         except InvalidRequest as error:
             raise error.within("input.") from None
 
@@ -90,25 +93,22 @@ class CogPrediction(HttpCall):
             fields["refine"] = REFINE[choose(fields["refine"], "refine", REFINE)]
         return VOCABULARY.request(fields, limits, settled=None if edit else {"aspect-ratio": SIZES[size]})
 
-    def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
+    def answer(self, parsed, generations, jpeg_quality) -> JSONResponse:
         (generation,) = generations
         (images,) = encode_all(generations, to_data_uri, "jpeg", jpeg_quality)
         kept = [image for image, unsafe in zip(images, generation.filtered) if not unsafe]
-        (request,) = requests
+        (request,) = parsed.requests
         # cog-sdxl logs its mode; an edit's line also says the size its picture was fitted to.
         logs = f"{request.mode} mode, {generation.width}x{generation.height}\n" if request.pictures else ""
         logs += "".join(f"Using seed: {seed}\n" for seed in generation.seeds)
         logs += "".join(f"NSFW content detected in image {index}\n"
                         for index, unsafe in enumerate(generation.filtered) if unsafe)
         outcome = {"status": "succeeded", "output": kept} if kept else {"status": "failed", "error": NSFW}
-        return self._prediction(outcome, logs, sum(generation.timings.values()))
+        return prediction(parsed.options, outcome, logs, sum(generation.timings.values()))
 
-    def failed(self, error: Exception) -> JSONResponse:
-        return self._prediction({"status": "failed", "error": f"the generation failed ({type(error).__name__})"})
-
-    def _prediction(self, outcome: dict, logs: str = "", seconds: float | None = None) -> JSONResponse:
-        metrics = {"predict_time": round(seconds, 4)} if seconds is not None else {}
-        return JSONResponse({**({"id": self.id} if self.id else {}), **outcome, "logs": logs, "metrics": metrics})
+    def failure_answer(self, parsed, error: Exception) -> JSONResponse:
+        failure = {"status": "failed", "error": f"the generation failed ({type(error).__name__})"}
+        return prediction(parsed.options, failure)
 
     def error_status(self, error: InvalidRequest) -> int:
         return 422 if error.http_status == 400 else error.http_status
@@ -119,10 +119,17 @@ class CogPrediction(HttpCall):
         return {"detail": [{"loc": ["body", *error.field.split(".")], "msg": error.reason, "type": "value_error"}]}
 
 
-class CogHealth(HttpCall):
+class CogHealth(HttpCall, StatusCall):
     """`GET /health-check`, which cog clients poll before they predict."""
 
-    api, at_once = "cog", True
+    api = "cog"
+    title = "cog health check"
 
-    def answer_at_once(self, status: dict) -> JSONResponse:
+    def answer(self, status: dict) -> JSONResponse:
         return JSONResponse({"status": "READY", "setup": {"status": "succeeded"}})
+
+
+def prediction(prediction_id: str | None, outcome: dict, logs: str = "", seconds: float | None = None) -> JSONResponse:
+    metrics = {"predict_time": round(seconds, 4)} if seconds is not None else {}
+    return JSONResponse({**({"id": prediction_id} if prediction_id else {}), **outcome, "logs": logs,
+                         "metrics": metrics})

@@ -24,10 +24,10 @@ from ..generation.request import TextToImageRequest, from_fields, text_only
 from ..generation.results import Generation
 from ..serving.encoding import encode_all, to_base64
 from ..serving.limits import Limits
-from ..serving.transport import Call, HttpCall, key_problem
+from ..serving.transport import GenerationCall, HttpGeneration, Parsed, key_problem
 
 
-class InstillGrpc(Call):
+class InstillGrpc(GenerationCall):
     """Core's `UserDefinedService/__call__`; errors are INVALID_ARGUMENT with the field in the details,
     UNAUTHENTICATED for a missing or wrong API key."""
 
@@ -43,17 +43,17 @@ class InstillGrpc(Call):
             raise InvalidRequest("authorization", f"{problem}; send it as gRPC metadata `authorization: Bearer "
                                                   "<key>`", http_status=401)
 
-    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+    async def parse(self, limits: Limits) -> Parsed:
         size = self.call.ByteSize()
         if size > limits.max_body_bytes:
             raise InvalidRequest("task_inputs", f"the call is {size} bytes; this deployment takes at most "
                                                 f"{limits.max_body_bytes}")
         inputs = [plain(task_input) for task_input in self.call.task_inputs]
-        return parse_all(inputs, parse_task_input, limits, "task_inputs")
+        return Parsed(parse_all(inputs, parse_task_input, limits, "task_inputs"))
 
-    def answer(self, requests, generations, jpeg_quality) -> CallResponse:
-        response = build_output(self.call, requests, generations, jpeg_quality)
-        for output, request, generation in zip(response.task_outputs, requests, generations):
+    def answer(self, parsed, generations, jpeg_quality) -> CallResponse:
+        response = build_output(self.call, parsed.requests, generations, jpeg_quality)
+        for output, request, generation in zip(response.task_outputs, parsed.requests, generations):
             output.update({"metadata": {"usage": usage(request, generation)}})
         return response
 
@@ -64,17 +64,18 @@ class InstillGrpc(Call):
         return CallResponse()
 
 
-class InstillHttp(HttpCall):
+class InstillHttp(HttpGeneration):
     """A POST of task inputs as JSON; errors are 4xx `{"error": ..., "field": ...}`."""
 
     api = "instill-http"
+    title = "Instill task inputs"
 
-    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
-        return parse_json(await self.json_body(limits, pictures=True), limits)
+    async def parse(self, limits: Limits) -> Parsed:
+        return Parsed(parse_json(await self.json_body(limits, pictures=True), limits))
 
-    def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
-        outputs = build_output(self.request, requests, generations, jpeg_quality)
-        for output, request, generation in zip(outputs, requests, generations):
+    def answer(self, parsed, generations, jpeg_quality) -> JSONResponse:
+        outputs = build_output(self.request, parsed.requests, generations, jpeg_quality)
+        for output, request, generation in zip(outputs, parsed.requests, generations):
             output["metadata"] = {"usage": usage(request, generation)}
         return JSONResponse(outputs)
 

@@ -25,11 +25,11 @@ from PIL import Image
 
 from ..fields import FLAG, INTEGER, InvalidRequest, spec_of
 from ..generation.pictures import as_image, decode_picture, mask_from_alpha
-from ..generation.request import PARAMETERS, TextToImageRequest
+from ..generation.request import PARAMETERS
 from ..generation.sizes import NATIVE_SIZES, nearest_aspect_ratio
 from ..serving.limits import Limits
-from ..serving.transport import Upload
-from .openai_images import OpenAIImages
+from ..serving.transport import Parsed, Upload
+from .openai_images import OpenAIImages, take_options
 from .vocabulary import Vocabulary
 
 # OpenAI's edit fields that mean nothing to SDXL, taken (as strings) so that a client's existing call works.
@@ -47,7 +47,9 @@ class OpenAIEdits(OpenAIImages):
     """`POST /v1/images/edits`: the answer of `/v1/images/generations` (`created`, `data`, `size`,
     `output_format`, `seeds`)."""
 
-    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+    title = "OpenAI image edits"
+
+    async def parse(self, limits: Limits) -> Parsed:
         parts = await self.form_body(limits, upload_bytes(limits), UPLOAD_SETTINGS)
         fields, files = form_fields(parts)
         for name in NOT_SERVED:
@@ -57,18 +59,18 @@ class OpenAIEdits(OpenAIImages):
         for name, kind in (("output_compression", INTEGER), ("stream", FLAG)):  # form text, as JSON would carry it
             if name in fields:
                 fields[name] = kind.read(fields[name])
-        size = self.take_options(fields, IGNORED)
+        size, reply = take_options(fields, IGNORED)
         image, mask = pictures(files, limits)
         served = "{}x{}".format(*NATIVE_SIZES[nearest_aspect_ratio(*image.size)])
         if size not in ("auto", served):
             raise InvalidRequest("size", f"is {size}, but an edit keeps the picture's shape: this one is made at "
                                          f"{served}; send auto or {served}")
-        return [VOCABULARY.request(typed(fields), limits, settled={"image": image, "mask": mask})]
+        return Parsed([VOCABULARY.request(typed(fields), limits, settled={"image": image, "mask": mask})], reply)
 
-    def answer_body(self, requests, generations, jpeg_quality) -> dict:
+    def answer_body(self, parsed, generations, jpeg_quality) -> dict:
         """The generations answer, with the edit's mode and strength."""
-        (request,) = requests
-        return {**super().answer_body(requests, generations, jpeg_quality), "mode": request.mode,
+        (request,) = parsed.requests
+        return {**super().answer_body(parsed, generations, jpeg_quality), "mode": request.mode,
                 "strength": request.strength}
 
 

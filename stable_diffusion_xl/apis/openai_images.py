@@ -9,15 +9,15 @@ BadRequestError (AuthenticationError for a key) with our message.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from starlette.responses import JSONResponse
 
 from ..fields import InvalidRequest, excerpt
-from ..generation.request import TextToImageRequest
 from ..generation.sizes import NATIVE_SIZES
 from ..serving.encoding import encode_all, to_base64, to_data_uri
 from ..serving.limits import Limits
-from ..serving.transport import HttpCall
+from ..serving.transport import HttpCall, HttpGeneration, Parsed, StatusCall
 from .vocabulary import Vocabulary, choose, json_object
 
 SIZES = {f"{width}x{height}": ratio for ratio, (width, height) in NATIVE_SIZES.items()}
@@ -35,48 +35,39 @@ VOCABULARY = Vocabulary({}, without=["aspect-ratio"], own=["size", "response_for
 SDXL_RELEASED = 1690329600  # 2023-07-26, SDXL 1.0's release: the model's "created" time
 
 
-class OpenAIImages(HttpCall):
+class Reply(NamedTuple):
+    """How the images are answered, as OpenAI's fields ask."""
+
+    response_format: str  # b64_json or url
+    output_format: str
+    quality: int | None  # output_compression; None: the deployment's JPEG quality
+
+
+class OpenAIImages(HttpGeneration):
     """`POST /v1/images/generations`: {"created", "data": [{"b64_json"} or {"url"}], "size", "output_format",
     "seeds"}."""
 
     api = "openai"
+    title = "OpenAI Images (the SDKs' base_url is /v1)"
 
-    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
+    async def parse(self, limits: Limits) -> Parsed:
         fields = dict(json_object(await self.json_body(limits), "body"))
         VOCABULARY.reject_unknown(fields)
-        size = self.take_options(fields, IGNORED)
+        size, reply = take_options(fields, IGNORED)
         choose(fields.pop("moderation", "auto"), "moderation", MODERATIONS)
-        return [VOCABULARY.request(fields, limits, settled={"aspect-ratio": SIZES.get(size, "1:1")})]
+        return Parsed([VOCABULARY.request(fields, limits, settled={"aspect-ratio": SIZES.get(size, "1:1")})], reply)
 
-    def take_options(self, fields: dict, ignored: tuple[str, ...]) -> str:
-        """OpenAI's own fields, taken out of `fields`: how to answer (kept), those `ignored`, and the size asked
-        for (returned)."""
-        self.response_format = choose(fields.pop("response_format", "b64_json"), "response_format", RESPONSE_FORMATS)
-        self.output_format = choose(fields.pop("output_format", "png"), "output_format", OUTPUT_FORMATS)
-        self.quality = fields.pop("output_compression", None)  # None: the deployment's JPEG quality
-        if self.quality is not None and (type(self.quality) is not int or not 0 <= self.quality <= 100):
-            raise InvalidRequest("output_compression", f"must be an integer from 0 to 100, got {excerpt(self.quality)}")
-        if fields.pop("stream", False) is not False:
-            raise InvalidRequest("stream", "must be false: this deployment answers with the finished images")
-        for name in ignored:
-            if not isinstance(fields.pop(name, ""), str):
-                raise InvalidRequest(name, "must be a string")
-        if fields.get("background") == "transparent":
-            raise InvalidRequest("background", "transparent is not served: SDXL makes opaque images; use opaque or "
-                                               "auto")
-        choose(fields.pop("background", "auto"), "background", BACKGROUNDS)
-        return choose(fields.pop("size", "auto"), "size", ["auto", *SIZES])
+    def answer(self, parsed, generations, jpeg_quality) -> JSONResponse:
+        return JSONResponse(self.answer_body(parsed, generations, jpeg_quality))
 
-    def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
-        return JSONResponse(self.answer_body(requests, generations, jpeg_quality))
-
-    def answer_body(self, requests, generations, jpeg_quality) -> dict:
+    def answer_body(self, parsed, generations, jpeg_quality) -> dict:
         (generation,) = generations
-        encoder = to_data_uri if self.response_format == "url" else to_base64
-        quality = jpeg_quality if self.quality is None else self.quality
-        (images,) = encode_all(generations, encoder, self.output_format, quality)
-        body = {"created": int(time.time()), "data": [{self.response_format: image} for image in images],
-                "size": f"{generation.width}x{generation.height}", "output_format": self.output_format,
+        reply: Reply = parsed.options
+        encoder = to_data_uri if reply.response_format == "url" else to_base64
+        quality = jpeg_quality if reply.quality is None else reply.quality
+        (images,) = encode_all(generations, encoder, reply.output_format, quality)
+        body = {"created": int(time.time()), "data": [{reply.response_format: image} for image in images],
+                "size": f"{generation.width}x{generation.height}", "output_format": reply.output_format,
                 "seeds": generation.seeds}
         if generation.safety_checked:  # flagged images are black
             body["content_filtered"] = [index for index, unsafe in enumerate(generation.filtered) if unsafe]
@@ -87,11 +78,31 @@ class OpenAIImages(HttpCall):
         return {"error": {"message": str(error), "type": "invalid_request_error", "param": error.field, "code": code}}
 
 
-class OpenAIModels(HttpCall):
+def take_options(fields: dict, ignored: tuple[str, ...]) -> tuple[str, Reply]:
+    """OpenAI's own fields, taken out of `fields`: those `ignored`, and the size asked for and how to answer
+    (returned)."""
+    reply = Reply(choose(fields.pop("response_format", "b64_json"), "response_format", RESPONSE_FORMATS),
+                  choose(fields.pop("output_format", "png"), "output_format", OUTPUT_FORMATS),
+                  fields.pop("output_compression", None))
+    if reply.quality is not None and (type(reply.quality) is not int or not 0 <= reply.quality <= 100):
+        raise InvalidRequest("output_compression", f"must be an integer from 0 to 100, got {excerpt(reply.quality)}")
+    if fields.pop("stream", False) is not False:
+        raise InvalidRequest("stream", "must be false: this deployment answers with the finished images")
+    for name in ignored:
+        if not isinstance(fields.pop(name, ""), str):
+            raise InvalidRequest(name, "must be a string")
+    if fields.get("background") == "transparent":
+        raise InvalidRequest("background", "transparent is not served: SDXL makes opaque images; use opaque or auto")
+    choose(fields.pop("background", "auto"), "background", BACKGROUNDS)
+    return choose(fields.pop("size", "auto"), "size", ["auto", *SIZES]), reply
+
+
+class OpenAIModels(HttpCall, StatusCall):
     """`GET /v1/models`: the one model this deployment serves."""
 
-    api, at_once = "openai", True
+    api = "openai"
+    title = "OpenAI model list"
 
-    def answer_at_once(self, status: dict) -> JSONResponse:
+    def answer(self, status: dict) -> JSONResponse:
         model = {"id": status["model"], "object": "model", "created": SDXL_RELEASED, "owned_by": "stabilityai"}
         return JSONResponse({"object": "list", "data": [model]})

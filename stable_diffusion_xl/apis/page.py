@@ -11,7 +11,7 @@ from pathlib import Path
 
 from starlette.responses import Response
 
-from ..serving.transport import HttpCall, route_path
+from ..serving.transport import HttpCall, StatusCall, route_path
 
 PAGE_DIR = Path(__file__).parent / "ui"
 # route path -> (file in ui/, media type)
@@ -27,12 +27,13 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; base
 BASE_PLACEHOLDER = b'<base href="./">'
 
 
-class PageFile(HttpCall):
+class PageFile(HttpCall, StatusCall):
     """A GET of the page or one of its files."""
 
-    api, at_once = "page", True
+    api = "page"
+    title = "try it in a browser"
 
-    def answer_at_once(self, status: dict) -> Response:
+    def answer(self, status: dict) -> Response:
         name, media_type = PAGE_FILES[route_path(self.request)]
         content = (PAGE_DIR / name).read_bytes()
         if name == "index.html":  # its links resolve below the route prefix, whether /ui ends in a slash or not

@@ -11,24 +11,24 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from ..generation.request import TextToImageRequest
 from ..serving.encoding import encode_all, to_data_uri
 from ..serving.limits import Limits
-from ..serving.transport import HttpCall
+from ..serving.transport import HttpGeneration, Parsed
 from .vocabulary import Vocabulary, json_object
 
 VOCABULARY = Vocabulary({"num_inference_steps": "steps", "num_images": "n"}, pictures=True)
 
 
-class PlainPredict(HttpCall):
+class PlainPredict(HttpGeneration):
     api = "plain"
+    title = "plain body"
 
-    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
-        return [VOCABULARY.request(json_object(await self.json_body(limits, pictures=True), "body"), limits)]
+    async def parse(self, limits: Limits) -> Parsed:
+        return Parsed([VOCABULARY.request(json_object(await self.json_body(limits, pictures=True), "body"), limits)])
 
-    def answer(self, requests, generations, jpeg_quality) -> JSONResponse:
+    def answer(self, parsed, generations, jpeg_quality) -> JSONResponse:
         (generation,) = generations
         (images,) = encode_all(generations, to_data_uri, "jpeg", jpeg_quality)
-        (request,) = requests
+        (request,) = parsed.requests
         return JSONResponse({"images": images, "seeds": generation.seeds, "mode": request.mode,
                              "width": generation.width, "height": generation.height})

@@ -22,7 +22,8 @@ from .page import PAGE_FILES, PageFile
 from .plain_predict import PlainPredict
 from .trainings import CancelTraining, StartTraining, TrainingStatus
 
-# path -> {method: dialect}; a GET of the route itself is the status ping Instill Core sends.
+# path -> {method: dialect}; a GET of the route itself is the status ping Instill Core sends. The one list of what is
+# served: `serve` prints it and docs/apis.md shows it (served_routes).
 HTTP_ROUTES = {
     "/": {"POST": InstillHttp, "GET": StatusPing, "HEAD": StatusPing},
     "/v1/images/generations": {"POST": OpenAIImages},
@@ -40,6 +41,18 @@ HTTP_ROUTES = {
 # The paths with an {id} segment: one path segment, matched whole.
 TEMPLATES = {re.compile(re.escape(path).replace(re.escape("{id}"), "(?P<id>[^/]+)")): path
              for path in HTTP_ROUTES if "{id}" in path}
+
+
+def served_routes() -> list[tuple[str, str, str]]:
+    """(method, path, title) for each dialect each path serves, its first method only (GET, not HEAD too), and the
+    page at its first path only (not each of its files)."""
+    routes, seen = [], set()
+    for path, methods in HTTP_ROUTES.items():
+        for method, dialect in methods.items():
+            if dialect not in seen:
+                seen.add(dialect)
+                routes.append((method, path, dialect.title))
+    return routes
 
 
 def incoming(call, grpc_context=None) -> Call:

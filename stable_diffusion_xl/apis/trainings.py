@@ -6,8 +6,9 @@
 
 The photos come as a multipart form (`images` files, repeatable, or one zip; the options as form fields) or as JSON
 ({"images": [data URIs], "name": ..., ...}). Options are TrainingOptions' fields by their wire names
-(`learning-rate`). Errors are {"error", "field"}, as the plain and Instill HTTP routes answer them. The training
-itself runs on the Ray cluster (serving/trainings.py), never in this replica.
+(`learning-rate`). Errors are {"error", "field"}, as the plain and Instill HTTP routes answer them; the queue's
+refusals are answered with their status codes here (REFUSALS). The training itself runs on the Ray cluster
+(training/queue.py), never in this replica.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from starlette.responses import JSONResponse
 from ..fields import KNOWN_FIELDS, InvalidRequest, excerpt, spec_of, unknown_key, wire_name
 from ..generation.pictures import decode_base64
 from ..serving.limits import Limits
-from ..serving.trainings import Trainings
-from ..serving.transport import HttpCall, Upload, read_body
+from ..serving.transport import HttpCall, TrainingCall, Upload, read_body
 from ..training.options import TrainingOptions, from_fields
-from ..training.photos import MAX_FILES
+from ..training.output import NameTaken, NotMadeHere
+from ..training.photos import MAX_FILES, PhotoError
+from ..training.queue import NameBusy, OverwriteOff, QueueFull, TrainingQueue
 
 # What a caller may set, by wire name: every option but the checkpoints' (kept on the trainer's own machine) and
 # the workers (a training here is one Ray task with SDXL_TRAIN_GPUS GPUs; the `train` command spreads one wider).
@@ -37,17 +39,19 @@ UPLOAD_TIME_FACTOR = 10  # photos take longer to arrive than a prompt: this many
 TRAINING_ID = re.compile(r"[0-9a-f]{32}")
 SWITCHED_OFF = ("trainings are off on this deployment: start it with SDXL_TRAINING=1 to serve "
                 "/v1/trainings")
+# The queue's refusals, by the HTTP status each is answered with.
+REFUSALS = {NameTaken: 409, NameBusy: 409, NotMadeHere: 403, OverwriteOff: 403, QueueFull: 429}
 
 
-class TrainingCall(HttpCall):
-    api, trains = "trainings", True
+class TrainingRoute(HttpCall, TrainingCall):
+    api = "trainings"
 
-    async def train(self, trainings: Trainings | None, limits: Limits) -> JSONResponse:
+    async def train(self, trainings: TrainingQueue | None, limits: Limits) -> JSONResponse:
         if trainings is None:
             raise InvalidRequest("path", SWITCHED_OFF, http_status=404)
         return await self.act(trainings, limits)
 
-    async def act(self, trainings: Trainings, limits: Limits) -> JSONResponse:
+    async def act(self, trainings: TrainingQueue, limits: Limits) -> JSONResponse:
         raise NotImplementedError
 
     def training_id(self) -> str:
@@ -63,10 +67,12 @@ class TrainingCall(HttpCall):
         return JSONResponse(status, status_code=http_status)
 
 
-class StartTraining(TrainingCall):
+class StartTraining(TrainingRoute):
     """`POST /v1/trainings`: the photos and options; 202 with the queued training once it is checked."""
 
-    async def act(self, trainings: Trainings, limits: Limits) -> JSONResponse:
+    title = "start a training (SDXL_TRAINING=1)"
+
+    async def act(self, trainings: TrainingQueue, limits: Limits) -> JSONResponse:
         limit, timeout = limits.max_training_upload_mb << 20, limits.body_timeout_s * UPLOAD_TIME_FACTOR
         if self.is_form():
             photos, fields = form_fields(await self.form_body(limits, limit, UPLOAD_SETTING, max_files=MAX_FILES,
@@ -76,22 +82,31 @@ class StartTraining(TrainingCall):
         unknown = sorted(set(fields) - set(OPTIONS))
         if unknown:
             raise unknown_key(unknown[0], FIELDS, kind="field")
-        status = await trainings.start(photos, from_fields(fields))
+        try:
+            status = await trainings.start(photos, from_fields(fields))
+        except PhotoError as error:
+            raise InvalidRequest("images", str(error)) from None
+        except tuple(REFUSALS) as error:
+            raise InvalidRequest(error.field, error.reason, REFUSALS[type(error)], error.retry_after_s) from None
         return self.answer_status(status, status["id"], 202)
 
 
-class TrainingStatus(TrainingCall):
+class TrainingStatus(TrainingRoute):
     """`GET /v1/trainings/<id>`."""
 
-    async def act(self, trainings: Trainings, limits: Limits) -> JSONResponse:
+    title = "a training's status"
+
+    async def act(self, trainings: TrainingQueue, limits: Limits) -> JSONResponse:
         training_id = self.training_id()
         return self.answer_status(await trainings.status(training_id), training_id)
 
 
-class CancelTraining(TrainingCall):
+class CancelTraining(TrainingRoute):
     """`POST /v1/trainings/<id>/cancel`: a queued training is cancelled at once, a running one at its next step."""
 
-    async def act(self, trainings: Trainings, limits: Limits) -> JSONResponse:
+    title = "cancel a training"
+
+    async def act(self, trainings: TrainingQueue, limits: Limits) -> JSONResponse:
         training_id = self.training_id()
         return self.answer_status(await trainings.cancel(training_id), training_id)
 

@@ -29,6 +29,7 @@ from PIL import Image
 
 from ..weights.layout import DEFAULT_WEIGHTS_DIR, WeightPaths
 from ..weights.library_logs import quiet_library_logs
+from ..weights.loading import choose_device, dtype_for, load_base
 from . import compile as compiling
 from .adapters import DEFAULT_MAX_LORAS, ResidentAdapters
 from .compile import DEFAULT_COMPILE_MODE, compile_pipelines, compiled_graphs, inductor_compiles, refuse_adapters
@@ -59,11 +60,6 @@ class _Job:
     negative_prompt: str
     seed: int
     pictures: dict[str, Image.Image] = field(default_factory=dict, compare=False)
-
-
-def choose_device() -> tuple[str, torch.dtype]:
-    """fp16 on a GPU; fp32 on the CPU, where fp16 is slow and poorly supported."""
-    return ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
 
 
 class Engine:
@@ -103,28 +99,23 @@ class Engine:
         warm-up loads, or fills when it has none for this replica (default: compile-cache/ beside the models).
         `quantize="fp8"` puts the UNets' transformer layers in float8 (generation/quantize.py); on a device
         without fp8 it raises QuantizeRefused before any weight is read."""
-        from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+        from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
 
         paths = WeightPaths.locate(weights_dir, demo=demo)
         lora_dir = lora_dir or paths.loras
         if compile:
             refuse_adapters(lora_dir)  # before the weights are read, not after
-        device, dtype = (device, torch.float16 if device == "cuda" else torch.float32) if device else choose_device()
+        device = choose_device(device)
+        dtype = dtype_for(device)
         refuse_unsupported(quantize, device, lora_dir)
         if demo:
             log.warning("loading the DEMO weights from %s: tiny random models, their images are noise", paths.base)
             if device == "cpu":
                 torch.set_num_threads(1)  # models this small only lose time to thread synchronisation
+        vae = None  # the base's own, decoding in fp32
         if dtype == torch.float16 and (paths.vae_fp16_fix / "config.json").is_file():
             vae = AutoencoderKL.from_pretrained(paths.vae_fp16_fix, dtype=dtype, use_safetensors=True)
-        else:
-            # SDXL's own VAE overflows in fp16 (what diffusers' force_upcast is for): decode in fp32.
-            vae = AutoencoderKL.from_pretrained(
-                paths.base, subfolder="vae", dtype=torch.float32, variant="fp16", use_safetensors=True
-            )
-        base = StableDiffusionXLPipeline.from_pretrained(
-            paths.base, dtype=dtype, variant="fp16", use_safetensors=True, vae=vae
-        )
+        base = load_base(paths.base, dtype, vae)
         refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
             paths.refiner, dtype=dtype, variant="fp16", use_safetensors=True,
             text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2, vae=base.vae,

@@ -90,22 +90,20 @@ def decode_picture(data: bytes | str, field: str, limits: UploadLimits = UploadL
 
 def as_image(picture: Image.Image, field: str) -> Image.Image:
     """An RGB image: transparency laid on white, every other mode converted."""
-    picture = _eight_bits(picture, field)
-    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
-        rgba = picture.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return picture.convert("RGB")
+    return _flattened(_eight_bits(picture, field), (255, 255, 255, 255)).convert("RGB")
 
 
 def as_mask(picture: Image.Image, field: str) -> Image.Image:
     """A mask ("L") from a picture's brightness: white repaints, black keeps; transparency counts as black."""
-    picture = _eight_bits(picture, field)
+    return _flattened(_eight_bits(picture, field), (0, 0, 0, 255)).convert("L")
+
+
+def _flattened(picture: Image.Image, background: tuple[int, int, int, int]) -> Image.Image:
+    """The picture laid on `background` where it has transparency; as it is otherwise."""
     if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
         rgba = picture.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        picture = Image.alpha_composite(black, rgba)
-    return picture.convert("L")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba)
+    return picture
 
 
 _CONVERSIONS = {"RGB": as_image, "L": as_mask}

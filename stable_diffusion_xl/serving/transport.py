@@ -1,8 +1,9 @@
 """What every call is, whatever it came in on: parse, answer and reject in the caller's own dialect.
 
-The model's `__call__` asks `routes.incoming` once which `Call` it has. Below that nothing tells gRPC
-from HTTP; each dialect (Instill over gRPC and HTTP, the peer APIs, the web page) is a small `Call`
-subclass: its wire format in, `TextToImageRequest`s to the engine, its wire format out.
+The model's `__call__` asks `routes.incoming` once which `Call` it has, and answers it by its kind: a status, a
+training or a generation. Below that nothing tells gRPC from HTTP; each dialect (Instill over gRPC and HTTP, the
+peer APIs, the web page) is a small class of one kind: its wire format in, `TextToImageRequest`s to the engine,
+its wire format out.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hmac
 import json
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from python_multipart.exceptions import FormParserError
 from starlette.datastructures import UploadFile
@@ -26,7 +27,7 @@ from ..generation.results import Generation, Progress
 from .limits import SLOW_BODY_S, Limits
 
 if TYPE_CHECKING:
-    from .trainings import Trainings
+    from ..training.queue import TrainingQueue
 
 PROGRESS_INTERVAL_S = 0.25  # how often a streaming call reports the steps done
 # A form holds a picture or two (image, mask) and the request's fields, each field a short text.
@@ -40,37 +41,60 @@ class Upload(NamedTuple):
     data: bytes
 
 
+class Parsed(NamedTuple):
+    """What a generation call asks for: the engine's requests, and how the dialect is to answer them (its own
+    fields, such as OpenAI's response_format or cog's prediction id; None when it has none)."""
+
+    requests: list[TextToImageRequest]
+    options: Any = None
+
+
 class Call:
-    """One call in one dialect. `answer` runs in a worker thread, with the generation, because it
-    encodes the images."""
+    """One call in one dialect: who may make it and how a refusal is answered. Each call is of one kind,
+    `StatusCall`, `TrainingCall` or `GenerationCall`, which says how the model answers it."""
 
     api = "unknown"  # the dialect's name in metrics and logs
-    at_once = False  # answered at once from the model's status, with no generation: pings, model lists, the page
-    streams = False  # progress events while the images are made, then the answer
-    trains = False  # a training call (apis/trainings.py): `train` answers it, with no generation
+    title = ""  # what a route of this dialect is, as the `serve` command and docs/apis.md list the routes
 
     def authorize(self, api_key: str | None) -> None:
         """Refuse the call unless it carries `api_key` (when one is set)."""
 
-    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
-        raise NotImplementedError
-
-    def answer(self, requests: list[TextToImageRequest], generations: list[Generation], jpeg_quality: int):
-        raise NotImplementedError
-
-    async def train(self, trainings: Trainings | None, limits: Limits):
-        """A training call's answer, from the deployment's trainings (None: SDXL_TRAINING is off)."""
-        raise NotImplementedError
-
     def reject(self, error: InvalidRequest):
         raise NotImplementedError
 
-    def failed(self, error: Exception):
+
+class StatusCall(Call):
+    """Answered at once from the model's status, with no key and no work: pings, model lists, the page."""
+
+    def answer(self, status: dict):
+        raise NotImplementedError
+
+
+class TrainingCall(Call):
+    """A training's start, status or cancel: queued on the Ray cluster, never run in the replica."""
+
+    async def train(self, trainings: TrainingQueue | None, limits: Limits):
+        """The answer, from the deployment's trainings (None: SDXL_TRAINING is off)."""
+        raise NotImplementedError
+
+
+class GenerationCall(Call):
+    """Images made by the engine. `answer` runs in a worker thread, with the generation, because it encodes the
+    images."""
+
+    async def parse(self, limits: Limits) -> Parsed:
+        raise NotImplementedError
+
+    def answer(self, parsed: Parsed, generations: list[Generation], jpeg_quality: int):
+        raise NotImplementedError
+
+    def failure_answer(self, parsed: Parsed, error: Exception):
         """The dialect's answer to a generation that failed, or None to let the server report the failure."""
         return None
 
-    def answer_at_once(self, status: dict):
-        raise NotImplementedError
+    async def respond(self, answering: Coroutine, progress: Progress):
+        """The answer as the caller takes it: `answering` makes it (streaming HTTP calls report `progress` too)."""
+        return await answering
 
 
 class HttpCall(Call):
@@ -79,7 +103,6 @@ class HttpCall(Call):
 
     def __init__(self, request: Request):
         self.request = request
-        self.streams = "text/event-stream" in request.headers.get("accept", "")
 
     def authorize(self, api_key: str | None) -> None:
         problem = key_problem(self.request.headers.get("authorization", ""), api_key)
@@ -168,23 +191,32 @@ class HttpCall(Call):
             headers["Retry-After"] = str(error.retry_after_s)
         return JSONResponse(self.error_body(error), status_code=self.error_status(error), headers=headers)
 
-    def answer_at_once(self, status: dict):
-        return JSONResponse(status)
 
-    def stream(self, answer: Coroutine, progress: Progress) -> StreamingResponse:
-        """Server-sent events: `progress` as the steps are done, then `result` with the body `answer` makes."""
-        return StreamingResponse(progress_events(answer, progress), media_type="text/event-stream",
+
+class HttpGeneration(HttpCall, GenerationCall):
+    """A generation over HTTP; a caller who accepts text/event-stream gets progress events first."""
+
+    async def respond(self, answering: Coroutine, progress: Progress):
+        if "text/event-stream" not in self.request.headers.get("accept", ""):
+            return await answering
+        # Server-sent events: `progress` as the steps are done, then `result` with the body `answering` makes.
+        return StreamingResponse(progress_events(answering, progress), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
 
 
-class StatusPing(HttpCall):
-    """A GET (or HEAD) of the route: Instill Core's scale-from-zero ping."""
+class StatusPing(HttpCall, StatusCall):
+    """A GET (or HEAD) of the route: Instill Core's scale-from-zero ping, and what a client may offer its users."""
 
-    api, at_once = "status", True
+    api = "status"
+    title = "status: adapters, samplers, sizes"
+
+    def answer(self, status: dict) -> JSONResponse:
+        return JSONResponse(status)
 
 
 class Refused(HttpCall):
-    """A request no route takes: an unknown path (404) or a method the path does not allow (405)."""
+    """A request no route takes: an unknown path (404) or a method the path does not allow (405). Of no kind: its
+    `authorize` refuses it, key or not (nothing is served here to protect; the caller learns the route is wrong)."""
 
     api = "http"
 
@@ -193,9 +225,6 @@ class Refused(HttpCall):
         self.error, self.allow = error, allow
 
     def authorize(self, api_key: str | None) -> None:
-        """Nothing is served here to protect: the caller learns the route is wrong, key or not."""
-
-    async def requests(self, limits: Limits) -> list[TextToImageRequest]:
         raise self.error
 
     def reject(self, error: InvalidRequest):

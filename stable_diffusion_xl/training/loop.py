@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..weights.layout import WeightPaths
+from ..weights.loading import choose_device, dtype_for, load_base
 from .options import TrainingOptions
 from .photos import Photo
 
@@ -113,22 +114,10 @@ class Fitted:
 
 
 def load_pipeline(weights: WeightPaths, device: str, dtype: torch.dtype):
-    """The base pipeline whose parts are trained: its VAE in fp32 (SDXL's overflows in fp16; it encodes once)."""
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
-
-    vae = AutoencoderKL.from_pretrained(weights.base, subfolder="vae", dtype=torch.float32, variant="fp16",
-                                        use_safetensors=True)
-    pipeline = StableDiffusionXLPipeline.from_pretrained(weights.base, dtype=dtype, vae=vae, variant="fp16",
-                                                         use_safetensors=True)
+    """The base pipeline whose parts are trained: its VAE in fp32 (it encodes the photos once)."""
+    pipeline = load_base(weights.base, dtype)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
-
-
-def device_and_dtype(device: str | None) -> tuple[str, torch.dtype]:
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return device, torch.float32
-    return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def noise_schedule(pipeline):
@@ -219,7 +208,8 @@ def fit(weights: WeightPaths, crops: list[Crop], options: TrainingOptions, total
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
     world = world or World()
-    device, dtype = device_and_dtype(world.device)
+    device = choose_device(world.device)
+    dtype = dtype_for(device, training=True)
     torch.manual_seed(options.seed)  # peft's initial LoRA weights
     pipeline = load_pipeline(weights, device, dtype)
     schedule = noise_schedule(pipeline)

@@ -22,7 +22,8 @@ import torch
 
 from ..fields import InvalidRequest, excerpt
 from ..weights.atomic import atomically
-from ..weights.lora_files import SIDECAR, SUFFIX
+from ..weights.lora_files import SIDECAR, SUFFIX, sidecar
+from .photos import Photo
 
 WORK_SUBDIR = ".training"  # hidden: lora_files.available() lists plain names only
 UPLOADS_SUBDIR = ".uploads"  # hidden too: the photos of trainings over HTTP, staged for their tasks
@@ -34,7 +35,27 @@ class NameTaken(InvalidRequest):
 
     def __init__(self, name: str):
         super().__init__("name", f"{excerpt(name)} is taken: the LoRA folder has an adapter of that name; choose "
-                                 "another name, or overwrite it (--overwrite)")
+                                 "another name, or set the overwrite option")
+
+
+class NotMadeHere(InvalidRequest):
+    """`overwrite` would replace an adapter that another origin made (an operator's, say)."""
+
+    def __init__(self, name: str, origin: str):
+        super().__init__("overwrite", f"the adapter {excerpt(name)} was not made by a {origin}, and only those are "
+                                      "replaced by one: choose another name")
+
+
+def check_name(lora_dir: Path, name: str, *, overwrite: bool, only_origin: str | None = None) -> None:
+    """The rule for a training's name: free, or taken and `overwrite` on, and then (with `only_origin`) taken by an
+    adapter whose JSON says `only_origin` made it. Asked before a training is queued or started, and again as its
+    adapter is renamed into place."""
+    if not adapter_path(lora_dir, name).exists():
+        return
+    if not overwrite:
+        raise NameTaken(name)
+    if only_origin is not None and (sidecar(lora_dir, name) or {}).get("origin") != only_origin:
+        raise NotMadeHere(name, only_origin)
 
 
 def adapter_path(lora_dir: Path, name: str) -> Path:
@@ -54,10 +75,6 @@ class Workspace:
         self.folder = self.lora_dir / WORK_SUBDIR / name
         self.checkpoint = self.folder / "checkpoint.pt"
         self.checkpoint_info = self.folder / "checkpoint.json"  # step and options, read without torch.load
-
-    def check_name(self, overwrite: bool) -> None:
-        if adapter_path(self.lora_dir, self.name).exists() and not overwrite:
-            raise NameTaken(self.name)
 
     def prepare(self, *, resume: bool | None) -> int:
         """The step a run starts at: 0, after removing a stale checkpoint, or the checkpoint's step with `resume`
@@ -96,7 +113,8 @@ class Workspace:
             return None
         return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
 
-    def publish(self, write_adapter: Callable[[Path], None], metadata: dict, *, overwrite: bool) -> Path:
+    def publish(self, write_adapter: Callable[[Path], None], metadata: dict, *, overwrite: bool,
+                only_origin: str | None = None) -> Path:
         """Write the adapter (by `write_adapter(path)`) and its JSON into the LoRA folder, each renamed into place
         once whole: the JSON first, so that a listed adapter always has its JSON."""
         target = adapter_path(self.lora_dir, self.name)
@@ -104,7 +122,8 @@ class Workspace:
         with atomically(target) as adapter, atomically(metadata_path(self.lora_dir, self.name)) as meta:
             write_adapter(adapter)
             meta.write_text(json.dumps(metadata, indent=2) + "\n")
-            self.check_name(overwrite)  # again: another run may have taken the name meanwhile
+            # Again: another run, or an operator, may have taken the name meanwhile.
+            check_name(self.lora_dir, self.name, overwrite=overwrite, only_origin=only_origin)
         return target
 
     def clear(self) -> None:
@@ -116,17 +135,18 @@ class Workspace:
             pass
 
 
-def stage_photos(lora_dir: Path, training_id: str, photos: list[tuple[str, bytes]]) -> Path:
-    """`photos` written to `lora_dir/.uploads/<training_id>/` for a training's task to read, wherever it runs (the
-    LoRA folder is shared with the nodes that train: they write their adapters there), so that they cross the
+def stage_photos(lora_dir: Path, training_id: str, photos: list[Photo]) -> Path:
+    """Checked `photos` written to `lora_dir/.uploads/<training_id>/` for a training's task to read, wherever it runs
+    (the LoRA folder is shared with the nodes that train: they write their adapters there), so that they cross the
     cluster as files, not as a copy in each process's memory. Written whole, or not at all."""
     folder = Path(lora_dir) / UPLOADS_SUBDIR / training_id
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{training_id}.", dir=folder.parent))
     try:
-        for index, (_, data) in enumerate(photos):
-            (staging / f"{index:04d}").write_bytes(data)
-        (staging / "names.json").write_text(json.dumps([name for name, _ in photos]))
+        for index, photo in enumerate(photos):
+            (staging / f"{index:04d}").write_bytes(photo.data)
+        manifest = [{"name": photo.name, "size": photo.size, "caption": photo.caption} for photo in photos]
+        (staging / "photos.json").write_text(json.dumps(manifest))
         os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -134,10 +154,11 @@ def stage_photos(lora_dir: Path, training_id: str, photos: list[tuple[str, bytes
     return folder
 
 
-def staged_photos(folder: Path) -> list[tuple[str, bytes]]:
-    """The (name, bytes) pairs `stage_photos` wrote."""
-    names = json.loads((folder / "names.json").read_text())
-    return [(name, (folder / f"{index:04d}").read_bytes()) for index, name in enumerate(names)]
+def staged_photos(folder: Path) -> list[Photo]:
+    """The photos `stage_photos` wrote, as they were checked: read again, not checked again."""
+    manifest = json.loads((folder / "photos.json").read_text())
+    return [Photo(entry["name"], (folder / f"{index:04d}").read_bytes(), tuple(entry["size"]), entry["caption"])
+            for index, entry in enumerate(manifest)]
 
 
 def remove_stale(lora_dir: Path, *, training: set[str], staged: set[str], older_than_s: float = STALE_CHECKPOINT_S

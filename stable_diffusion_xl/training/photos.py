@@ -86,10 +86,7 @@ def read_photos(source: Path | list[tuple[str, bytes]], *, max_zip_bytes: int | 
         _check_size(name, len(data))
     photos = [_photo(name, data, captions, max_pixels) for name, data in sorted(files)
               if not name.lower().endswith(".txt")]
-    if len(photos) < MIN_PHOTOS:
-        raise PhotoError(f"{MIN_PHOTOS} photos at least are needed, got {len(photos)}")
-    if len(photos) > MAX_PHOTOS:
-        raise PhotoError(f"{MAX_PHOTOS} photos at most, got {len(photos)}")
+    check_count(len(photos))
     total = sum(width * height for width, height in (photo.size for photo in photos))
     if max_total_pixels and total > max_total_pixels:
         raise PhotoError(f"the photos have {total / 1e6:.1f} megapixels together; a training takes at most "
@@ -98,6 +95,14 @@ def read_photos(source: Path | list[tuple[str, bytes]], *, max_zip_bytes: int | 
         warnings.warn(f"only {len(photos)} photos: {FEW_PHOTOS} to 15 varied ones (angles, light, backgrounds) "
                       "give a better likeness", stacklevel=2)
     return photos
+
+
+def check_count(count: int) -> None:
+    """A training learns from MIN_PHOTOS to MAX_PHOTOS photos."""
+    if count < MIN_PHOTOS:
+        raise PhotoError(f"{MIN_PHOTOS} photos at least are needed, got {count}")
+    if count > MAX_PHOTOS:
+        raise PhotoError(f"{MAX_PHOTOS} photos at most, got {count}")
 
 
 def _files_of(path: Path, max_zip_bytes: int) -> list[tuple[str, bytes]]:

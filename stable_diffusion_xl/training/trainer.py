@@ -17,11 +17,11 @@ from pathlib import Path
 
 from ..weights.layout import WeightPaths
 from .loop import Fitted, TrainingCancelled, crop, fit, native_resolution
-from .options import MIN_PHOTOS, TrainingOptions
-from .output import NameTaken, Workspace, metadata_path
-from .photos import Photo, PhotoError
+from .options import TrainingOptions
+from .output import NameTaken, NotMadeHere, Workspace, check_name, metadata_path
+from .photos import Photo, check_count
 
-__all__ = ["NameTaken", "TrainingCancelled", "TrainingResult", "train"]
+__all__ = ["NameTaken", "NotMadeHere", "TrainingCancelled", "TrainingResult", "train"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class TrainingResult:
 def train(weights: WeightPaths, lora_dir: Path, photos: list[Photo], options: TrainingOptions, *,
           on_step: Callable[[int, int, float], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
-          gradient_checkpointing: bool | None = None, origin: str = "train command",
+          gradient_checkpointing: bool | None = None, origin: str = "train command", only_own: bool = False,
           resume_matching: bool = False) -> TrainingResult:
     """Train a LoRA adapter named `options.name` on `photos` and publish it in `lora_dir`.
 
@@ -46,13 +46,14 @@ def train(weights: WeightPaths, lora_dir: Path, photos: list[Photo], options: Tr
     the run stops, removes its checkpoint and raises TrainingCancelled, leaving `lora_dir` as it was. A taken
     name (without options.overwrite) raises NameTaken, and too few photos PhotoError, before any work.
     `gradient_checkpointing` None: on for a GPU with under 70 GiB (loop.CHECKPOINTING_BELOW_BYTES). `origin` goes
-    into the adapter's JSON (what made it). `resume_matching`: continue from a checkpoint of this name when it was
+    into the adapter's JSON (what made it); with `only_own`, overwrite replaces only an adapter that `origin` made
+    (NotMadeHere otherwise). `resume_matching`: continue from a checkpoint of this name when it was
     made from the same photos and options, as if options.resume were set, and start over otherwise."""
     started = time.perf_counter()
+    only_origin = origin if only_own else None
+    check_name(Path(lora_dir), options.name, overwrite=options.overwrite, only_origin=only_origin)
+    check_count(len(photos))
     workspace = Workspace(Path(lora_dir), options.name)
-    workspace.check_name(options.overwrite)
-    if len(photos) < MIN_PHOTOS:
-        raise PhotoError(f"{MIN_PHOTOS} photos at least are needed, got {len(photos)}")
     resolution = options.resolution or native_resolution(weights)
     total = options.total_steps(len(photos))
     workspace.signature = {
@@ -77,7 +78,8 @@ def train(weights: WeightPaths, lora_dir: Path, photos: list[Photo], options: Tr
         raise
     metadata = describe(weights, photos, options, fitted, seconds=time.perf_counter() - started,
                         resumed_at=start_step) | {"origin": origin}
-    adapter = workspace.publish(lambda path: save_adapter(fitted, path), metadata, overwrite=options.overwrite)
+    adapter = workspace.publish(lambda path: save_adapter(fitted, path), metadata, overwrite=options.overwrite,
+                                only_origin=only_origin)
     workspace.clear()
     return TrainingResult(options.name, adapter, metadata)
 
@@ -114,7 +116,3 @@ def describe(weights: WeightPaths, photos: list[Photo], options: TrainingOptions
         "seconds": round(seconds, 1), "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
-
-def refuse_taken(lora_dir: Path, options: TrainingOptions) -> None:
-    """NameTaken when `lora_dir` has an adapter named options.name and options.overwrite is off."""
-    Workspace(Path(lora_dir), options.name).check_name(options.overwrite)

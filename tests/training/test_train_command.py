@@ -92,7 +92,7 @@ OPTION_ERRORS = {
     ("--name", "../me"): 'error: name: must be a plain name (letters, digits, -, _ and inner dots, at most 100 '
                          'characters), got "../me"',
     ("--name", "taken"): 'error: name: "taken" is taken: the LoRA folder has an adapter of that name; choose another '
-                         'name, or overwrite it (--overwrite)',
+                         'name, or set the overwrite option',
     ("--rank", "0"): "error: rank: must be from 1 to 256, got 0",
     ("--steps", "50000"): "error: steps: must be from 1 to 20000, got 50000",
     ("--learning-rate", "1"): "error: learning-rate: must be from 1e-07 to 0.01, got 1.0",

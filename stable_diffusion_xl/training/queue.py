@@ -1,4 +1,5 @@
-"""Trainings over HTTP (SDXL_TRAINING=1): run on the Ray cluster, never inside a serving replica.
+"""The training queue of an application serving trainings over HTTP (SDXL_TRAINING=1): each runs on the Ray
+cluster, never inside a serving replica.
 
 Each training is a Ray task of its own with its own resource request (SDXL_TRAIN_GPUS GPUs and one CPU; no GPU on
 a cluster that has none), which Ray starts once those resources are free: until then the training is `queued`.
@@ -8,15 +9,21 @@ application, holding no GPU): any replica finds it by name, and it outlives the 
 The task reports each step and loss to the board and asks it whether to stop. The board forgets all with the Ray
 cluster, and keeps the last `KEEP_FINISHED` finished trainings.
 
-Trainings are scarce and owned: at most SDXL_MAX_TRAININGS queued and running (429 with Retry-After beyond), a
-training's id (122 random bits) is the capability for its status and cancel, and `overwrite` replaces only an
-adapter a training over HTTP made, when SDXL_TRAIN_OVERWRITE allows it. A run killed midway is resumed by the next
-training of its name from the same photos and options, and its checkpoint removed after a day otherwise.
+Trainings are scarce and owned: at most `max_trainings` queued and running (QueueFull beyond), a training's id
+(122 random bits) is the capability for its status and cancel, and `overwrite` replaces only an adapter a training
+over HTTP made, when the deployment allows it. A run killed midway is resumed by the next training of its name from
+the same photos and options, and its checkpoint removed after a day otherwise. The refusals are the queue's own
+errors, each naming its field; the HTTP route answers each with its status code.
+
+The replica checks what is cheap before anything is queued: the photos from their headers (sizes, count) and the
+name against the LoRA folder. The task decodes the photos, once, as it trains, and the trainer checks the name again
+where it starts and as it publishes, for what changed meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import time
 import uuid
@@ -25,17 +32,39 @@ from pathlib import Path
 import ray
 
 from ..fields import InvalidRequest, excerpt
-from ..training.options import TrainingOptions
-from ..training.output import adapter_path, remove_stale, stage_photos, staged_photos
-from ..training.photos import PhotoError, read_photos
 from ..weights.layout import WeightPaths
-from ..weights.lora_files import sidecar
+from .options import TrainingOptions
+from .output import adapter_path, check_name, remove_stale, stage_photos, staged_photos
+from .photos import read_photos
 
 NAMESPACE = "sdxl-trainings"
 KEEP_FINISHED = 100
 ACTIVE = ("queued", "running")
 ORIGIN = "training over HTTP"  # what the adapter's JSON says made it: the adapters `overwrite` may replace
-RETRY_AFTER_S = (5, 3600)  # the bounds of a 429's Retry-After
+RETRY_AFTER_S = (5, 3600)  # the bounds of QueueFull's retry_after_s
+
+
+class NameBusy(InvalidRequest):
+    """A queued or running training will write an adapter of this name."""
+
+    def __init__(self, name: str):
+        super().__init__("name", f"{excerpt(name)} is being trained now; choose another name")
+
+
+class OverwriteOff(InvalidRequest):
+    """`overwrite` was asked for, where the deployment replaces no adapter."""
+
+    def __init__(self, name: str):
+        super().__init__("overwrite", f"replacing adapters over HTTP is off on this deployment (SDXL_TRAIN_OVERWRITE): "
+                                      f"choose another name than {excerpt(name)}")
+
+
+class QueueFull(InvalidRequest):
+    """As many trainings are queued and running as the deployment takes."""
+
+    def __init__(self, active: int, retry_after_s: int):
+        super().__init__("trainings", f"{active} trainings are queued or running, the most this deployment takes "
+                                      "(SDXL_MAX_TRAININGS); retry after one ends", retry_after_s=retry_after_s)
 
 
 def one_line(error: BaseException) -> str:
@@ -54,10 +83,10 @@ def run_training(board, training_id: str, weights: WeightPaths, lora_dir: Path, 
 
     ray.get(board.started.remote(training_id))
     try:
-        result = train(weights, lora_dir, read_photos(staged_photos(staged)), options,
+        result = train(weights, lora_dir, staged_photos(staged), options,
                        on_step=lambda step, total, loss: board.step.remote(training_id, step, total, loss),
                        should_stop=lambda: ray.get(board.stopping.remote(training_id)), origin=ORIGIN,
-                       resume_matching=True)
+                       only_own=True, resume_matching=True)
     except TrainingCancelled:
         return {"status": "cancelled"}
     except Exception as error:  # the reason goes to the caller who asked for the training, in one line
@@ -77,15 +106,14 @@ class TrainingBoard:
 
     async def submit(self, training_id: str, weights: WeightPaths, lora_dir: Path, staged: Path, photos: int,
                      options: TrainingOptions, resources: dict, waiting_for: str, max_trainings: int) -> dict:
-        """Queue a training; its name may not be one a queued or running training will write, and at most
-        `max_trainings` may be queued and running."""
+        """Queue a training, and its status; its name may not be one a queued or running training will write
+        ({"refused": "busy"}), and at most `max_trainings` may be queued and running ({"refused": "full"}). The
+        replica raises the refusal: an error of ours raised here would reach it wrapped in Ray's."""
         active = [t for t in self.trainings.values() if t["status"] in ACTIVE]
         if any(t["name"] == options.name for t in active):
-            return {"error": f"{options.name} is being trained now; choose another name", "http_status": 409}
+            return {"refused": "busy"}
         if len(active) >= max_trainings:
-            return {"error": f"{len(active)} trainings are queued or running, the most this deployment takes "
-                             "(SDXL_MAX_TRAININGS); retry after one ends", "http_status": 429,
-                    "retry_after_s": self._retry_after_s(active)}
+            return {"refused": "full", "active": len(active), "retry_after_s": self._retry_after_s(active)}
         remove_stale(lora_dir, training={t["name"] for t in active}, staged={t["id"] for t in active} | {training_id})
         self.trainings[training_id] = {
             "id": training_id, "status": "queued", "name": options.name, "token": options.token,
@@ -149,11 +177,15 @@ class TrainingBoard:
         return {**training, "cancelling": True}
 
 
-class Trainings:
+class TrainingQueue:
     """A replica's side of the trainings: checks one before it is queued, and asks the board about them."""
 
-    def __init__(self, application: str, weights: WeightPaths, lora_dir: Path, settings):
-        self.weights, self.lora_dir, self.settings, self.gpus = weights, lora_dir, settings, settings.train_gpus
+    def __init__(self, application: str, weights: WeightPaths, lora_dir: Path, *, gpus: int, max_trainings: int,
+                 may_overwrite: bool, photo_limits: dict):
+        """`gpus` each training asks Ray for; `may_overwrite`: a training may replace an adapter a training over
+        HTTP made; `photo_limits` are read_photos' limits for the photos of one."""
+        self.weights, self.lora_dir, self.gpus = weights, lora_dir, gpus
+        self.max_trainings, self.may_overwrite, self.photo_limits = max_trainings, may_overwrite, photo_limits
         # Restarted by Ray if its process dies (its statuses are lost then; the adapters stay in the folder).
         self.board = TrainingBoard.options(name=f"board:{application}", namespace=NAMESPACE, lifetime="detached",
                                            get_if_exists=True, max_restarts=-1).remote()
@@ -166,44 +198,30 @@ class Trainings:
         why = "SDXL_TRAIN_GPUS=0" if not self.gpus else "this cluster has no GPU"
         return {"num_cpus": 1, "num_gpus": 0}, f"a CPU ({why})"
 
-    async def start(self, photos: list[tuple[str, bytes]], options: TrainingOptions) -> dict:
-        """Queue a training of `photos`; InvalidRequest names what is wrong, and then nothing is queued or written.
-        The photos are checked from their headers here; only the training's task decodes them."""
-        try:
-            await asyncio.to_thread(read_photos, photos, **self.settings.limits.photos)
-        except PhotoError as error:
-            raise InvalidRequest("images", str(error)) from None
-        self.check_name(options)
+    async def start(self, uploads: list[tuple[str, bytes]], options: TrainingOptions) -> dict:
+        """Queue a training of the uploaded (filename, bytes) pairs, and its status. PhotoError, NameTaken,
+        NotMadeHere, OverwriteOff, NameBusy or QueueFull say why not, and then nothing is queued or written."""
+        photos = await asyncio.to_thread(read_photos, uploads, **self.photo_limits)
+        if options.overwrite and not self.may_overwrite:
+            if adapter_path(self.lora_dir, options.name).exists():
+                raise OverwriteOff(options.name)
+            options = dataclasses.replace(options, overwrite=False)  # nor one that appears before it publishes
+        check_name(self.lora_dir, options.name, overwrite=options.overwrite, only_origin=ORIGIN)
         resources, waiting_for = self.resources()
         training_id = uuid.uuid4().hex
         staged = await asyncio.to_thread(stage_photos, self.lora_dir, training_id, photos)
         try:
             status = await self.board.submit.remote(training_id, self.weights, self.lora_dir, staged, len(photos),
-                                                    options, resources, waiting_for, self.settings.max_trainings)
+                                                    options, resources, waiting_for, self.max_trainings)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
-        if "error" in status:
+        if "refused" in status:
             shutil.rmtree(staged, ignore_errors=True)
-            field = "name" if status["http_status"] == 409 else "trainings"
-            raise InvalidRequest(field, status["error"], status["http_status"], status.get("retry_after_s"))
+            if status["refused"] == "busy":
+                raise NameBusy(options.name)
+            raise QueueFull(status["active"], status["retry_after_s"])
         return status
-
-    def check_name(self, options: TrainingOptions) -> None:
-        """A taken name may be trained again only with `overwrite`, where the operator allows it, and only over an
-        adapter that a training over HTTP made: one the operator put in the folder is never replaced from here."""
-        name = excerpt(options.name)
-        if not adapter_path(self.lora_dir, options.name).exists():
-            return
-        if not options.overwrite:
-            raise InvalidRequest("name", f"an adapter named {name} exists; choose another name, or send "
-                                         "overwrite=true to replace it", http_status=409)
-        if not self.settings.train_overwrite:
-            raise InvalidRequest("overwrite", f"replacing adapters over HTTP is off on this deployment "
-                                              f"(SDXL_TRAIN_OVERWRITE): choose another name than {name}", 403)
-        if (sidecar(self.lora_dir, options.name) or {}).get("origin") != ORIGIN:
-            raise InvalidRequest("overwrite", f"the adapter {name} was not made by a training over HTTP, and only "
-                                              "those are replaced over HTTP: choose another name", 403)
 
     async def status(self, training_id: str) -> dict | None:
         return await self.board.status.remote(training_id)
