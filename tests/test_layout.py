@@ -74,3 +74,13 @@ def test_the_generation_modes_are_named_in_one_module():
         docstrings = {ast.get_docstring(node) for node in ast.walk(code)
                       if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))}
         assert not (strings - docstrings) & {"text-to-image", "image-to-image", "inpainting"}, name
+
+
+def test_every_route_answers_one_kind_of_call_and_says_what_it_is():
+    from stable_diffusion_xl.apis.routes import HTTP_ROUTES
+    from stable_diffusion_xl.serving.transport import GenerationCall, StatusCall, TrainingCall
+
+    for path, methods in HTTP_ROUTES.items():
+        for method, dialect in methods.items():
+            kinds = [kind for kind in (StatusCall, TrainingCall, GenerationCall) if issubclass(dialect, kind)]
+            assert len(kinds) == 1 and dialect.title, f"{method} {path}: {dialect.__name__} is of kinds {kinds}"

@@ -236,3 +236,13 @@ def test_mutated_zips_and_hostile_file_names_give_photos_or_one_clean_line(sound
                 read_photos(source, max_zip_bytes=1 << 20)
             except PhotoError as error:
                 assert "\n" not in str(error) and len(str(error)) < 300
+
+
+def test_staged_photos_come_back_as_they_were_checked_captions_and_sizes_included(tmp_path):
+    """A training over HTTP stages what the replica read; its task trains on that without reading it again."""
+    from stable_diffusion_xl.training.output import stage_photos, staged_photos
+
+    checked = read_photos([*pairs(3), ("photo-1.txt", b"a photo of TOK person")])
+    folder = stage_photos(tmp_path, "f" * 32, checked)
+    assert staged_photos(folder) == checked and checked[1].caption == "a photo of TOK person"
+    assert sorted(path.name for path in folder.iterdir()) == ["0000", "0001", "0002", "photos.json"]

@@ -16,7 +16,7 @@ from stable_diffusion_xl.generation.engine import Engine
 from stable_diffusion_xl.training.loop import crop, encode, load_pipeline, mean_loss
 from stable_diffusion_xl.training.options import TrainingOptions
 from stable_diffusion_xl.training.photos import Photo, PhotoError
-from stable_diffusion_xl.training.trainer import NameTaken, TrainingCancelled, train
+from stable_diffusion_xl.training.trainer import NameTaken, NotMadeHere, TrainingCancelled, train
 from stable_diffusion_xl.weights.layout import WeightPaths
 from stable_diffusion_xl.weights.lora_files import available
 
@@ -194,3 +194,15 @@ def test_training_the_text_encoders_too_writes_their_layers_and_the_engine_serve
     engine = Engine.load(weights_dir, demo=True, lora_dir=tmp_path)
     engine.generate([request("a photo of TOK person", seed=5, steps=2, lora="both")])
     assert set(engine.base.text_encoder.peft_config) == set(engine.base.text_encoder_2.peft_config) == {"both"}
+
+
+def test_overwriting_only_its_own_never_replaces_an_adapter_another_origin_made(photos, existing):
+    """The queue trains with only_own: an adapter the train command (or an operator) put there stays, even where
+    it appeared after the training was queued."""
+    before = folder_state(existing)
+    nowhere = WeightPaths(*(Path("/nonexistent") / part for part in ("base", "refiner", "vae")), demo=True)
+    with pytest.raises(NotMadeHere) as error:
+        train(nowhere, existing, photos, TrainingOptions(name="subject", overwrite=True),
+              origin="training over HTTP", only_own=True)
+    assert error.value.field == "overwrite" and "not made by a training over HTTP" in error.value.reason
+    assert folder_state(existing) == before
