@@ -32,7 +32,7 @@ from .weights.layout import (
     LORA_SUBDIR,
     WeightPaths,
 )
-from .weights.library_logs import quiet_library_logs
+from .weights.library_logs import quiet_library_logs, quiet_loading_bars
 
 DEMO_NOTE = f"(demo weights: these images are noise; fetch the real weights with `{FETCH_COMMAND}`)"
 DEMO_HELP = "use the tiny random demo weights: their images are noise"
@@ -134,6 +134,7 @@ def _generate(args) -> int:
     from .serving.encoding import encode
     from .serving.limits import Limits
 
+    quiet_loading_bars()  # the steps' bars, base and refiner, are the ones that say something
     fields = {spec.name: getattr(args, spec.name) for spec in PARAMETERS.values()}
     sent = {name: _read(getattr(args, name), name) for name in PICTURES if getattr(args, name)}
     request = TextToImageRequest(prompt=args.prompt, **fields, pictures=read_pictures(sent, UploadLimits(), PIL_MODES))
@@ -265,6 +266,7 @@ def _fetch(args) -> int:
 def _demo(args) -> int:
     from .weights.demo import build
 
+    quiet_loading_bars()
     root = build(args.weights)
     size = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
     print(f"demo weights in {root} ({size / 1e6:.1f} MB): tiny random models, their images are noise")
@@ -281,6 +283,7 @@ def _compile_cache(args) -> int:
     settings = Settings.from_env()
     folder = args.cache or settings.compile_cache or WeightPaths.locate(args.weights, demo=args.demo).compile_cache
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_loading_bars()  # the log's lines say what the warm-up compiles
     with tempfile.TemporaryDirectory() as no_adapters:  # adapters change nothing compiled: leave them out
         engine = Engine.load(args.weights, demo=args.demo, max_batch_size=settings.max_batch_size, compile=True,
                              compile_mode=args.mode or settings.compile_mode, compile_cache=folder,
@@ -298,8 +301,6 @@ def _train(args) -> int:
     """Photos -> <lora-dir>/<name>.safetensors and .json, with a progress bar; one `error:` line for bad input."""
     import warnings
 
-    import transformers
-    from diffusers.utils import logging as diffusers_logging
     from tqdm import tqdm
 
     from .training.options import TrainingOptions
@@ -317,8 +318,7 @@ def _train(args) -> int:
     for warning in warned:
         print(f"warning: {warning.message}", file=sys.stderr)
     total = options.total_steps(len(photos))
-    diffusers_logging.disable_progress_bar()  # loading bars: the training's is the one that says something
-    transformers.utils.logging.disable_progress_bar()
+    quiet_loading_bars()  # the training's bar is the one that says something
     with contextlib.ExitStack() as stack:
         if options.workers > 1:
             stack.enter_context(_ray_connected())

@@ -29,6 +29,8 @@ def test_generate_writes_jpegs_and_reports_seeds_sizes_and_timings(weights_dir, 
     assert "text_encoders" in result.stdout and "refiner" in result.stdout
     assert "noise" in result.stdout
     assert "base: 100%" in result.stderr and "refiner: 100%" in result.stderr  # a progress bar per stage
+    bars = {line.split(":")[0].strip() for line in re.split(r"[\r\n]", result.stderr) if "%|" in line}
+    assert bars == {"base", "refiner"}  # and no bar for loading the models' files
 
 
 def test_generate_edits_a_picture_with_a_mask(weights_dir, tmp_path):

@@ -13,7 +13,9 @@ that emits it (matched by its text, so that every other line of that logger, err
   refused (400 naming `body`) and the replica logs that, without the caller's bytes.
 
 The Instill SDK, when imported, gives the root logger a format that prints milliseconds twice
-(`17:52:50,951.951`): `quiet_library_logs` mends it too.
+(`17:52:50,951.951`): `quiet_library_logs` mends it too. And the libraries draw a progress bar for each part they
+load or save (`Loading pipeline components...`, `Writing model shards`), which `quiet_loading_bars` turns off for
+the commands that draw their own (the denoising steps', the training's).
 """
 
 from __future__ import annotations
@@ -57,3 +59,13 @@ def quiet_library_logs() -> None:
         formatter = handler.formatter
         if formatter is not None and "%(msecs)" in (formatter._fmt or ""):
             formatter.default_msec_format = None  # asctime without its own ",951": the format adds ".951"
+
+
+def quiet_loading_bars() -> None:
+    """No progress bar for loading or saving the models' files: it says nothing a user acts on, and hides the bar
+    that does."""
+    import transformers
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
