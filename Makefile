@@ -6,9 +6,14 @@ PYTHON := $(VENV)/bin/python
 
 install: $(VENV)/.installed
 
+# PyPI's Linux torch is its CUDA build, with several GB of CUDA libraries (what the GPU image takes). Where there is
+# no NVIDIA GPU (CI, a laptop): `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU build.
+TORCH_INDEX ?=
+
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	python3.11 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(PYTHON) -m pip install --quiet --index-url $(TORCH_INDEX) "$$(grep '^torch==' requirements.txt)")
 	$(PYTHON) -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	touch $@
 
@@ -38,7 +43,7 @@ lint: install
 bench: install
 	$(PYTHON) bench/run.py
 
-# On a CUDA GPU with the real weights (fetch-weights): eager against compiled, batch 1, 2 and 4, at 1024².
+# On a CUDA GPU with the real weights (fetch-weights): eager, compiled and compiled + fp8, batch 1 and 4, at 1024².
 bench-gpu: install
 	$(PYTHON) bench/gpu.py
 

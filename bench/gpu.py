@@ -2,7 +2,7 @@
 
     python bench/gpu.py                          # the real weights (`python -m stable_diffusion_xl fetch-weights`)
     python bench/gpu.py --random-weights         # real-size networks with random weights, built here on the GPU
-    python bench/gpu.py --random-weights --quick # fewer runs, no fp8 warm-up: inside 8 minutes on an H100
+    python bench/gpu.py --random-weights --quick # fewer runs, no fp8 warm-up, a 450 s budget (not every stage fits)
 
 `--random-weights` builds the five SDXL networks from bench/sdxl_configs.py (the published configurations and
 parameter counts) with random weights on the GPU and saves them in the real diffusers layout, fp16 variant (about
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-weights", action="store_true", help="build real-size random-weight networks on "
                         "the GPU (about 12 GB in --weights) instead of reading the real ones")
     parser.add_argument("--quick", action="store_true", help="2 runs at batch 1 and 1 at batch 4, no first calls "
-                        "left out, no fp8 warm-up: inside 8 minutes on an H100")
+                        "left out, no fp8 warm-up, a 450 s budget (on an H200 the stages up to compiled fit in 510 s)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each recipe at each batch (default 3)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
     parser.add_argument("--weights", type=Path, help="the weights (default: weights/, or with --random-weights "

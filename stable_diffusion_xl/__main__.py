@@ -38,7 +38,8 @@ DEMO_NOTE = f"(demo weights: these images are noise; fetch the real weights with
 DEMO_HELP = "use the tiny random demo weights: their images are noise"
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_line() -> argparse.ArgumentParser:
+    """Every command and its flags (the docs' tests read them here too)."""
     parser = argparse.ArgumentParser(prog="python -m stable_diffusion_xl", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     # The flags several commands share: which weights, and the demo ones.
@@ -98,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--name", required=True, help=spec_of(OPTIONS["name"]).description)
     train.add_argument("--lora-dir", type=Path, help=f"where the adapter goes (default: SDXL_LORA_DIR, else "
                        f"{LORA_SUBDIR}/ beside the models, where `serve` reads adapters)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = command_line().parse_args(argv)
     from .serving.local_serve import DeployFailed, PortInUse  # imports the Instill SDK, which sets up the root logger
 
     quiet_library_logs()

@@ -87,3 +87,128 @@ def test_python_commands_use_the_projects_venv(doc):
                 for line in block.splitlines()]
     assert not [line for line in commands if re.match(r"python3?\s", line)]
     assert not re.findall(r"(?<![/\w])python3? -m stable_diffusion_xl", text)
+
+
+def _commands() -> dict[str, set[str]]:
+    """Each command of `python -m stable_diffusion_xl` and the flags its parser takes."""
+    import argparse
+
+    from stable_diffusion_xl.__main__ import command_line
+
+    (subparsers,) = [action for action in command_line()._actions if isinstance(action, argparse._SubParsersAction)]
+    return {name: {flag for action in parser._actions for flag in action.option_strings}
+            for name, parser in subparsers.choices.items()}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda doc: doc.relative_to(ROOT).as_posix())
+def test_every_flag_a_page_gives_a_command_is_one_the_command_takes(doc):
+    commands = _commands()
+    for line in doc.read_text().splitlines():
+        for command, rest in re.findall(r"stable_diffusion_xl (\S+)(.*)", line):
+            if command in commands:
+                rest = rest.split("#")[0]  # a shell comment may name another command's flags
+                unknown = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", rest)) - commands[command]
+                assert not unknown, f"{doc.name}: `{command}` has no {sorted(unknown)}: {line.strip()}"
+
+
+def test_the_edits_page_names_the_generate_flag_of_each_picture():
+    from stable_diffusion_xl.generation.modes import PICTURES
+
+    text = (ROOT / "docs" / "edits.md").read_text()
+    for name in PICTURES:
+        assert f"--{name}" in _commands()["generate"] and f"`--{name}`" in text, name
+
+
+def test_the_metrics_page_lists_every_metric_and_api_label_the_replica_emits():
+    from stable_diffusion_xl.apis.instill import InstillGrpc
+    from stable_diffusion_xl.apis.routes import HTTP_ROUTES
+    from stable_diffusion_xl.serving.transport import Refused
+
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    emitted = set(re.findall(r'"(sdxl_\w+)"', (ROOT / "stable_diffusion_xl" / "serving" / "metrics.py").read_text()))
+    assert set(re.findall(r"^\| `(sdxl_\w+)`", text, flags=re.M)) == emitted
+    apis = {dialect.api for methods in HTTP_ROUTES.values() for dialect in methods.values()}
+    (listed,) = re.findall(r"`api` is the dialect: (.*?)\. ", text.replace("\n", " "))
+    assert set(re.findall(r"`([\w-]+)`", listed)) == apis | {InstillGrpc.api, Refused.api}
+
+
+# What Ray Serve itself answers, never the model: a lost replica or a failed model (500), a full queue (503); and
+# gRPC's codes for those, for a passed deadline, and for bytes that are no CallRequest.
+RAY_STATUSES, RAY_CODES = {500, 503}, {"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN"}
+
+
+def _answered_by_the_code() -> tuple[set[int], set[str]]:
+    """The HTTP statuses and gRPC codes the package answers a caller with: InvalidRequest's (400 unless told, a
+    status given as http_status= or third argument), a dialect's error_status, the training refusals'; and every
+    grpc.StatusCode it sets."""
+    import ast
+
+    statuses, codes = {400}, set()
+    for path in (ROOT / "stable_diffusion_xl").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "").endswith("InvalidRequest"):
+                given = [kw.value for kw in node.keywords if kw.arg == "http_status"] + node.args[2:3]
+                statuses |= {value.value for value in given if isinstance(value, ast.Constant)}
+            elif isinstance(node, ast.FunctionDef) and node.name == "error_status":
+                statuses |= {value.value for value in ast.walk(node) if isinstance(value, ast.Constant)
+                             and isinstance(value.value, int) and value.value >= 400}
+            elif isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "REFUSALS":
+                statuses |= {value.value for value in node.value.values}
+            elif isinstance(node, ast.Attribute) and getattr(node.value, "attr", "") == "StatusCode":
+                codes.add(node.attr)
+    return statuses, codes
+
+
+def test_the_retry_table_has_every_status_and_code_a_caller_can_get_and_no_other():
+    text = (ROOT / "docs" / "scaling.md").read_text()
+    section = text.split("## Retrying calls", 1)[1].split("\n## ", 1)[0]
+    rows = [row.split("|")[1:3] for row in section.splitlines() if row.startswith("| ") and "---" not in row][1:]
+    documented_codes = {code for first, _ in rows for code in re.findall(r"`([A-Z_]+)`", first)}
+    documented_statuses = {int(status) for _, second in rows for status in re.findall(r"\b[45]\d\d\b", second)}
+    statuses, codes = _answered_by_the_code()
+    assert documented_statuses == statuses | RAY_STATUSES
+    assert documented_codes == codes | RAY_CODES
+
+
+def test_the_reliability_page_names_the_methods_the_routes_serve():
+    from stable_diffusion_xl.apis.routes import HTTP_ROUTES
+
+    served = {method for methods in HTTP_ROUTES.values() for method in methods}
+    text = (ROOT / "docs" / "reliability.md").read_text().replace("\n  ", " ")
+    (named,) = re.findall(r"every HTTP method the routes do not serve \(they serve ([^)]*)\)", text)
+    assert set(re.findall(r"[A-Z]{3,}", named)) == served
+
+
+def test_the_layout_page_names_every_test_folder_and_helper():
+    text = (ROOT / "docs" / "layout.md").read_text()
+    folders = [path for path in (ROOT / "tests").iterdir() if path.is_dir() and not path.name.startswith((".", "_"))]
+    helpers = [path for path in (ROOT / "tests").glob("*.py") if not path.name.startswith("test_")]
+    for path in folders:
+        assert f"`tests/{path.name}/`" in text, f"layout.md leaves out tests/{path.name}/"
+    for path in helpers:
+        assert f"`{path.name}`" in text, f"layout.md leaves out tests/{path.name}"
+
+
+# What a generated table is written from, and the function that writes it (stable_diffusion_xl/docs.py).
+TABLE_SOURCES = {"`SCHEDULERS`": "parameter_table", "`TextToImageRequest`": "parameter_table",
+                 "`Settings`": "settings_table", "`TrainingOptions`": "option_table", "`HTTP_ROUTES`": "route_table"}
+
+
+def test_each_where_to_add_entry_that_changes_a_generated_table_says_how_to_regenerate_it():
+    text = (ROOT / "docs" / "layout.md").read_text().split("## Where to add", 1)[1].split("\n## ", 1)[0]
+    for entry in text.split("\n- ")[1:]:
+        for source, table in TABLE_SOURCES.items():
+            if source in entry:
+                assert table in entry, f"layout.md's {entry.split(':')[0]} changes {table}'s table, and says not how"
+
+
+def test_every_sdxl_variable_a_page_names_is_a_setting():
+    from stable_diffusion_xl.fields import spec_of
+    from stable_diffusion_xl.serving.environment import declared
+    from stable_diffusion_xl.serving.settings import Settings
+
+    variables = {spec_of(member).variable for member in declared(Settings)}
+    for doc in [*DOCS, ROOT / "Makefile", ROOT / "instill.yaml"]:
+        named = set(re.findall(r"\bSDXL_[A-Z0-9_]*[A-Z0-9]\b", doc.read_text()))
+        assert named <= variables, f"{doc.name} names {sorted(named - variables)}, which no setting reads"

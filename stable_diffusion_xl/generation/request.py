@@ -6,9 +6,9 @@ metadata is also what the CLI flags and README's parameter table are written fro
 
 Despite its name it also carries edits: its `pictures` (generation/modes.py PICTURES, decoded) choose its `mode`,
 and `strength` says how much of them is redrawn. The pictures arrive decoded (generation/pictures.py
-`read_pictures` decodes a JSON dialect's data URIs), are no PARAMETERS (no CLI flag, no row of the parameter
-table, no snake_case name in the peer APIs: a dialect takes them with `from_fields(..., pictures=True)`), and fix
-the aspect ratio: the nearest to the input picture's own.
+`read_pictures` decodes a JSON dialect's data URIs), are no PARAMETERS (no row of the parameter table, no
+snake_case name in the peer APIs: a dialect takes them with `from_fields(..., pictures=True)`, and the `generate`
+command has a flag for each of PICTURES), and fix the aspect ratio: the nearest to the input picture's own.
 """
 
 from __future__ import annotations
