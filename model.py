@@ -6,17 +6,19 @@ the RAY_* variables Instill Core sets.
 """
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import os
 import time
+from typing import NamedTuple
 
 from instill.helpers.ray_config import instill_deployment
 from ray import serve
 
 from stable_diffusion_xl.apis.routes import incoming
 from stable_diffusion_xl.fields import InvalidRequest
-from stable_diffusion_xl.generation.engine import Engine
+from stable_diffusion_xl.generation.engine import Caller, Engine
 from stable_diffusion_xl.generation.results import Cancelled, Progress
 from stable_diffusion_xl.generation.schedulers import SCHEDULERS
 from stable_diffusion_xl.generation.sizes import ASPECT_RATIOS, image_size
@@ -35,6 +37,16 @@ quiet_library_logs()  # after the Instill SDK's import, which sets up the root l
 log = logging.getLogger("ray.serve")
 
 
+class Waiting(NamedTuple):
+    """A call waiting for its engine run: what it asked, its dialect, since when, and its context, whose request id
+    Ray Serve stamps on the log lines written for it."""
+
+    caller: Caller
+    api: str
+    since: float
+    context: contextvars.Context
+
+
 @instill_deployment
 class StableDiffusionXL:
     def __init__(self):
@@ -50,15 +62,17 @@ class StableDiffusionXL:
             compile_cache=self.settings.compile_cache, quantize=self.settings.quantize,
         )
         # What a call may ask for: the settings' limits, the adapters' folder and the slow bodies this replica lets
-        # arrive at once.
+        # arrive at once, in the slots beyond a run of calls and the next gathering.
+        slow_bodies = SlowBodies(self.settings.max_ongoing_requests, kept=2 * self.settings.max_batch_size)
         self.limits = dataclasses.replace(self.settings.limits, lora_folder=self.engine.adapters.files,
-                                          slow_bodies=SlowBodies(self.settings.max_ongoing_requests))
+                                          slow_bodies=slow_bodies)
         if self.settings.warm_up:
             started = time.perf_counter()
             self.engine.warm_up()
             log.info("warmed up every aspect ratio in %.1f s", time.perf_counter() - started)
         self.hardware = describe(device)
         self.metrics = ReplicaMetrics()
+        self.run_together.set_max_batch_size(self.settings.max_batch_size)
         self.trainings = self.start_trainings() if self.settings.training else None
 
     async def __call__(self, request, grpc_context=None):
@@ -79,11 +93,38 @@ class StableDiffusionXL:
 
     async def answer(self, call: GenerationCall, parsed: Parsed, progress: Progress):
         try:
-            # In a thread, JPEG encoding included, so pings and health checks are answered while the GPU works.
-            return await asyncio.to_thread(self.generate, call, parsed, progress)
+            waiting = Waiting(Caller(parsed.requests, progress), call.api, time.perf_counter(),
+                              contextvars.copy_context())
+            outcome = await (self.run_together(waiting) if self.settings.batch_calls else self.run([waiting]))
+            # In a thread too, so pings and health checks are answered while the images are encoded.
+            return await asyncio.to_thread(self.finish, call, parsed, outcome)
         except asyncio.CancelledError:
-            progress.cancel()  # the caller went away (deadline, hang-up): the engine stops at the next step
+            progress.cancel()  # the caller went away (deadline, hang-up): its images stop at the next step
             raise
+
+    async def run(self, calls: list[Waiting]) -> list:
+        """One engine run for the waiting `calls`, in a thread, so that pings and health checks are answered while
+        the GPU works: for each call its generations, or what ended them. A call abandoned by its caller is logged
+        here, as nobody awaits its answer any more."""
+        callers = [waiting.caller for waiting in calls]
+        started = time.perf_counter()
+        outcomes = await asyncio.to_thread(self.engine.generate_for, callers)
+        self.metrics.run(sum(request.n for caller in callers for request in caller.requests),
+                         [started - waiting.since for waiting in calls])
+        for waiting, outcome in zip(calls, outcomes):
+            if isinstance(outcome, Cancelled):
+                waiting.context.run(self.abandoned, waiting.api, outcome)
+        return outcomes
+
+    def abandoned(self, api: str, stopped: Cancelled) -> None:
+        self.metrics.cancel(api)
+        log.info("%s call abandoned by its caller: %s", api, stopped)
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0)  # SDXL_MAX_BATCH_SIZE calls, set at start
+    async def run_together(self, calls: list[Waiting]) -> list:
+        """`run`, for the calls that arrived while the last run worked, taken together: an idle engine waits for
+        none."""
+        return await self.run(calls)
 
     def status(self) -> dict:
         """What a client may offer its users: the adapters, samplers and image sizes this deployment has."""
@@ -102,24 +143,24 @@ class StableDiffusionXL:
                              gpus=self.settings.train_gpus, max_trainings=self.settings.max_trainings,
                              may_overwrite=self.settings.train_overwrite, photo_limits=self.settings.limits.photos)
 
-    def generate(self, call: GenerationCall, parsed: Parsed, progress: Progress):
+    def finish(self, call: GenerationCall, parsed: Parsed, outcome: list | Exception):
+        """The call's answer from its run's `outcome`: its generations, or the error that ended them."""
         requests = parsed.requests
-        try:
-            generations = self.engine.generate(requests, progress)
-        except Cancelled as stopped:
-            self.metrics.cancel(call.api)
-            log.info("%s call abandoned by its caller: %s", call.api, stopped)
-            raise
-        except Exception as error:
-            self.metrics.fail(call.api, error)
-            answer = call.failure_answer(parsed, error)
+        if isinstance(outcome, Cancelled):  # logged by `run`
+            raise outcome
+        if isinstance(outcome, Exception):
+            self.metrics.fail(call.api, outcome)
+            answer = call.failure_answer(parsed, outcome)
             if answer is None:
-                raise
+                raise outcome
             return answer
+        generations = outcome
         response = call.answer(parsed, generations, self.settings.jpeg_quality)
         self.metrics.record(call.api, [request.aspect_ratio for request in requests], generations)
-        log.info("%d task inputs, %d images, seconds %s", len(requests), sum(len(g.images) for g in generations),
-                 [{stage: round(s, 3) for stage, s in g.timings.items()} for g in generations])
+        log.info("%d task inputs, %d images, seconds %s, batched with %d calls", len(requests),
+                 sum(len(g.images) for g in generations),
+                 [{stage: round(s, 3) for stage, s in g.timings.items()} for g in generations],
+                 max(g.batch_calls for g in generations))
         return response
 
     def check_health(self):

@@ -52,10 +52,11 @@ import torch  # noqa: E402
 
 from bench import harness  # noqa: E402
 from bench.harness import log  # noqa: E402
-from bench.workload import DEFAULT_STEPS, recipes  # noqa: E402
+from bench.workload import DEFAULT_STEPS, PROMPT, SEED, recipes  # noqa: E402
 from stable_diffusion_xl.weights.layout import DEFAULT_WEIGHTS_DIR, FETCH_COMMAND, WeightPaths, WeightsMissing  # noqa: E402
 
 BATCHES = (1, 4)
+CALLERS = 4  # concurrent n=1 callers batched across calls
 ENGINES = {"eager": {}, "compiled": {"compile": True}, "fp8": {"compile": True, "quantize": "fp8"}}
 STAGES = ("machine", "flops", "build", "eager", "training", "accuracy", "compiled", "fp8", "cached")  # by priority
 # Each stage's caches under --work, emptied when a run starts: `cached` is a second replica given the compile cache
@@ -236,9 +237,26 @@ def stage_engine(args, device: Device, mode: str) -> dict:
         out[f"batch_{batch}"], images = _recipes_at(engine, device, batch, rounds, args, label=f"{mode} batch {batch}")
         if batch == 1:
             _compare_with_eager(args, mode, images["ours"][0], out)
+    if mode == "eager":
+        out["callers"] = _callers(engine, device, 2 if args.quick else args.runs, args)
     out["graphs_after_warm_up"] = compiled_graphs() - graphs - out["graphs_compiled_in_warm_up"]
     out["compile_counters"] = _counters()
     return out
+
+
+def _callers(engine, device: Device, rounds: int, args) -> dict:
+    """Batching across calls, as a replica's batcher runs them: 4 callers of n=1 each in one engine run
+    (Engine.generate_for) against the same 4 calls one after another; seconds per image."""
+    from stable_diffusion_xl.generation.engine import Caller
+    from stable_diffusion_xl.generation.request import TextToImageRequest
+    from stable_diffusion_xl.generation.results import Progress
+
+    asked = [TextToImageRequest(prompt=PROMPT, seed=SEED + i, steps=args.steps) for i in range(CALLERS)]
+    runners = {"together": lambda: engine.generate_for([Caller([one], Progress()) for one in asked]),
+               "sequential": lambda: [engine.generate([one]) for one in asked]}
+    times = harness.interleave(runners, rounds, measure=lambda name, run: device.timed(run) / CALLERS,
+                               label="callers round", show=lambda seconds: f"{seconds:.3f} s/image")
+    return {name: {"seconds_per_image": harness.summary(values)} for name, values in times.items()}
 
 
 def _recipes_at(engine, device: Device, batch: int, rounds: int, args, label: str) -> tuple[dict, dict]:
@@ -448,6 +466,14 @@ def table(data: dict) -> str:
                 cells.append(" · ".join(cell))
             rows.append((f"{label}, batch {batch}, s/image (median of {case['ours']['seconds_per_image']['n']})",
                          *cells))
+    callers = data.get("eager", {}).get("callers")
+    if callers:
+        together, sequential = (callers[name]["seconds_per_image"]["median"] for name in ("together", "sequential"))
+        rows.append((f"eager, {CALLERS} callers of n=1 in one engine run (batching across calls), s/image",
+                     f"{together:.3f} s/image", f"the {CALLERS} calls in sequence: {sequential:.3f} s/image",
+                     f"{sequential / together:.2f}× img/s (together / sequential)"))
+    else:
+        rows.append((f"eager, {CALLERS} callers of n=1 in one engine run", "not measured", "", ""))
     for mode, label in (("eager", "eager"), ("compiled", "compiled, empty caches"),
                         ("cached", "compiled, compile cache filled (second replica)"), ("fp8", "compiled + fp8")):
         stage = data.get(mode)

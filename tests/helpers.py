@@ -30,6 +30,15 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
+JPEG_LEVELS = 1.0  # mean difference, in levels, that float rounding in another batch leaves after JPEG encoding
+
+
+def looks_alike(first, second) -> bool:
+    """Two JPEG-decoded images of the same seed, one made in a batch with other callers' images: the same up to
+    float rounding, which JPEG's quantisation may turn into a level or two here and there."""
+    return float(np.abs(pixels(first) - pixels(second)).mean()) <= JPEG_LEVELS
+
+
 def max_pixel_difference(first, second) -> int:
     """Largest per-channel difference; batch size changes float rounding by at most a level or two."""
     assert first.size == second.size

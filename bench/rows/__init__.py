@@ -59,6 +59,7 @@ ROWS = [
     Row("5", "cold_start", "serving", serving.cold_start, serving.cold_start_lines),
     Row("3", "overhead", "serving", serving.overhead, serving.overhead_lines),
     Row("4", "batching", "serving", serving.batching, serving.batching_lines),
+    Row("4", "across_calls", "serving", serving.across_calls, serving.across_call_lines),
     Row("8", "peer_apis", "serving", serving.peer_apis, serving.peer_api_lines),
     Row("5", "rss", "serving", serving.memory, serving.memory_lines),  # last: its sampling thread would slow the rest
     Row("T", "training", "weights", training.training_step, training.training_lines),

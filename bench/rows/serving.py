@@ -1,14 +1,19 @@
-"""Rows through Ray Serve: overhead of the gRPC proxy (3), batching (4), cold start and the replica's memory (5),
-the peer APIs through the HTTP proxy (8). One session (`session`) starts Ray Serve once for all of them."""
+"""Rows through Ray Serve: overhead of the gRPC proxy (3), batching within and across calls, and open-loop load
+(4), cold start and the replica's memory (5), the peer APIs through the HTTP proxy (8). One session (`session`)
+starts Ray Serve once for all of them, with the application twice: batching across calls on (SDXL_BATCH_CALLS=1,
+the default) and off."""
 
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from random import Random
 from typing import Any
 
 from bench.harness import RssSampler, high_water_mark, interleave, log, mb, rate, seconds, speedup, summary, timed
@@ -16,6 +21,7 @@ from bench.workload import PROMPT, SEED, SERVE_STEPS
 from stable_diffusion_xl.serving.client import grpc_call, task_input
 
 APPLICATION = "users_bench_stable-diffusion-xl_v1"
+ALONE = "users_bench_stable-diffusion-xl-alone_v1"  # the same, each call running alone (SDXL_BATCH_CALLS=0)
 FAST = {"steps": SERVE_STEPS}
 
 
@@ -36,8 +42,8 @@ class Session:
 
         return self.engine.generate([TextToImageRequest(prompt=PROMPT, seed=seed, n=n, steps=SERVE_STEPS)])
 
-    def call(self, *inputs):
-        return grpc_call(self.channel, APPLICATION, *inputs)
+    def call(self, *inputs, application: str = APPLICATION):
+        return grpc_call(self.channel, application, *inputs)
 
 
 @contextmanager
@@ -54,7 +60,8 @@ def session(bench):
     env = {"SDXL_DEMO_WEIGHTS": "1", "SDXL_WEIGHTS_DIR": str(bench.weights_root)}
     log("starting Ray Serve (Ray, dashboard, gRPC proxy, the replica loading the demo weights) ...")
     launched = time.perf_counter()
-    with serving([Application(APPLICATION, env)], log_path=log_path) as ports, \
+    apps = [Application(APPLICATION, env), Application(ALONE, {**env, "SDXL_BATCH_CALLS": "0", "SDXL_WARM_UP": "0"})]
+    with serving(apps, log_path=log_path) as ports, \
             grpc.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
         ready = time.perf_counter()
         first = grpc_call(channel, APPLICATION, task_input(PROMPT, seed=SEED, **FAST))
@@ -168,6 +175,97 @@ def batching_lines(b: dict, results: dict) -> list[tuple]:
          f"four Engine.generate n=1: {rate(b['engine_four_n1']['images_per_second'])}",
          speedup(b["engine_n4"], b["engine_four_n1"], "n=4 / four n=1")),
     ]
+
+
+# --------------------------------------------------------------------------- 4. batching across calls
+
+CALLERS = (1, 4, 8)
+ARRIVAL_SEED, LOAD_CALLS, LOAD_SHARES = 20261208, 24, (0.5, 0.8, 1.0)  # open-loop load: shares of saturation
+
+
+def across_calls(bench) -> dict:
+    """k concurrent n=1 callers with batching across calls on and off, one call of k task inputs, and the same k
+    calls in sequence, for k in CALLERS, all interleaved round by round; k=1 concurrent is an idle call."""
+    rounds, serve = bench.args.batch_runs, bench.serving
+    log(f"batching across calls: {rounds} rounds of {', '.join(map(str, CALLERS))} callers, on and off")
+    cases = {}
+    with ThreadPoolExecutor(max_workers=max(CALLERS)) as pool:
+        for k in CALLERS:
+            single = [task_input(PROMPT, seed=SEED + i, **FAST) for i in range(k)]
+            cases |= {
+                f"{k}_concurrent_on": lambda single=single: list(pool.map(serve.call, single)),
+                f"{k}_concurrent_off": lambda single=single: list(pool.map(
+                    lambda one: serve.call(one, application=ALONE), single)),
+                f"{k}_inputs_one_call": lambda single=single: serve.call(*single),
+                f"{k}_sequential": lambda single=single: [serve.call(one) for one in single],
+            }
+        for run in cases.values():  # warm-up, both replicas
+            run()
+        times = interleave(cases, rounds, label="round")
+    numbers = {name: summary(values) for name, values in times.items()}
+    numbers["load"] = open_loop(serve, numbers)
+    return numbers
+
+
+def open_loop(serve, numbers: dict) -> dict:
+    """Poisson arrivals (a fixed seed) of LOAD_CALLS n=1 calls at shares of the saturation rate (8 concurrent
+    callers' images per second, batching on), on and off: throughput and latency percentiles."""
+    saturation = max(CALLERS) / numbers[f"{max(CALLERS)}_concurrent_on"]["median"]
+    load = {"saturation_calls_per_second": saturation}
+    for share in LOAD_SHARES:
+        random = Random(ARRIVAL_SEED)
+        arrivals = list(itertools.accumulate(random.expovariate(share * saturation) for _ in range(LOAD_CALLS)))
+        for mode, application in (("on", APPLICATION), ("off", ALONE)):
+            latencies, elapsed = arriving(serve, application, arrivals)
+            cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+            load[f"{share}_{mode}"] = {"calls_per_second": LOAD_CALLS / elapsed, "p50": cuts[49], "p95": cuts[94],
+                                       "p99": cuts[98]}
+            log(f"  open loop at {share:.0%} of saturation, batching {mode}: p50 {cuts[49]:.2f} s, "
+                f"p95 {cuts[94]:.2f} s, {LOAD_CALLS / elapsed:.2f} calls/s")
+    return load
+
+
+def arriving(serve, application: str, arrivals: list[float]) -> tuple[list[float], float]:
+    """n=1 calls sent at `arrivals` (seconds from now), whether or not earlier ones were answered: each one's
+    latency, and the seconds until the last was answered."""
+    started = time.perf_counter()
+
+    def one(index: int) -> float:
+        time.sleep(max(0.0, arrivals[index] - (time.perf_counter() - started)))
+        sent = time.perf_counter()
+        serve.call(task_input(PROMPT, seed=SEED + index, **FAST), application=application)
+        return time.perf_counter() - sent
+
+    with ThreadPoolExecutor(max_workers=len(arrivals)) as pool:
+        latencies = list(pool.map(one, range(len(arrivals))))
+    return latencies, time.perf_counter() - started
+
+
+def across_call_lines(a: dict, results: dict) -> list[tuple]:
+    lines = []
+    for k in CALLERS:
+        on, off = a[f"{k}_concurrent_on"], a[f"{k}_concurrent_off"]
+        if k == 1:
+            lines.append(("one idle call (gRPC, steps=5), batching across calls on", seconds(on, "ms"),
+                          f"off: {seconds(off, 'ms')}", f"{on['median'] / off['median']:.2f}× (on / off)"))
+            continue
+        one_call = a[f"{k}_inputs_one_call"]
+        lines.append((f"{k} concurrent n=1 calls, batching across calls on, {on['n']} rounds", seconds(on),
+                      f"off: {seconds(off)}; one call of {k} task inputs: {seconds(one_call)}; {k} in sequence: "
+                      f"{seconds(a[f'{k}_sequential'])}",
+                      f"{on['median'] / one_call['median']:.2f}× (on / one call), "
+                      f"{off['median'] / on['median']:.2f}× (off / on)"))
+    load = a["load"]
+    for share in LOAD_SHARES:
+        on, off = load[f"{share}_on"], load[f"{share}_off"]
+        lines.append((f"open-loop load, Poisson arrivals at {share:.0%} of saturation "
+                      f"({share * load['saturation_calls_per_second']:.1f} calls/s), {LOAD_CALLS} calls",
+                      f"on: p50 {on['p50']:.2f} s, p95 {on['p95']:.2f} s, p99 {on['p99']:.2f} s, "
+                      f"{on['calls_per_second']:.2f} calls/s",
+                      f"off: p50 {off['p50']:.2f} s, p95 {off['p95']:.2f} s, p99 {off['p99']:.2f} s, "
+                      f"{off['calls_per_second']:.2f} calls/s",
+                      f"p95 {on['p95'] / off['p95']:.2f}× (on / off)"))
+    return lines
 
 
 # ------------------------------------------------------------------------------------------- 8. peer APIs

@@ -123,6 +123,7 @@ def usage(request: TextToImageRequest, generation: Generation) -> dict:
         "tokens": dict(generation.tokens),  # {"prompt": 213, "negative-prompt": 12}: CLIP tokens, syntax removed
         "content-filtered": [index for index, unsafe in enumerate(generation.filtered) if unsafe],
         "seconds": {stage: round(seconds, 4) for stage, seconds in generation.timings.items()},
+        "calls-in-batch": generation.batch_calls,  # calls whose images shared a UNet batch with these (1: alone)
     }
 
 

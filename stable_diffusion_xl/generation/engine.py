@@ -15,7 +15,6 @@ import copy
 import functools
 import itertools
 import logging
-import math
 import secrets
 import threading
 import time
@@ -23,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -37,7 +37,7 @@ from .compile_cache import CompileCache, cache_key
 from .modes import MODES
 from .quantize import quantize_unets, refuse_unsupported
 from .request import MAX_SEED, TextToImageRequest, nth_seed
-from .results import DEFAULT_MAX_BATCH_SIZE, Generation, NaNImage, OutOfMemory, Progress
+from .results import DEFAULT_MAX_BATCH_SIZE, Cancelled, Generation, NaNImage, OutOfMemory, Progress, SharedProgress
 from .safety import SafetyChecker
 from .schedulers import both_experts_step, expert_calls, make_scheduler
 from .sizes import ASPECT_RATIOS, image_size
@@ -48,6 +48,14 @@ for _pipeline in ("pipeline_stable_diffusion_xl", "pipeline_stable_diffusion_xl_
                   "pipeline_stable_diffusion_xl_inpaint"):
     logging.getLogger(f"diffusers.pipelines.stable_diffusion_xl.{_pipeline}").setLevel(logging.ERROR)
 quiet_library_logs()  # for every user of the engine, the CLI's and the deployment's alike
+
+
+class Caller(NamedTuple):
+    """What one caller asked of a run (`Engine.generate_for`): its requests, and the progress it follows and
+    cancels."""
+
+    requests: Sequence[TextToImageRequest]
+    progress: Progress
 
 
 @dataclass(frozen=True)
@@ -187,8 +195,22 @@ class Engine:
         `progress.cancel()`, from any thread, stops the generation at the end of the step under way
         and raises Cancelled, also while the call still waits for the engine.
         """
-        progress = progress or Progress()
-        requests = [self._as_run(request) for request in requests]
+        (outcome,) = self.generate_for([Caller(requests, progress or Progress())])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def generate_for(self, callers: Sequence[Caller]) -> list[list[Generation] | Exception]:
+        """One run for several callers: their requests with the same batch key share UNet batches, as one call's
+        do, and each caller's images are the ones its seeds make alone (up to float rounding). Each caller sees
+        only its own: its progress counts the steps of the batches holding its images; its cancel drops its images
+        from every batch after the one under way, and a batch stops at its next step once all its callers have
+        cancelled; an error in a batch ends only the callers with images in it. For each caller, in order, its
+        generations or the exception that ended them."""
+        requests, owners = [], []  # every caller's requests, and which caller each is of
+        for number, caller in enumerate(callers):
+            requests += [self._as_run(request) for request in caller.requests]
+            owners += [number] * len(caller.requests)
         seeds = [request.seed or secrets.randbelow(MAX_SEED) + 1 for request in requests]
         results = [Generation([], [], *self.size_of(request), safety_checked=self.safety_checker is not None,
                               refined=self._refines(request)) for request in requests]
@@ -198,19 +220,42 @@ class Engine:
             pictures = MODES[request.mode].fitted(request, self.size_of(request))
             groups[key] += [_Job(index, request.prompt, request.negative_prompt, nth_seed(seed, i), pictures)
                             for i in range(request.n)]
+        chunks = [jobs[start : start + self.max_batch_size] for jobs in groups.values()
+                  for start in range(0, len(jobs), self.max_batch_size)]
+        ended: dict[int, Exception] = {}  # caller -> why it has no images
         with self._lock, torch.inference_mode():
-            progress.total = sum(math.ceil(len(jobs) / self.max_batch_size)
-                                 * sum(self.calls(requests[jobs[0].request_index])) for jobs in groups.values())
-            try:
-                for jobs in groups.values():
-                    for start in range(0, len(jobs), self.max_batch_size):
-                        progress.stop_if_cancelled()
-                        self._run_or_split(requests, jobs[start : start + self.max_batch_size], results, progress)
-            except Exception as error:
-                if _is_device_failure(error):
-                    self.healthy = False
-                raise
-        return results
+            for chunk in chunks:
+                for number in {owners[job.request_index] for job in chunk}:
+                    callers[number].progress.total += sum(self.calls(requests[chunk[0].request_index]))
+            for chunk in chunks:
+                self._end_cancelled(callers, ended)
+                chunk = [job for job in chunk if owners[job.request_index] not in ended]
+                sharing = sorted({owners[job.request_index] for job in chunk})
+                if not chunk:
+                    continue
+                for index in {job.request_index for job in chunk}:
+                    results[index].batch_calls = max(results[index].batch_calls, len(sharing))
+                try:
+                    self._run_or_split(requests, chunk, results,
+                                       SharedProgress([callers[number].progress for number in sharing]))
+                except Exception as error:
+                    if _is_device_failure(error):
+                        self.healthy = False
+                    for number in sharing:
+                        ended[number] = error
+            self._end_cancelled(callers, ended)
+        return [ended.get(number) or [result for result, owner in zip(results, owners) if owner == number]
+                for number in range(len(callers))]
+
+    @staticmethod
+    def _end_cancelled(callers: Sequence[Caller], ended: dict[int, Exception]) -> None:
+        """Callers that cancelled since the last batch get no images: Cancelled, saying at which step."""
+        for number, caller in enumerate(callers):
+            if number not in ended:
+                try:
+                    caller.progress.stop_if_cancelled()
+                except Cancelled as cancelled:
+                    ended[number] = cancelled
 
     def calls(self, request: TextToImageRequest) -> tuple[int, int]:
         """UNet calls per batch of the base and of the refiner."""

@@ -32,6 +32,8 @@ class Generation:
     tokens: dict[str, int] = field(default_factory=dict)
     # The refiner ran: asked for, and the steps gave it one (with too few, the base made the images alone).
     refined: bool = False
+    # How many calls' images shared a UNet batch with these (1: this call's own alone).
+    batch_calls: int = 1
 
 
 class OutOfMemory(RuntimeError):
@@ -71,9 +73,47 @@ class Progress:
         if self.cancelled:
             raise Cancelled(f"cancelled at step {self._cancelled_at_step}; stopped after step {self.steps}")
 
+    def count_step(self) -> None:
+        """A denoising step of this caller's images ended: it counts, unless it began after the caller cancelled
+        (its batch goes on for other callers' images; this caller's are dropped)."""
+        if not self.cancelled or self.steps == self._cancelled_at_step:
+            self.steps += 1
+
     def on_step_end(self, pipeline, step: int, timestep, tensors: dict) -> dict:
         """diffusers' step-end callback: count the step, and interrupt the pipeline once cancelled."""
-        self.steps += 1
+        self.count_step()
         if self.cancelled:
             pipeline._interrupt = True  # diffusers' way to skip the remaining steps of a pipeline call
+        return {}
+
+
+class SharedProgress:
+    """The progress of a UNet batch that several callers' images share: each step counts for every one of them,
+    and the batch stops at the end of a step only once all of them have cancelled."""
+
+    def __init__(self, progresses: list[Progress]):
+        self.progresses = progresses
+
+    @property
+    def stage(self) -> str:
+        return self.progresses[0].stage
+
+    @stage.setter
+    def stage(self, stage: str) -> None:
+        for progress in self.progresses:
+            progress.stage = stage
+
+    @property
+    def cancelled(self) -> bool:
+        return all(progress.cancelled for progress in self.progresses)
+
+    def stop_if_cancelled(self) -> None:
+        if self.cancelled:
+            self.progresses[0].stop_if_cancelled()
+
+    def on_step_end(self, pipeline, step: int, timestep, tensors: dict) -> dict:
+        for progress in self.progresses:
+            progress.count_step()
+        if self.cancelled:
+            pipeline._interrupt = True
         return {}

@@ -17,13 +17,13 @@ SLOW_BODY_S = 1.0  # a body still arriving after this long holds a call slot as 
 
 
 class SlowBodies:
-    """How many HTTP bodies a replica lets arrive slowly at once: fewer than its call slots (Serve's
-    max_ongoing_requests), so that one slot always stays for calls whose bodies arrive at once. Without it two
-    trickling uploads held both slots of a replica until their deadlines, and every generation waited behind them.
-    One asyncio loop counts them: no lock."""
+    """How many HTTP bodies a replica lets arrive slowly at once: its call slots (Serve's max_ongoing_requests) less
+    the `kept` ones, which stay for calls whose bodies arrive at once (a run of calls and the next gathering), and
+    one at least. Without it two trickling uploads held both slots of a replica until their deadlines, and every
+    generation waited behind them. One asyncio loop counts them: no lock."""
 
-    def __init__(self, call_slots: int):
-        self.capacity, self.arriving = max(1, call_slots - 1), 0
+    def __init__(self, call_slots: int, kept: int = 1):
+        self.capacity, self.arriving = max(1, call_slots - kept), 0
 
     @contextmanager
     def admit(self, retry_after_s: int) -> Iterator[None]:

@@ -12,6 +12,7 @@ from ..fields import InvalidRequest
 from ..generation.results import Generation
 
 STAGE_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120]
+BATCH_BOUNDARIES = [1, 2, 3, 4, 6, 8, 12, 16, 32, 64]
 
 
 class ReplicaMetrics:
@@ -33,6 +34,12 @@ class ReplicaMetrics:
                                  "the next denoising step.", tag_keys=("api",))
         self.failures = Counter("sdxl_failed_calls", description="Calls that failed in generation.",
                                 tag_keys=("api", "error"))
+        self.run_calls = Histogram("sdxl_run_calls", description="Calls one engine run made together.",
+                                   boundaries=BATCH_BOUNDARIES)
+        self.run_images = Histogram("sdxl_run_images", description="Images one engine run made.",
+                                    boundaries=BATCH_BOUNDARIES)
+        self.queue_seconds = Histogram("sdxl_queue_seconds", description="Seconds a call waited for its engine run "
+                                       "to start.", boundaries=STAGE_BOUNDARIES)
 
     def record(self, api: str, aspect_ratios: list[str], generations: list[Generation]) -> None:
         for aspect_ratio, generation in zip(aspect_ratios, generations):
@@ -45,6 +52,13 @@ class ReplicaMetrics:
                 self.nan_redecodes.inc(generation.events["nan_redecodes"])
             if generation.events["oom_splits"]:
                 self.oom_splits.inc(generation.events["oom_splits"])
+
+    def run(self, images: int, waits: list[float]) -> None:
+        """An engine run of len(waits) calls, each having waited that many seconds for it."""
+        self.run_calls.observe(len(waits))
+        self.run_images.observe(images)
+        for seconds in waits:
+            self.queue_seconds.observe(seconds)
 
     def reject(self, api: str, error: InvalidRequest) -> None:
         self.rejected.inc(tags={"api": api, "field": error.label})

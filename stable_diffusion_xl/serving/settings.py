@@ -30,6 +30,10 @@ class Settings:
                                  "the CPU", variable="SDXL_DEVICE", shown="Ray's choice", choices=("cpu", "cuda"))
     max_batch_size: int = declare(INTEGER, DEFAULT_MAX_BATCH_SIZE, "images per UNet batch (an out-of-memory batch is "
                                   "split and retried)", variable="SDXL_MAX_BATCH_SIZE", minimum=1, maximum=64)
+    batch_calls: bool = declare(FLAG, True, "`1` joins the calls that arrive while the engine works into its next "
+                                "run, up to SDXL_MAX_BATCH_SIZE calls, their compatible images in shared UNet batches; "
+                                "each caller keeps its own images, progress, cancel and errors. `0`: each call runs "
+                                "alone", variable="SDXL_BATCH_CALLS")
     compile: bool = declare(FLAG, False, "`1` compiles the UNets' transformer blocks (torch.compile) during the "
                             "warm-up, which then takes minutes unless SDXL_COMPILE_CACHE holds them; no LoRA adapters",
                             variable="SDXL_COMPILE")
@@ -75,10 +79,13 @@ class Settings:
                                     "adapter that a training over HTTP made; adapters put in the folder otherwise are "
                                     "never replaced over HTTP", variable="SDXL_TRAIN_OVERWRITE")
     limits: Limits = field(default_factory=Limits, metadata={"group": Limits})
-    # Ray Serve: a replica makes one image batch at a time, so it holds one request running and one
-    # ready; the rest wait in Serve's queue, where autoscaling sees them.
-    max_ongoing_requests: int = declare(INTEGER, 2, "calls a replica holds: one generating, one ready to start",
-                                        variable="SDXL_MAX_ONGOING_REQUESTS", minimum=1, maximum=1000)
+    # Ray Serve: a replica makes one engine run at a time, of up to SDXL_MAX_BATCH_SIZE calls (SDXL_BATCH_CALLS), so
+    # it holds a full run generating and the next one gathering; the rest wait in Serve's queue, where autoscaling
+    # sees them and from which Serve refuses them as busy.
+    max_ongoing_requests: int = declare(INTEGER, 2 * DEFAULT_MAX_BATCH_SIZE, "calls a replica holds: a run of "
+                                        "SDXL_MAX_BATCH_SIZE calls generating and the next gathering (set twice "
+                                        "SDXL_MAX_BATCH_SIZE)", variable="SDXL_MAX_ONGOING_REQUESTS", minimum=1,
+                                        maximum=1000)
     max_queued_requests: int = declare(INTEGER, 100, "calls waiting in Serve's queue before new ones are refused as "
                                        "busy", variable="SDXL_MAX_QUEUED_REQUESTS", minimum=1, maximum=1_000_000)
     target_ongoing_requests: int = declare(INTEGER, 1, "autoscaling adds a replica when replicas average more than "

@@ -159,9 +159,9 @@ def test_an_oversized_grpc_call_is_invalid_argument_with_the_limit(cluster):
 
 
 def test_stalled_uploads_are_refused_in_time_and_the_replica_keeps_answering(cluster):
-    """Two uploads that stop midway would hold both of the replica's call slots: one goes on as the replica's one
-    slow body and gets 408 after the body timeout (2 s in these tests); the other, slow while the first is, gets 429
-    at once. Then pings and calls are answered."""
+    """Two uploads that stop midway once held both of the replica's call slots: one goes on as the replica's one
+    slow body (its slots beyond a run of calls and the next) and gets 408 after the body timeout (2 s in these
+    tests); the other, slow while the first is, gets 429 at once. Then pings and calls are answered."""
     stalled = [socket.create_connection(("127.0.0.1", cluster.ports.http), timeout=30) for _ in range(2)]
     try:
         for sock in stalled:

@@ -84,11 +84,11 @@ def test_an_http_client_that_hangs_up_stops_its_generation_at_the_next_step(clus
 
 
 def test_abandoned_calls_leave_no_backlog_for_the_next_caller(cluster):
-    """A caller that gives up after a second and retries at once. Of the calls it abandoned (the replica holds
-    two, SDXL_MAX_ONGOING_REQUESTS, one generating and one waiting for the engine; Serve's queue holds the
-    third), each that the replica took stops within one step of its cancellation reaching it, and none runs to
-    its end: the retry is served in full, not after them. When a cancellation reaches the replica (before or
-    after the engine is free) depends on the machine's load, so no step number is asserted."""
+    """A caller that gives up after a second and retries at once. Of the calls it abandoned (one generating, the
+    others waiting for the engine's next run, or sharing its batch), each that the replica took stops within one
+    step of its cancellation reaching it, and none runs to its end: the retry is served in full, not after them.
+    When a cancellation reaches the replica (before or after the engine is free) depends on the machine's load, so
+    no step number is asserted."""
     request_ids = [f"retry-{i}-{uuid.uuid4()}" for i in range(3)]
     with ThreadPoolExecutor(max_workers=3) as pool:
         list(pool.map(lambda request_id: abandoned_grpc_call(cluster, request_id, deadline=1.5), request_ids))

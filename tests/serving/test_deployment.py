@@ -84,7 +84,7 @@ def test_a_bad_ray_variable_fails_the_import_with_the_variable_named(load_model)
 
 def test_one_request_running_and_one_ready_per_replica_by_default(load_model):
     ongoing, queued, config = options(load_model())
-    assert (ongoing, queued) == (2, 100)
+    assert (ongoing, queued) == (8, 100)
     assert config.autoscaling_config.target_ongoing_requests == 1
     assert config.autoscaling_config.upscale_delay_s == 30
     assert config.autoscaling_config.downscale_delay_s == 1800
@@ -112,10 +112,10 @@ def test_a_minimum_of_replicas_above_one_is_taken(load_model):
 
 
 def test_our_serve_settings_win_over_the_sdks_high_scale_preset(load_model):
-    """RAY_IS_HIGH_SCALE_MODEL=true makes the SDK's constructor set 6 ongoing requests and a target of 4; a
-    replica that makes one batch at a time would only queue them inside itself."""
+    """RAY_IS_HIGH_SCALE_MODEL=true makes the SDK's constructor set 6 ongoing requests and a target of 4: fewer
+    calls than a replica holds to make a full run and gather the next, and a target that scales out later."""
     ongoing, _, config = options(load_model(RAY_IS_HIGH_SCALE_MODEL="true"))
-    assert ongoing == 2 and config.autoscaling_config.target_ongoing_requests == 1
+    assert ongoing == 8 and config.autoscaling_config.target_ongoing_requests == 1
     assert config.autoscaling_config.upscale_delay_s == 30
     assert config.autoscaling_config.downscale_delay_s == 1800  # ours too, not the preset's 600
     ongoing, _, _ = options(load_model(RAY_IS_HIGH_SCALE_MODEL="true", SDXL_MAX_ONGOING_REQUESTS="5"))

@@ -13,7 +13,7 @@ from stable_diffusion_xl.serving.settings import Settings
 def test_unset_or_empty_variables_take_the_defaults():
     assert Settings.from_env({}) == Settings.from_env({spec_of(member).variable: "" for member in declared(Settings)})
     defaults = Settings.from_env({})
-    assert (defaults.max_batch_size, defaults.max_ongoing_requests, defaults.limits) == (4, 2, Limits())
+    assert (defaults.max_batch_size, defaults.max_ongoing_requests, defaults.limits) == (4, 8, Limits())
     assert (defaults.compile, defaults.compile_mode, defaults.compile_cache) == (False, "default", None)
 
 
