@@ -95,7 +95,10 @@ class StableDiffusionXL:
         try:
             waiting = Waiting(Caller(parsed.requests, progress), call.api, time.perf_counter(),
                               contextvars.copy_context())
-            outcome = await (self.run_together(waiting) if self.settings.batch_calls else self.run([waiting]))
+            if self.settings.batch_calls:
+                outcome = await self.run_together(waiting)
+            else:
+                (outcome,) = await self.run([waiting])
             # In a thread too, so pings and health checks are answered while the images are encoded.
             return await asyncio.to_thread(self.finish, call, parsed, outcome)
         except asyncio.CancelledError:

@@ -20,7 +20,8 @@ seed, the three recipes) is bench/workload.py's:
   the compile cache folder the compiled stage filled: its cold start only), fp8 (compiled + SDXL_QUANTIZE=fp8, a
   compile cache folder of its own, empty): Engine.load and warm_up() at the default maximum batch, then our
   recipe, the raw diffusers pipelines and the upstream Instill recipe, interleaved, at batch 1 and 4: seconds per
-  image, images per second, effective TFLOP/s and peak GPU memory;
+  image, images per second, effective TFLOP/s and peak GPU memory; the eager engine also 4 callers of n=1 in one
+  run (batching across calls) against the same 4 calls in sequence;
 - training: the LoRA trainer (stable_diffusion_xl/training, timed by bench/training.py) on 4 photos at the native
   size (1024² at real size), rank 32, batch 1, with gradient checkpointing and without: seconds per step (median
   after two), peak GPU memory, and the seconds before the first step (loading, encoding the photos);

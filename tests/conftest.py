@@ -91,7 +91,8 @@ def cluster(weights_dir, flagging_checker, tmp_path_factory):
     key_file = tmp_path_factory.mktemp("secrets") / "api-key"
     key_file.write_text(f"{API_KEY}\n")  # as a mounted secret often ends
     lora_dir = tmp_path_factory.mktemp("loras")  # TRAINING's, where adapters appear while it serves
-    apps = [Application(MODEL, env), Application(SMALL, {**env, "SDXL_MAX_N": "1", "SDXL_MAX_LORAS": "1"}),
+    apps = [Application(MODEL, env),
+            Application(SMALL, {**env, "SDXL_MAX_N": "1", "SDXL_MAX_LORAS": "1", "SDXL_BATCH_CALLS": "0"}),
             Application(FILTERED, {**env, **filtering}),
             Application(KEYED, {**env, "SDXL_API_KEY_FILE": str(key_file), "SDXL_WARM_UP": "0"}),
             # Overwrites allowed; as many trainings as the busy-cluster test queues (one per CPU, and one waiting).

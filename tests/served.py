@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 MODEL = "users_6f1c0e2a_stable-diffusion-xl_v1"
-SMALL = "users_6f1c0e2a_stable-diffusion-xl-small_v1"  # the same model with max n = 1 and one resident LoRA
+SMALL = "users_6f1c0e2a_stable-diffusion-xl-small_v1"  # max n = 1, one resident LoRA, each call alone (no batching)
 FILTERED = "users_6f1c0e2a_stable-diffusion-xl-filtered_v1"  # with a safety checker that flags one known image
 KEYED = "users_6f1c0e2a_stable-diffusion-xl-keyed_v1"  # the same model, whose HTTP routes and gRPC need API_KEY
 # With SDXL_TRAINING=1 and a LoRA folder of its own (the cluster's lora_dir), empty at the start

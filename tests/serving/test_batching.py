@@ -15,7 +15,7 @@ from test_cancellation import steps_of
 
 from helpers import looks_alike
 from instill_contract import check_output, task_input
-from served import FAST, MODEL, http
+from served import FAST, MODEL, SMALL, http
 from stable_diffusion_xl.serving.client import grpc_call
 
 pytestmark = pytest.mark.slow
@@ -83,3 +83,13 @@ def test_a_caller_that_hangs_up_mid_batch_is_dropped_and_the_others_finish(clust
     for i, output in enumerate(outputs):
         alone = grpc_call(cluster.channel, MODEL, task_input(f"stay {i}", seed=80 + i, **shared))[0]
         assert looks_alike(check_output(output)[0], check_output(alone)[0])
+
+
+def test_with_batching_across_calls_off_each_call_runs_alone(cluster):
+    calls = [task_input(f"prompt {i}", seed=100 + i, **FAST) for i in range(3)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        outputs = [output for outputs in pool.map(lambda call: grpc_call(cluster.channel, SMALL, call), calls)
+                   for output in outputs]
+    assert [output["metadata"]["usage"]["calls-in-batch"] for output in outputs] == [1, 1, 1]
+    for call, output in zip(calls, outputs):
+        assert grpc_call(cluster.channel, SMALL, call)[0]["data"] == output["data"]  # alone: the same bytes
