@@ -230,9 +230,9 @@ class Engine:
             for chunk in chunks:
                 self._end_cancelled(callers, ended)
                 chunk = [job for job in chunk if owners[job.request_index] not in ended]
-                sharing = sorted({owners[job.request_index] for job in chunk})
                 if not chunk:
                     continue
+                sharing = sorted({owners[job.request_index] for job in chunk})
                 for index in {job.request_index for job in chunk}:
                     results[index].batch_calls = max(results[index].batch_calls, len(sharing))
                 try:
