@@ -50,8 +50,9 @@ class Cancelled(RuntimeError):
 
 class Progress:
     """What a caller shares with its generation: the denoising steps done so far (one per UNet batch call)
-    out of the `total` planned, the stage running them, and `cancel()`, which stops the generation at the
-    end of the step under way. Read from other threads, to report progress while the images are made."""
+    out of the `total` planned, the stage running them, and `cancel()`, which stops the caller's images at the
+    end of the step under way (the engine follows its batches through SharedProgress). Read from other threads,
+    to report progress while the images are made."""
 
     def __init__(self):
         self.steps = 0
@@ -79,13 +80,6 @@ class Progress:
         if not self.cancelled or self.steps == self._cancelled_at_step:
             self.steps += 1
 
-    def on_step_end(self, pipeline, step: int, timestep, tensors: dict) -> dict:
-        """diffusers' step-end callback: count the step, and interrupt the pipeline once cancelled."""
-        self.count_step()
-        if self.cancelled:
-            pipeline._interrupt = True  # diffusers' way to skip the remaining steps of a pipeline call
-        return {}
-
 
 class SharedProgress:
     """The progress of a UNet batch that several callers' images share: each step counts for every one of them,
@@ -112,8 +106,10 @@ class SharedProgress:
             self.progresses[0].stop_if_cancelled()
 
     def on_step_end(self, pipeline, step: int, timestep, tensors: dict) -> dict:
+        """diffusers' step-end callback: count the step for each caller, and interrupt the pipeline once all have
+        cancelled."""
         for progress in self.progresses:
             progress.count_step()
         if self.cancelled:
-            pipeline._interrupt = True
+            pipeline._interrupt = True  # diffusers' way to skip the remaining steps of a pipeline call
         return {}

@@ -192,7 +192,6 @@ class HttpCall(Call):
         return JSONResponse(self.error_body(error), status_code=self.error_status(error), headers=headers)
 
 
-
 class HttpGeneration(HttpCall, GenerationCall):
     """A generation over HTTP; a caller who accepts text/event-stream gets progress events first."""
 

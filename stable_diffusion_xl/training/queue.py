@@ -79,7 +79,7 @@ def run_training(board, training_id: str, weights: WeightPaths, lora_dir: Path, 
                  options: TrainingOptions) -> dict:
     """The training's Ray task: the trainer on the photos staged in `staged`, reporting to `board`; what the board
     records at the end."""
-    from ..training.trainer import TrainingCancelled, train
+    from .trainer import TrainingCancelled, train
 
     ray.get(board.started.remote(training_id))
     try:
